@@ -1,0 +1,40 @@
+"""The rq int8 ONNX format (docs/format.md): builders, canonicalizer and validator."""
+
+from rq_common.format.builder import (
+    QdqPieces,
+    insert_qdq,
+    make_qdq,
+    make_quantized_constant,
+    qparams_initializers,
+    replace_initializer_with_quantized,
+)
+from rq_common.format.canonicalize import MIN_OPSET, REWRITES, CanonicalizeResult, canonicalize
+from rq_common.format.graph import GraphIndex, QdqParams, qdq_params
+from rq_common.format.oprules import OP_RULES, OpRule, register_op_rule
+from rq_common.format.validate import CHECKS, Violation, ViolationKind, validate
+
+DEFAULT_OPSET = 17
+
+__all__ = [
+    "CHECKS",
+    "DEFAULT_OPSET",
+    "MIN_OPSET",
+    "OP_RULES",
+    "REWRITES",
+    "CanonicalizeResult",
+    "GraphIndex",
+    "OpRule",
+    "QdqParams",
+    "QdqPieces",
+    "Violation",
+    "ViolationKind",
+    "canonicalize",
+    "insert_qdq",
+    "make_qdq",
+    "make_quantized_constant",
+    "qdq_params",
+    "qparams_initializers",
+    "register_op_rule",
+    "replace_initializer_with_quantized",
+    "validate",
+]

@@ -1,0 +1,270 @@
+"""Bring what any exporter wrote into the rq int8 format, without changing the numbers.
+
+Rewrites run in order, each a small function registered in REWRITES:
+1. fold_runtime_weight_quantize: float constant -> QuantizeLinear becomes an integer initializer
+   (quantized with the reference that matches ONNX Runtime bit for bit).
+2. quantize_known_float_weights: float weights that an exporter constant-folded (tf2onnx does this
+   with fake-quantized weights) are quantized again with the QParams the framework used; the
+   values are already on the grid, so they come back exactly.
+3. align_qdq_dtypes: 8-bit Q/DQ in the other signedness (uint8 zero point 128 standing for a
+   symmetric int8 range, or the reverse) shift by 128 to the preset's dtype: q - z is unchanged.
+4. merge_duplicate_qdq: Q(DQ(q)) with the same parameters is q again; twin Q or DQ nodes on the
+   same tensor with the same parameters are one.
+5. quantize_float_bias: a float bias beside quantized input and weight becomes int32 at
+   s_in x s_w (or the preset's own-scale int8). This one changes the numbers, by at most half a
+   bias step, which is what any integer kernel does with a float bias.
+6. remove_unused: initializers and Q/DQ nodes that nothing reads any more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from rq_common.errors import FormatError
+from rq_common.format.builder import make_quantized_constant, replace_initializer_with_quantized
+from rq_common.format.graph import DEQUANTIZE, QUANTIZE, GraphIndex, QdqParams, node_label, qdq_params
+from rq_common.format.oprules import OP_RULES, constant_role
+from rq_common.qmath.bias import bias_qparams
+from rq_common.qmath.qparams import QParams
+from rq_common.qmath.reference import quantize
+from rq_common.spec.dtypes import QuantDType
+from rq_common.spec.presets import Preset, get_preset
+
+MIN_OPSET = 13
+
+
+@dataclass
+class CanonicalizeContext:
+    model: onnx.ModelProto
+    preset: Preset
+    weight_qparams: Mapping[str, QParams]
+    log: list[str] = field(default_factory=list)
+
+    def index(self) -> GraphIndex:
+        return GraphIndex(self.model)
+
+
+Rewrite = Callable[[CanonicalizeContext], None]
+REWRITES: list[Rewrite] = []
+
+
+def rewrite(fn: Rewrite) -> Rewrite:
+    REWRITES.append(fn)
+    return fn
+
+
+@dataclass
+class CanonicalizeResult:
+    model: onnx.ModelProto
+    log: list[str]
+
+
+def canonicalize(
+    model: onnx.ModelProto,
+    preset: Preset | str,
+    weight_qparams: Mapping[str, QParams] | None = None,
+) -> CanonicalizeResult:
+    """A copy of ``model`` in the int8 format of ``preset``, and a log of what was rewritten.
+
+    ``weight_qparams`` maps float initializer names to the QParams a framework quantized them
+    with, for exporters that fold fake-quantized weights into float constants.
+    """
+    preset = get_preset(preset)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    ctx = CanonicalizeContext(out, preset, dict(weight_qparams or {}))
+    opset = ctx.index().opset
+    if opset < MIN_OPSET:
+        raise FormatError(
+            f"model has opset {opset}; the int8 format needs opset >= {MIN_OPSET} (per-channel "
+            "DequantizeLinear): convert it first with onnx.version_converter.convert_version(model, 17)"
+        )
+    for step in REWRITES:
+        step(ctx)
+    return CanonicalizeResult(out, ctx.log)
+
+
+@rewrite
+def fold_runtime_weight_quantize(ctx: CanonicalizeContext) -> None:
+    index = ctx.index()
+    for node in list(ctx.model.graph.node):
+        if node.op_type != QUANTIZE or not index.is_constant(node.input[0]):
+            continue
+        values = index.constant(node.input[0])
+        params = qdq_params(index, node)
+        if params is None or not np.issubdtype(values.dtype, np.floating):
+            continue
+        q = quantize(values, params.to_qparams())
+        ctx.model.graph.initializer.append(numpy_helper.from_array(q, node.output[0]))
+        ctx.model.graph.node.remove(node)
+        ctx.log.append(f"{node_label(node)}: float constant '{node.input[0]}' quantized at export, not at run time")
+    _remove_unused(ctx)
+
+
+@rewrite
+def quantize_known_float_weights(ctx: CanonicalizeContext) -> None:
+    index = ctx.index()
+    for name, qparams in sorted(ctx.weight_qparams.items()):
+        if name not in index.initializers:
+            raise FormatError(f"weight_qparams names '{name}', which is not an initializer of the model")
+        if not np.issubdtype(numpy_helper.to_array(index.initializers[name]).dtype, np.floating):
+            continue
+        replace_initializer_with_quantized(ctx.model, name, qparams)
+        ctx.log.append(f"'{name}': folded float weight stored as {qparams.spec.dtype.value} with its export-time scale")
+    _remove_unused(ctx)
+
+
+def _shift_dtype(values: np.ndarray, target: QuantDType) -> np.ndarray:
+    offset = 128 if target is QuantDType.UINT8 else -128
+    return (values.astype(np.int64) + offset).astype(target.np_dtype)
+
+
+_SHIFTABLE = {QuantDType.INT8, QuantDType.UINT8}
+
+
+@rewrite
+def align_qdq_dtypes(ctx: CanonicalizeContext) -> None:
+    index = ctx.index()
+    graph = ctx.model.graph
+    new_tensors: dict[str, onnx.TensorProto] = {}
+
+    def shifted(name: str, target: QuantDType) -> str:
+        new_name = f"{name}_as_{target.value}"
+        if new_name not in new_tensors and new_name not in index.initializers:
+            new_tensors[new_name] = numpy_helper.from_array(_shift_dtype(index.constant(name), target), new_name)
+        return new_name
+
+    for node in graph.node:
+        if node.op_type == DEQUANTIZE and node.input[0] in index.initializers:
+            params = qdq_params(index, node)
+            role = constant_role(index, node)
+            target = (ctx.preset.bias if role == "bias" else ctx.preset.weight).dtype
+            if params is None or params.dtype == target or {params.dtype, target} - _SHIFTABLE or len(node.input) < 3:
+                continue
+            node.input[0] = shifted(node.input[0], target)
+            node.input[2] = shifted(node.input[2], target)
+            ctx.log.append(f"{node_label(node)}: {role} {params.dtype.value} -> {target.value} (q and zero point shifted by 128)")
+        elif node.op_type == QUANTIZE and not index.is_constant(node.input[0]):
+            params = qdq_params(index, node)
+            target = ctx.preset.activation.dtype
+            readers = index.consumers_of(node.output[0])
+            if params is None or params.dtype == target or {params.dtype, target} - _SHIFTABLE or len(node.input) < 3:
+                continue
+            if not readers or any(r.op_type != DEQUANTIZE or len(r.input) < 3 for r, _ in readers):
+                continue
+            new_zp = shifted(node.input[2], target)
+            node.input[2] = new_zp
+            for reader, _ in readers:
+                reader.input[2] = new_zp
+            ctx.log.append(f"{node_label(node)}: activation {params.dtype.value} -> {target.value} (zero point shifted by 128)")
+    graph.initializer.extend(new_tensors[k] for k in sorted(new_tensors))
+    _remove_unused(ctx)
+
+
+def _same_params(index: GraphIndex, a: onnx.NodeProto, b: onnx.NodeProto) -> bool:
+    pa, pb = qdq_params(index, a), qdq_params(index, b)
+    return pa is not None and pb is not None and pa.same_as(pb)
+
+
+def _rename_input(index: GraphIndex, old: str, new: str) -> None:
+    for consumer, slot in index.consumers_of(old):
+        consumer.input[slot] = new
+
+
+@rewrite
+def merge_duplicate_qdq(ctx: CanonicalizeContext) -> None:
+    changed = True
+    while changed:
+        changed = False
+        index = ctx.index()
+        for node in ctx.model.graph.node:
+            if node.op_type not in (QUANTIZE, DEQUANTIZE):
+                continue
+            twin = _twin(index, node)
+            if twin is not None:
+                if node.output[0] in index.graph_outputs:
+                    continue
+                _rename_input(index, node.output[0], twin.output[0])
+                ctx.model.graph.node.remove(node)
+                ctx.log.append(f"{node_label(node)}: duplicate of {node_label(twin)} removed")
+                changed = True
+                break
+    _remove_unused(ctx)
+
+
+def _twin(index: GraphIndex, node: onnx.NodeProto) -> onnx.NodeProto | None:
+    """An earlier node that computes exactly what ``node`` computes."""
+    source = node.input[0]
+    if node.op_type == QUANTIZE:
+        dq = index.producers.get(source)
+        if dq is not None and dq.op_type == DEQUANTIZE:
+            q = index.producers.get(dq.input[0])
+            if q is not None and q.op_type == QUANTIZE and _same_params(index, q, node):
+                return q  # Q(DQ(q)) == q
+    here = index.position(node)
+    for sibling, _ in index.consumers_of(source):
+        if index.position(sibling) >= here:
+            continue  # only nodes before this one count, so the first of the twins stays
+        if sibling.op_type == node.op_type and _same_params(index, sibling, node):
+            return sibling
+    return None
+
+
+@rewrite
+def quantize_float_bias(ctx: CanonicalizeContext) -> None:
+    index = ctx.index()
+    graph = ctx.model.graph
+    for node in list(graph.node):
+        rule = OP_RULES.get(node.op_type)
+        if rule is None or rule.bias_input is None or len(node.input) <= rule.bias_input:
+            continue
+        bias_name = node.input[rule.bias_input]
+        bias = index.constant(bias_name) if bias_name else None
+        if bias is None or not np.issubdtype(bias.dtype, np.floating):
+            continue
+        producers = [index.producers.get(node.input[i]) for i in (0, rule.weight_input)]
+        if any(p is None or p.op_type != DEQUANTIZE for p in producers):
+            continue
+        params = [qdq_params(index, p) for p in producers]
+        if any(p is None for p in params):
+            continue
+        input_qp, weight_qp = (p.to_qparams() for p in params)
+        if input_qp.per_channel:
+            continue
+        qparams = bias_qparams(bias, input_qp, weight_qp, ctx.preset.bias, ctx.preset.bias_rule)
+        pieces = make_quantized_constant(f"{node.name or node.output[0]}_bias", bias, qparams)
+        pieces.add_to(graph, 0)
+        node.input[rule.bias_input] = pieces.output
+        ctx.log.append(f"{node_label(node)}: float bias '{bias_name}' stored as {qparams.spec.dtype.value}")
+    _remove_unused(ctx)
+
+
+def _remove_unused(ctx: CanonicalizeContext) -> None:
+    """Drop Q/DQ nodes whose outputs nothing reads, then initializers nothing reads."""
+    graph = ctx.model.graph
+    while True:
+        index = ctx.index()
+        dead = [
+            n
+            for n in graph.node
+            if n.op_type in (QUANTIZE, DEQUANTIZE)
+            and not any(index.consumers_of(o) or o in index.graph_outputs for o in n.output)
+        ]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+    index = ctx.index()
+    used = set(index.consumers) | index.graph_outputs
+    keep = [t for t in graph.initializer if t.name in used]
+    if len(keep) != len(graph.initializer):
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
+
+
+__all__ = ["REWRITES", "CanonicalizeResult", "QdqParams", "canonicalize"]

@@ -1,0 +1,135 @@
+"""A read-only index of an ONNX graph: who produces and who consumes each tensor, and constants."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from rq_common.qmath.qparams import QParams
+from rq_common.spec.dtypes import QuantDType
+from rq_common.spec.quant_spec import Granularity, QuantSpec
+
+QUANTIZE = "QuantizeLinear"
+DEQUANTIZE = "DequantizeLinear"
+
+
+@dataclass
+class GraphIndex:
+    model: onnx.ModelProto
+    initializers: dict[str, onnx.TensorProto] = field(default_factory=dict)
+    producers: dict[str, onnx.NodeProto] = field(default_factory=dict)
+    consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        graph = self.model.graph
+        self.initializers = {t.name: t for t in graph.initializer}
+        self.positions: dict[str, int] = {}
+        for position, node in enumerate(graph.node):
+            for out in node.output:
+                if out:
+                    self.producers[out] = node
+                    self.positions[out] = position
+            for i, name in enumerate(node.input):
+                if name:
+                    self.consumers.setdefault(name, []).append((node, i))
+        self.graph_inputs = {v.name for v in graph.input}
+        self.graph_outputs = {v.name for v in graph.output}
+
+    @property
+    def opset(self) -> int:
+        for entry in self.model.opset_import:
+            if entry.domain in ("", "ai.onnx"):
+                return entry.version
+        return 0
+
+    def constant(self, name: str) -> np.ndarray | None:
+        """The value of an initializer or Constant-node output; None for run-time tensors."""
+        if name in self.initializers:
+            return numpy_helper.to_array(self.initializers[name])
+        node = self.producers.get(name)
+        if node is not None and node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    return numpy_helper.to_array(attr.t)
+        return None
+
+    def is_constant(self, name: str) -> bool:
+        return name in self.initializers or (name in self.producers and self.producers[name].op_type == "Constant")
+
+    def producer_op(self, name: str) -> str | None:
+        node = self.producers.get(name)
+        return node.op_type if node is not None else None
+
+    def position(self, node: onnx.NodeProto) -> int:
+        """Where ``node`` stands in the graph's node list (found through its first output)."""
+        return self.positions[node.output[0]]
+
+    def consumers_of(self, name: str) -> list[tuple[onnx.NodeProto, int]]:
+        return self.consumers.get(name, [])
+
+
+def node_label(node: onnx.NodeProto) -> str:
+    return node.name or f"<{node.op_type} -> {node.output[0] if node.output else '?'}>"
+
+
+def attribute(node: onnx.NodeProto, name: str, default=None):
+    for attr in node.attribute:
+        if attr.name == name:
+            return onnx.helper.get_attribute_value(attr)
+    return default
+
+
+@dataclass(frozen=True)
+class QdqParams:
+    """The constant scale / zero point of a QuantizeLinear or DequantizeLinear node."""
+
+    scale: np.ndarray
+    zero_point: np.ndarray
+    dtype: QuantDType
+    axis: int | None
+
+    def same_as(self, other: QdqParams) -> bool:
+        return (
+            self.dtype == other.dtype
+            and self.axis == other.axis
+            and self.scale.shape == other.scale.shape
+            and np.array_equal(self.scale, other.scale)
+            and np.array_equal(self.zero_point, other.zero_point)
+        )
+
+    def to_qparams(self) -> QParams:
+        """QParams whose spec has the dtype's full range, as ONNX saturates."""
+        if self.axis is None:
+            spec = QuantSpec(dtype=self.dtype, symmetric=False)
+        else:
+            spec = QuantSpec(dtype=self.dtype, symmetric=False, granularity=Granularity.PER_CHANNEL, axis=self.axis)
+        return QParams(scale=self.scale, zero_point=self.zero_point, spec=spec, axis=self.axis)
+
+
+def qdq_params(index: GraphIndex, node: onnx.NodeProto) -> QdqParams | None:
+    """Scale/zero point/dtype/axis of a Q or DQ node; None when they are not constants."""
+    scale = index.constant(node.input[1]) if len(node.input) > 1 else None
+    if scale is None:
+        return None
+    zp_name = node.input[2] if len(node.input) > 2 else ""
+    if zp_name:
+        zero_point = index.constant(zp_name)
+        if zero_point is None:
+            return None
+    elif node.op_type == DEQUANTIZE and node.input[0] in index.initializers:
+        zero_point = np.zeros(scale.shape, dtype=onnx.helper.tensor_dtype_to_np_dtype(index.initializers[node.input[0]].data_type))
+    else:
+        zero_point = np.zeros(scale.shape, dtype=np.uint8)  # ONNX default: uint8, zero point 0
+    try:
+        dtype = QuantDType.from_numpy(zero_point.dtype)
+    except ValueError:
+        return None
+    axis = None
+    if scale.ndim == 1 and scale.size > 1:
+        axis = int(attribute(node, "axis", 1))
+    return QdqParams(scale=scale.astype(np.float32).reshape(-1) if axis is not None else scale.astype(np.float32).reshape(()),
+                     zero_point=zero_point.reshape(-1) if axis is not None else zero_point.reshape(()),
+                     dtype=dtype, axis=axis)

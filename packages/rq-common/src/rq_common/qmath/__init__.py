@@ -1,0 +1,29 @@
+"""Scale math: ranges to scales and zero points, bias scales, reference (de)quantization."""
+
+from rq_common.qmath.bias import bias_qparams
+from rq_common.qmath.qparams import (
+    QParams,
+    compute_qparams,
+    is_power_of_two,
+    pow2_ceil,
+    pow2_ceil_exponent,
+    pow2_exponent,
+    qparams_with_scale,
+    symmetric_levels,
+)
+from rq_common.qmath.reference import dequantize, fake_quantize, quantize
+
+__all__ = [
+    "QParams",
+    "bias_qparams",
+    "compute_qparams",
+    "dequantize",
+    "fake_quantize",
+    "is_power_of_two",
+    "pow2_ceil",
+    "pow2_ceil_exponent",
+    "pow2_exponent",
+    "qparams_with_scale",
+    "quantize",
+    "symmetric_levels",
+]

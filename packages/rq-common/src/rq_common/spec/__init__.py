@@ -1,0 +1,21 @@
+"""Typed configuration: tensor specs, calibration method names, presets and their targets."""
+
+from rq_common.spec.dtypes import QuantDType
+from rq_common.spec.methods import BiasScaleRule, CalibrationMethod
+from rq_common.spec.presets import ALIASES, PRESETS, Preset, Target, get_preset
+from rq_common.spec.quant_spec import Granularity, QuantSpec, RoundMode, ScaleType
+
+__all__ = [
+    "ALIASES",
+    "PRESETS",
+    "BiasScaleRule",
+    "CalibrationMethod",
+    "Granularity",
+    "Preset",
+    "QuantDType",
+    "QuantSpec",
+    "RoundMode",
+    "ScaleType",
+    "Target",
+    "get_preset",
+]

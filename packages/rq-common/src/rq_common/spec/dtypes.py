@@ -1,0 +1,58 @@
+"""Integer types a tensor can be quantized to, with their ranges and ONNX/numpy types."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import numpy as np
+from onnx import TensorProto
+
+
+class QuantDType(Enum):
+    INT8 = "int8"
+    UINT8 = "uint8"
+    INT16 = "int16"
+    INT32 = "int32"
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        return np.dtype(self.value)
+
+    @property
+    def min(self) -> int:
+        return int(np.iinfo(self.np_dtype).min)
+
+    @property
+    def max(self) -> int:
+        return int(np.iinfo(self.np_dtype).max)
+
+    @property
+    def bits(self) -> int:
+        return self.np_dtype.itemsize * 8
+
+    @property
+    def signed(self) -> bool:
+        return self.min < 0
+
+    @property
+    def onnx_type(self) -> int:
+        return _ONNX_TYPES[self]
+
+    @classmethod
+    def from_onnx(cls, elem_type: int) -> QuantDType:
+        for dtype, onnx_type in _ONNX_TYPES.items():
+            if onnx_type == elem_type:
+                return dtype
+        raise ValueError(f"ONNX element type {TensorProto.DataType.Name(elem_type)} is not a quantized type")
+
+    @classmethod
+    def from_numpy(cls, dtype: np.dtype) -> QuantDType:
+        return cls(np.dtype(dtype).name)
+
+
+_ONNX_TYPES = {
+    QuantDType.INT8: TensorProto.INT8,
+    QuantDType.UINT8: TensorProto.UINT8,
+    QuantDType.INT16: TensorProto.INT16,
+    QuantDType.INT32: TensorProto.INT32,
+}
