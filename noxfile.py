@@ -1,0 +1,96 @@
+"""One session per package, plus cross-package tests, the wheel check, the demo and benchmarks.
+
+    nox                 every test session (packages, e2e, build) and the demo
+    nox -s common       rq-common's tests
+    nox -s build        build every package's wheel, install each into a clean venv, test it
+    nox -s demo         the README's main job
+    nox -s bench        benchmarks (not part of plain `nox`: they measure, they do not test)
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+CONSTRAINTS = str(ROOT / "constraints.txt")
+
+# session name -> distribution (folder under packages/); a session exists once its package does
+PACKAGES = {"common": "rq-common", "onnx": "rq-onnx", "torch": "rq-torch", "tf2": "rq-tf2", "tf1": "rq-tf1"}
+EXISTING = {name: dist for name, dist in PACKAGES.items() if (ROOT / "packages" / dist / "pyproject.toml").exists()}
+
+nox.options.sessions = [*EXISTING, "e2e", "build", "demo"]
+nox.options.error_on_missing_interpreters = True
+
+
+def install(session: nox.Session, *args: str) -> None:
+    session.install("-c", CONSTRAINTS, *args)
+
+
+def install_packages(session: nox.Session, dists: list[str], extra: str = "test") -> None:
+    """rq-common first, so that the others find their dependency installed, not on the index."""
+    ordered = sorted(dists, key=lambda d: d != "rq-common")
+    for dist in ordered:
+        install(session, f"{ROOT / 'packages' / dist}[{extra}]" if extra else str(ROOT / "packages" / dist))
+
+
+def _package_session(name: str, dist: str) -> None:
+    @nox.session(name=name)
+    def run_tests(session: nox.Session) -> None:
+        deps = [dist] if dist == "rq-common" else ["rq-common", dist]
+        install_packages(session, deps)
+        session.run("pytest", "-q", str(ROOT / "packages" / dist / "tests"), *session.posargs)
+
+    run_tests.__doc__ = f"{dist}'s tests"
+
+
+for _name, _dist in EXISTING.items():
+    _package_session(_name, _dist)
+
+
+@nox.session
+def e2e(session: nox.Session) -> None:
+    """Cross-package and end-to-end tests in tests/."""
+    install_packages(session, list(EXISTING.values()))
+    install(session, "pytest", "onnxruntime", "scikit-learn", "tqdm")
+    session.run("pytest", "-q", str(ROOT / "tests"), *session.posargs)
+
+
+@nox.session
+def build(session: nox.Session) -> None:
+    """Build every wheel; install each from the wheels alone into a clean venv and test it there."""
+    install(session, "build")
+    dist_dir = ROOT / "dist"
+    shutil.rmtree(dist_dir, ignore_errors=True)
+    for dist in EXISTING.values():
+        session.run("python", "-m", "build", "--wheel", "--outdir", str(dist_dir), str(ROOT / "packages" / dist))
+    for dist in EXISTING.values():
+        venv = Path(session.create_tmp()) / f"wheel-{dist}"
+        shutil.rmtree(venv, ignore_errors=True)
+        session.run("python", "-m", "venv", str(venv))
+        pip, python = str(venv / "bin" / "pip"), str(venv / "bin" / "python")
+        # rq-* come from dist/ only (the dependency on rq-common is resolved there); the rest from the index
+        session.run(pip, "install", "-q", "-c", CONSTRAINTS, "--find-links", str(dist_dir), f"{dist}[test]", external=True)
+        session.run(pip, "check", external=True)
+        module = dist.replace("-", "_")
+        session.run(python, "-c", f"import {module}, sys; assert 'site-packages' in {module}.__file__, {module}.__file__", external=True)
+        # the package's own tests, run against the installed wheel (src/ is not on the path)
+        session.run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "packages" / dist / "tests"), external=True)
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The main job: quantize a real model end to end and print the table."""
+    install_packages(session, list(EXISTING.values()), extra="")
+    install(session, "onnxruntime", "scikit-learn", "tqdm")
+    session.run("python", str(ROOT / "examples" / "digits_demo.py"), "--out", str(ROOT / "out" / "demo"), *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks: calibration throughput and memory against ONNX Runtime's calibrators."""
+    install_packages(session, list(EXISTING.values()), extra="")
+    install(session, "onnxruntime")
+    session.run("python", str(ROOT / "bench" / "bench_calibration.py"), *session.posargs)
