@@ -54,25 +54,38 @@ class Observer(ABC):
     def state_nbytes(self) -> int:
         return sum(np.asarray(v).nbytes for v in self.state_dict().values())
 
-    def _clean(self, x) -> np.ndarray:
-        """The batch as a float array with its non-finite values handled by the policy."""
+    def _as_float(self, x) -> np.ndarray:
         x = np.asarray(x)
         if x.dtype not in (np.float32, np.float64):
             x = x.astype(np.float32)
         if x.size == 0:
             raise CalibrationDataError(f"{self.name}: calibration batch is empty; feed at least one value")
-        finite = np.isfinite(x)
-        if finite.all():
-            return x
+        return x
+
+    def _clean(self, x) -> tuple[np.ndarray, float, float]:
+        """The batch as a float array with its non-finite values handled by the policy, and its
+        min and max. NaN propagates through min/max, so finite bounds prove a clean batch in the
+        same pass that finds them."""
+        x = self._as_float(x)
+        lo, hi = float(x.min()), float(x.max())
+        if np.isfinite(lo) and np.isfinite(hi):
+            return x, lo, hi
+        self._reject_nonfinite(x)
+        x = x[np.isfinite(x)]
+        if x.size == 0:
+            raise CalibrationDataError(f"{self.name}: calibration batch holds only infinite values")
+        return x, float(x.min()), float(x.max())
+
+    def _reject_nonfinite(self, x: np.ndarray) -> None:
+        """Raise unless the policy allows what is there (only infinities, under IGNORE_INF)."""
         nan_count = int(np.isnan(x).sum())
-        inf_count = int((~finite).sum()) - nan_count
-        if nan_count or self.nonfinite is NonFinitePolicy.RAISE:
+        inf_count = int(np.isinf(x).sum())
+        if nan_count or (inf_count and self.nonfinite is NonFinitePolicy.RAISE):
             raise CalibrationDataError(
                 f"{self.name}: calibration batch holds {nan_count} NaN and {inf_count} infinite values "
                 f"of {x.size}; check the input data and preprocessing"
                 + ("" if nan_count else ", or pass nonfinite=ignore_inf to skip infinities")
             )
-        return x[finite]
 
     def _require_same_type(self, other: Observer) -> None:
         if type(other) is not type(self):

@@ -68,8 +68,8 @@ class HistogramObserver(Observer):
             self.exponent += 1
 
     def update(self, x) -> None:
-        x = self._clean(x).ravel()
-        lo, hi = float(x.min()), float(x.max())
+        x, lo, hi = self._clean(x)
+        x = x.ravel()
         needed = self._exponent_for(max(-lo, hi))
         if self.exponent is None:
             self.exponent = needed

@@ -21,19 +21,17 @@ class MinMaxObserver(Observer):
 
     def _batch_range(self, x) -> tuple[np.ndarray, np.ndarray]:
         if self.axis is None:
-            x = self._clean(x)
-            return np.asarray(x.min(), np.float64), np.asarray(x.max(), np.float64)
-        x = np.asarray(x)
-        if x.size == 0:
-            raise CalibrationDataError(f"{self.name}: calibration batch is empty; feed at least one value")
+            _, lo, hi = self._clean(x)
+            return np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+        x = self._as_float(x)
         channels = np.moveaxis(x, self.axis, 0).reshape(x.shape[self.axis], -1)
-        if not np.isfinite(channels).all():
-            if np.isnan(channels).any() or self.nonfinite is NonFinitePolicy.RAISE:
-                self._clean(channels)  # raises with the counts
-            lo = np.where(np.isfinite(channels), channels, np.inf).min(axis=1)
-            hi = np.where(np.isfinite(channels), channels, -np.inf).max(axis=1)
-            return lo.astype(np.float64), hi.astype(np.float64)
-        return channels.min(axis=1).astype(np.float64), channels.max(axis=1).astype(np.float64)
+        lo, hi = channels.min(axis=1), channels.max(axis=1)
+        if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+            self._reject_nonfinite(channels)
+            finite = np.isfinite(channels)
+            lo = np.where(finite, channels, np.inf).min(axis=1)
+            hi = np.where(finite, channels, -np.inf).max(axis=1)
+        return lo.astype(np.float64), hi.astype(np.float64)
 
     def update(self, x) -> None:
         lo, hi = self._batch_range(x)
