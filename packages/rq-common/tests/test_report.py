@@ -1,5 +1,6 @@
 import json
 import math
+from xml.etree import ElementTree
 
 import numpy as np
 import pytest
@@ -55,3 +56,7 @@ def test_report_json_and_html_worst_first(tmp_path, rng):
     assert page.index(">bad<") < page.index(">good<") < page.index(">exact<")
     assert "<script" not in page and "http" not in page.replace("http://www.w3.org/2000/svg", "")
     assert not list(tmp_path.glob(".*tmp"))
+    svg = page[page.index("<svg") : page.index("</svg>") + len("</svg>")]
+    bars = ElementTree.fromstring(svg).findall("{http://www.w3.org/2000/svg}rect")
+    widths = [float(b.get("width")) for b in bars]
+    assert len(bars) == 3 and widths[0] < widths[1] <= widths[2]  # worst (shortest bar) first
