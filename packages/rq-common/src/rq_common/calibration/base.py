@@ -16,7 +16,7 @@ from rq_common.errors import SpecError
 from rq_common.observers import HistogramObserver, NonFinitePolicy, Observer
 from rq_common.qmath.qparams import QParams
 from rq_common.spec.methods import CalibrationMethod
-from rq_common.spec.quant_spec import QuantSpec
+from rq_common.spec.quant_spec import QuantSpec, coerce_enum
 
 CHOOSERS: dict[CalibrationMethod, type[RangeChooser]] = {}
 
@@ -51,10 +51,9 @@ class RangeChooser(ABC):
 def make_chooser(method: CalibrationMethod | str, **params: Any) -> RangeChooser:
     """The chooser for ``method`` with its parameters (percentile=..., num_candidates=...)."""
     try:
-        method = CalibrationMethod(method.value if isinstance(method, CalibrationMethod) else str(method).lower())
-    except ValueError:
-        names = ", ".join(m.value for m in CalibrationMethod)
-        raise SpecError("method", f"unknown calibration method {method!r}; known: {names}") from None
+        method = coerce_enum("method", method, CalibrationMethod)
+    except SpecError as error:
+        raise SpecError("method", f"unknown calibration method: {str(error).partition(': ')[2]}") from None
     return CHOOSERS[method](**params)
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from rq_common.errors import FormatError
 from rq_common.format.graph import DEQUANTIZE, QUANTIZE, GraphIndex
 from rq_common.qmath.qparams import QParams
 from rq_common.qmath.reference import quantize
@@ -26,8 +27,13 @@ class QdqPieces:
     output: str = ""
 
     def add_to(self, graph: onnx.GraphProto, position: int | None = None) -> None:
-        existing = {t.name for t in graph.initializer}
-        graph.initializer.extend(t for t in self.initializers if t.name not in existing)
+        """Add to ``graph``; an initializer of the same name must hold the same value (then it is shared)."""
+        existing = {t.name: t for t in graph.initializer}
+        for tensor in self.initializers:
+            if tensor.name not in existing:
+                graph.initializer.append(tensor)
+            elif existing[tensor.name].SerializeToString(deterministic=True) != tensor.SerializeToString(deterministic=True):
+                raise FormatError(f"initializer '{tensor.name}' already exists with another value; is '{self.output}' quantized twice?")
         if position is None:
             graph.node.extend(self.nodes)
         else:

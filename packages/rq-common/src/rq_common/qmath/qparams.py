@@ -37,7 +37,11 @@ class QParams:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scale", np.asarray(self.scale, dtype=np.float32))
-        object.__setattr__(self, "zero_point", np.asarray(self.zero_point).astype(self.spec.dtype.np_dtype))
+        zero_point = np.asarray(self.zero_point)
+        dtype = self.spec.dtype
+        if np.any(zero_point < dtype.min) or np.any(zero_point > dtype.max):
+            raise ValueError(f"zero point {zero_point.tolist()} is outside {dtype.value} [{dtype.min}, {dtype.max}]")
+        object.__setattr__(self, "zero_point", zero_point.astype(dtype.np_dtype))
         if self.scale.shape != self.zero_point.shape:
             raise ValueError(f"scale shape {self.scale.shape} != zero point shape {self.zero_point.shape}")
         if self.scale.ndim > 1:

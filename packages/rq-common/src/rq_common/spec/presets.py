@@ -13,7 +13,7 @@ from typing import Any
 from rq_common.errors import SpecError
 from rq_common.spec.dtypes import QuantDType
 from rq_common.spec.methods import BiasScaleRule, CalibrationMethod
-from rq_common.spec.quant_spec import Granularity, QuantSpec, RoundMode, ScaleType
+from rq_common.spec.quant_spec import Granularity, QuantSpec, RoundMode, ScaleType, coerce_enum
 
 
 @dataclass(frozen=True)
@@ -82,13 +82,7 @@ class Preset:
             ("activation_method", CalibrationMethod),
             ("weight_method", CalibrationMethod),
         ):
-            value = getattr(self, name)
-            if not isinstance(value, enum_type):
-                try:
-                    object.__setattr__(self, name, enum_type(str(value).lower()))
-                except ValueError:
-                    allowed = ", ".join(m.value for m in enum_type)
-                    raise SpecError(name, f"{value!r} is not one of: {allowed}") from None
+            object.__setattr__(self, name, coerce_enum(name, getattr(self, name), enum_type))
         _check_against_target(self)
 
     def override(self, **changes: Any) -> Preset:

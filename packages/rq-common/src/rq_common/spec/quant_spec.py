@@ -103,16 +103,20 @@ class QuantSpec:
 _ENUM_FIELDS = {"dtype": QuantDType, "granularity": Granularity, "scale_type": ScaleType, "round_mode": RoundMode}
 
 
-def _coerce(name: str, value: Any) -> Any:
-    """Accept enum members or their string values ("int8"), and reject anything else by name."""
-    enum_type = _ENUM_FIELDS.get(name)
-    if enum_type is None or isinstance(value, enum_type):
+def coerce_enum(field: str, value: Any, enum_type: type[Enum]) -> Enum:
+    """An enum member from itself or its string value ("int8"); anything else is a SpecError naming the field."""
+    if isinstance(value, enum_type):
         return value
     try:
         return enum_type(str(value).lower())
     except ValueError:
         allowed = ", ".join(m.value for m in enum_type)
-        raise SpecError(name, f"{value!r} is not one of: {allowed}") from None
+        raise SpecError(field, f"{value!r} is not one of: {allowed}") from None
+
+
+def _coerce(name: str, value: Any) -> Any:
+    enum_type = _ENUM_FIELDS.get(name)
+    return value if enum_type is None else coerce_enum(name, value, enum_type)
 
 
 def _field_names() -> str:
