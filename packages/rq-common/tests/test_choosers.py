@@ -119,6 +119,12 @@ def test_entropy_clips_outliers_and_keeps_small_ranges(rng):
     assert EntropyChooser().threshold(tiny) >= 0.3  # fewer used bins than levels: keep the range
 
 
+def test_pot_minmse_of_an_all_zero_tensor_is_scale_one():
+    cal = Calibrator(get_preset("npu_cnn").activation, "pot_minmse")
+    cal.update(np.zeros(100))
+    assert float(cal.qparams().scale) == 1.0
+
+
 def test_minmax_and_nonoverflow():
     cal = Calibrator(get_preset("npu_cnn").activation, "pot_nonoverflow")
     cal.update(np.array([-1.0, 3.9]))

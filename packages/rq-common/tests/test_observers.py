@@ -105,6 +105,13 @@ def test_ignore_inf_skips_infinities():
         obs.update(np.array([np.nan]))
 
 
+def test_all_zero_first_batch_keeps_fine_bins_for_small_values():
+    obs = HistogramObserver(num_bins=64)
+    obs.update(np.zeros(10))  # a dead ReLU on the first batch
+    obs.update(np.array([0.01, 0.02]))
+    assert obs.bin_width == 2.0**-10  # smallest 2^e with 0.02 < 32 bins * 2^e
+
+
 def test_all_zero_batch_then_growth():
     obs = HistogramObserver(num_bins=64)
     obs.update(np.zeros(10))

@@ -15,9 +15,17 @@ from rq_common.spec.quant_spec import QuantSpec
 
 
 def pow2_candidates(rmin: float, rmax: float, spec: QuantSpec, below: int, above: int) -> list[QParams]:
-    """QParams for 2^k, k from k0 + above down to k0 - below (k0: NonOverflow), largest first."""
-    k0 = int(pow2_exponent(compute_qparams(rmin, rmax, spec).scale))
-    return [qparams_with_scale(np.ldexp(1.0, k), spec, rmin=rmin) for k in range(k0 + above, k0 - below - 1, -1)]
+    """QParams for 2^k: k0 (NonOverflow) first, then k0 - 1 ... k0 - below, then k0 + 1 ... k0 + above.
+
+    The order breaks ties: the NonOverflow scale wins an equal error, then the finer scales.
+    A zero-width range has only its NonOverflow candidate (scale 1).
+    """
+    nonoverflow = compute_qparams(rmin, rmax, spec)
+    if max(-rmin, rmax) <= 0.0:
+        return [nonoverflow]
+    k0 = int(pow2_exponent(nonoverflow.scale))
+    exponents = [*range(k0, k0 - below - 1, -1), *range(k0 + 1, k0 + above + 1)]
+    return [qparams_with_scale(np.ldexp(1.0, k), spec, rmin=rmin) for k in exponents]
 
 
 @register_chooser

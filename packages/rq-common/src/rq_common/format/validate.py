@@ -59,6 +59,7 @@ class ValidationContext:
     preset: Preset
     float_nodes: frozenset[str]
     required_ops: frozenset[str]
+    source: onnx.ModelProto | str | Path  # a path lets onnx.checker read models over 2 GB
 
 
 Check = Callable[[ValidationContext], Iterator[Violation]]
@@ -81,18 +82,20 @@ def validate(
     ``float_nodes``: names of nodes the user chose to keep in float (not reported as unquantized).
     ``required_ops``: op types that must be quantized; default: what the preset's target needs.
     """
+    source = model
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model))
     preset = get_preset(preset)
     required = preset.target.requires_quantized_ops if required_ops is None else frozenset(required_ops)
-    ctx = ValidationContext(model, GraphIndex(model), preset, frozenset(float_nodes), frozenset(required))
+    ctx = ValidationContext(model, GraphIndex(model), preset, frozenset(float_nodes), frozenset(required), source)
     return [v for c in CHECKS for v in c(ctx)]
 
 
 @check
 def _checker(ctx: ValidationContext) -> Iterator[Violation]:
     try:
-        onnx.checker.check_model(ctx.model, full_check=True)
+        source = ctx.source if isinstance(ctx.source, onnx.ModelProto) else str(ctx.source)
+        onnx.checker.check_model(source, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         yield Violation(ViolationKind.CHECKER_FAILED, "<model>", "", f"onnx.checker: {first_line}")

@@ -55,7 +55,10 @@ class HistogramObserver(Observer):
         return (np.arange(self.num_bins + 1, dtype=np.float64) - self.num_bins // 2) * width
 
     def _exponent_for(self, absmax: float) -> int:
-        """Smallest e with absmax < N/2 * 2^e."""
+        """Smallest e with absmax < N/2 * 2^e; the finest width for an all-zero batch, so that
+        later, larger batches widen the bins exactly instead of inheriting a coarse guess."""
+        if absmax == 0.0:
+            return _MIN_EXPONENT
         _, e = np.frexp(absmax / (self.num_bins // 2))
         return max(int(e), _MIN_EXPONENT)
 
