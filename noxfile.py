@@ -1,10 +1,10 @@
 """One session per package, plus cross-package tests, the wheel check, the demo and benchmarks.
 
-    nox                 every test session (packages, e2e, build) and the demo
-    nox -s common       rq-common's tests
-    nox -s build        build every package's wheel, install each into a clean venv, test it
-    nox -s demo         the README's main job
-    nox -s bench        benchmarks (not part of plain `nox`: they measure, they do not test)
+nox                 every test session (packages, e2e, build) and the demo
+nox -s common       rq-common's tests
+nox -s build        build every package's wheel, install each into a clean venv, test it
+nox -s demo         the README's main job
+nox -s bench        benchmarks (not part of plain `nox`: they measure, they do not test)
 """
 
 from __future__ import annotations
@@ -75,9 +75,13 @@ def build(session: nox.Session) -> None:
         session.run(pip, "install", "-q", "-c", CONSTRAINTS, "--find-links", str(dist_dir), f"{dist}[test]", external=True)
         session.run(pip, "check", external=True)
         module = dist.replace("-", "_")
-        session.run(python, "-c", f"import {module}, sys; assert 'site-packages' in {module}.__file__, {module}.__file__", external=True)
+        session.run(
+            python, "-c", f"import {module}, sys; assert 'site-packages' in {module}.__file__, {module}.__file__", external=True
+        )
         # the package's own tests, run against the installed wheel (src/ is not on the path)
-        session.run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "packages" / dist / "tests"), external=True)
+        session.run(
+            python, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "packages" / dist / "tests"), external=True
+        )
 
 
 @nox.session

@@ -19,6 +19,7 @@ import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -131,13 +132,16 @@ def main(argv: list[str] | None = None) -> str:
         for method, spec, ort_method in CASES:
             for batches in args.batches:
                 repeat = args.repeat if batches <= 256 else 1
-                rq_time, rq_mem = measure(lambda: run_rq(model_path, batches, spec, method), repeat)
+                rq_time, rq_mem = measure(partial(run_rq, model_path, batches, spec, method), repeat)
                 if ort_method is not None:
-                    ort_time, ort_mem = measure(lambda: run_ort(model_path, batches, ort_method, workdir), repeat)
+                    ort_time, ort_mem = measure(partial(run_ort, model_path, batches, ort_method, workdir), repeat)
                 else:
                     ort_time = ort_mem = float("nan")
                 rows.append((method, batches, rq_time, ort_time, rq_mem, ort_mem))
-                print(f"  {method:<16}{batches:>6} batches: rq {rq_time:.3f}s {rq_mem:.1f} MiB | ORT {ort_time:.3f}s {ort_mem:.1f} MiB", flush=True)
+                print(
+                    f"  {method:<16}{batches:>6} batches: rq {rq_time:.3f}s {rq_mem:.1f} MiB | ORT {ort_time:.3f}s {ort_mem:.1f} MiB",
+                    flush=True,
+                )
 
     per_batch_mib = len(TENSORS) * int(np.prod(SHAPE)) * 4 / 2**20
     lines = [
@@ -159,7 +163,11 @@ def main(argv: list[str] | None = None) -> str:
             ort_cells = "n/a (ORT has none) | | "
         else:
             ort_cells = f"{ort_time:.3f} | {ort_time / rq_time:.2f}x | "
-        lines.append(f"| {method} | {batches} | {rq_time:.3f} | {ort_cells}{rq_mem:.1f} | " + ("" if np.isnan(ort_mem) else f"{ort_mem:.1f}") + " |")
+        lines.append(
+            f"| {method} | {batches} | {rq_time:.3f} | {ort_cells}{rq_mem:.1f} | "
+            + ("" if np.isnan(ort_mem) else f"{ort_mem:.1f}")
+            + " |"
+        )
     table = "\n".join(lines) + "\n"
     print()
     print(table)

@@ -183,14 +183,28 @@ def main(argv: list[str] | None = None) -> list[dict]:
         acc, _, seconds = accuracy(qmodel, data)
         report = error_report(fmodel, qmodel, data.x_test, f"digits MLP, preset {preset_name}")
         report.to_html(args.out / f"report_{preset_name}.html")
-        rows.append(dict(preset=preset_name, accuracy=acc, drop=float_acc - acc, bytes=path.stat().st_size,
-                         sqnr=report.tensors["logits"].sqnr_db, ms=1000 * seconds))
+        rows.append(
+            dict(
+                preset=preset_name,
+                accuracy=acc,
+                drop=float_acc - acc,
+                bytes=path.stat().st_size,
+                sqnr=report.tensors["logits"].sqnr_db,
+                ms=1000 * seconds,
+            )
+        )
 
-    print(f"\nfloat model: accuracy {100 * float_acc:.2f}% on {len(data.y_test)} test digits, {(args.out / 'digits_float.onnx').stat().st_size} bytes")
+    print(
+        f"\nfloat model: accuracy {100 * float_acc:.2f}% on {len(data.y_test)} test digits, {(args.out / 'digits_float.onnx').stat().st_size} bytes"
+    )
     print(f"{'preset':<16}{'accuracy':>10}{'drop':>8}{'logit SQNR':>12}{'bytes':>8}{'ms/batch':>10}")
     for r in rows:
-        print(f"{r['preset']:<16}{100 * r['accuracy']:>9.2f}%{100 * r['drop']:>7.2f}p{r['sqnr']:>10.1f}dB{r['bytes']:>8}{r['ms']:>10.2f}")
-    print(f"int8 models, reports: {args.out}/ (digits_<preset>.onnx, report_<preset>.html); every model passed the rq format validator")
+        print(
+            f"{r['preset']:<16}{100 * r['accuracy']:>9.2f}%{100 * r['drop']:>7.2f}p{r['sqnr']:>10.1f}dB{r['bytes']:>8}{r['ms']:>10.2f}"
+        )
+    print(
+        f"int8 models, reports: {args.out}/ (digits_<preset>.onnx, report_<preset>.html); every model passed the rq format validator"
+    )
     return rows
 
 

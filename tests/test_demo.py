@@ -4,8 +4,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-import digits_demo
 from rq_common.format import validate
+
+import digits_demo
 
 PRESETS = ("npu_cnn", "npu_transformer", "cpu")
 

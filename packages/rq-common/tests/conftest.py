@@ -35,7 +35,10 @@ def qdq_model(dtype: int, scale, zero_point, axis=None, shape=(None,), opset=17)
             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], **attrs),
         ],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
-        [helper.make_tensor_value_info("q", dtype, list(shape)), helper.make_tensor_value_info("y", TensorProto.FLOAT, list(shape))],
+        [
+            helper.make_tensor_value_info("q", dtype, list(shape)),
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, list(shape)),
+        ],
         [
             numpy_helper.from_array(np.asarray(scale, np.float32), "s"),
             numpy_helper.from_array(np.asarray(zero_point, np_dtype), "z"),

@@ -2,11 +2,12 @@
 
 import numpy as np
 import onnx
-from conftest import make_model
 from onnx import TensorProto, helper, numpy_helper
 
 from rq_common import QParams, bias_qparams, compute_qparams, get_preset
 from rq_common.format import insert_qdq, make_quantized_constant
+
+from conftest import make_model
 
 IN_SHAPE = [1, 3, 8, 8]
 
@@ -17,7 +18,10 @@ def float_conv_model(rng, with_bias=True, opset=17):
     b = (rng.standard_normal(4) * 0.1).astype(np.float32)
     inputs = ["x", "W", "B"] if with_bias else ["x", "W"]
     return make_model(
-        [helper.make_node("Conv", inputs, ["c"], name="conv", pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"], name="relu")],
+        [
+            helper.make_node("Conv", inputs, ["c"], name="conv", pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c"], ["y"], name="relu"),
+        ],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, IN_SHAPE)],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
         [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")][: len(inputs) - 1],

@@ -3,12 +3,13 @@
 import numpy as np
 import onnx
 import pytest
-from conftest import make_model, run_ort
-from models import IN_SHAPE, float_conv_model, initializer
 from onnx import TensorProto, helper, numpy_helper
 
 from rq_common import FormatError, QParams, QuantSpec, fake_quantize, get_preset
 from rq_common.format import canonicalize, validate
+
+from conftest import make_model, run_ort
+from models import IN_SHAPE, float_conv_model, initializer
 
 S_X, S_W, S_Y = np.float32(2.0**-5), np.float32(2.0**-7), np.float32(2.0**-4)
 
@@ -51,7 +52,10 @@ def exporter_style_model(rng, bias_on_grid: bool, y_zero_point: int = 128):
     return make_model(
         nodes,
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, IN_SHAPE)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8]), helper.make_tensor_value_info("x2", TensorProto.FLOAT, IN_SHAPE)],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8]),
+            helper.make_tensor_value_info("x2", TensorProto.FLOAT, IN_SHAPE),
+        ],
         inits,
     )
 
@@ -60,7 +64,9 @@ def outputs(model, x):
     return run_ort(model, {"x": x})
 
 
-@pytest.mark.parametrize(("preset", "y_zero_point"), [("npu_transformer", 128), ("npu_transformer", 3), ("cpu", 3), ("npu_cnn", 128)])
+@pytest.mark.parametrize(
+    ("preset", "y_zero_point"), [("npu_transformer", 128), ("npu_transformer", 3), ("cpu", 3), ("npu_cnn", 128)]
+)
 def test_canonical_form_passes_and_keeps_the_numbers(rng, preset, y_zero_point):
     model = exporter_style_model(rng, bias_on_grid=preset != "npu_cnn", y_zero_point=y_zero_point)
     if preset != "npu_cnn":
@@ -84,7 +90,11 @@ def test_canonical_weights_are_int8_and_activations_follow_the_preset(rng):
     result = canonicalize(exporter_style_model(rng, bias_on_grid=True), "A8W8")
     graph = result.model.graph
     dtypes = {t.name: t.data_type for t in graph.initializer}
-    weight_dq = next(n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in dtypes and dtypes[n.input[0]] == TensorProto.INT8)
+    weight_dq = next(
+        n
+        for n in graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in dtypes and dtypes[n.input[0]] == TensorProto.INT8
+    )
     assert np.all(numpy_helper.to_array(next(t for t in graph.initializer if t.name == weight_dq.input[2])) == 0)
     bias_dq = next(n for n in graph.node if n.op_type == "DequantizeLinear" and dtypes.get(n.input[0]) == TensorProto.INT32)
     assert numpy_helper.to_array(next(t for t in graph.initializer if t.name == bias_dq.input[1])) == S_X * S_W

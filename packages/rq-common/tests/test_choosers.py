@@ -3,7 +3,16 @@ import math
 import numpy as np
 import pytest
 
-from rq_common import Calibrator, HistogramObserver, QuantSpec, SpecError, compute_qparams, fake_quantize, get_preset, make_chooser
+from rq_common import (
+    Calibrator,
+    HistogramObserver,
+    QuantSpec,
+    SpecError,
+    compute_qparams,
+    fake_quantize,
+    get_preset,
+    make_chooser,
+)
 from rq_common.calibration import EntropyChooser, expected_squared_error, pow2_candidates
 from rq_common.calibration.entropy import kl_divergences
 
@@ -50,7 +59,9 @@ def test_expected_squared_error_matches_stored_values(rng):
     spec = QuantSpec(dtype="uint8", symmetric=False)
     for fraction in (1.0, 0.5, 0.2, 0.05):
         qp = compute_qparams(x.min() * fraction, x.max() * fraction, spec)
-        estimate = expected_squared_error(obs.counts, obs.bin_edges(), qp.scale[None], qp.zero_point[None], spec.qmin, spec.qmax)[0]
+        estimate = expected_squared_error(obs.counts, obs.bin_edges(), qp.scale[None], qp.zero_point[None], spec.qmin, spec.qmax)[
+            0
+        ]
         assert estimate == pytest.approx(true_mse(x, qp), rel=0.03)
 
 

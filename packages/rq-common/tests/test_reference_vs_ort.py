@@ -2,10 +2,11 @@
 
 import numpy as np
 import pytest
-from conftest import make_model, qdq_model, run_ort
 from onnx import TensorProto, helper, numpy_helper
 
 from rq_common import QParams, QuantSpec, dequantize, fake_quantize, quantize
+
+from conftest import make_model, qdq_model, run_ort
 
 N = 100_000
 DTYPES = {"int8": (TensorProto.INT8, 17), "uint8": (TensorProto.UINT8, 17), "int16": (TensorProto.INT16, 21)}

@@ -33,7 +33,10 @@ def test_presets_match_the_architecture_table():
     assert cpu.bias_rule is BiasScaleRule.PRODUCT
 
 
-@pytest.mark.parametrize(("alias", "name"), [("XINT8", "npu_cnn"), ("IPU_CNN", "npu_cnn"), ("A8W8", "npu_transformer"), ("U8S8", "cpu"), ("Cpu", "cpu")])
+@pytest.mark.parametrize(
+    ("alias", "name"),
+    [("XINT8", "npu_cnn"), ("IPU_CNN", "npu_cnn"), ("A8W8", "npu_transformer"), ("U8S8", "cpu"), ("Cpu", "cpu")],
+)
 def test_aliases(alias, name):
     assert get_preset(alias) == PRESETS[name]
 

@@ -2,11 +2,12 @@
 
 import numpy as np
 import pytest
-from conftest import run_ort
-from models import IN_SHAPE, float_conv_model, initializer, node, quantized_conv_model, set_initializer
 from onnx import TensorProto, helper
 
 from rq_common.format import ViolationKind, validate
+
+from conftest import run_ort
+from models import IN_SHAPE, float_conv_model, initializer, node, quantized_conv_model, set_initializer
 
 PRESETS = ["npu_cnn", "npu_transformer", "cpu"]
 
@@ -47,7 +48,9 @@ def test_missing_qdq_on_activation_input(rng):
     model, _ = quantized_conv_model(rng, "npu_cnn")
     node(model, "conv").input[0] = "x"
     violations = validate(model, "npu_cnn")
-    assert [(v.kind, v.node, v.tensor) for v in violations if v.kind is ViolationKind.MISSING_QDQ] == [(ViolationKind.MISSING_QDQ, "conv", "x")]
+    assert [(v.kind, v.node, v.tensor) for v in violations if v.kind is ViolationKind.MISSING_QDQ] == [
+        (ViolationKind.MISSING_QDQ, "conv", "x")
+    ]
 
 
 def test_unquantized_op_on_npu_but_not_when_listed_or_on_cpu(rng):

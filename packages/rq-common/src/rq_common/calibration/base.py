@@ -60,7 +60,13 @@ def make_chooser(method: CalibrationMethod | str, **params: Any) -> RangeChooser
 class Calibrator:
     """Observer + chooser for one tensor: feed batches, then ask for QParams."""
 
-    def __init__(self, spec: QuantSpec, method: CalibrationMethod | str | RangeChooser, name: str = "tensor", nonfinite=NonFinitePolicy.RAISE):
+    def __init__(
+        self,
+        spec: QuantSpec,
+        method: CalibrationMethod | str | RangeChooser,
+        name: str = "tensor",
+        nonfinite=NonFinitePolicy.RAISE,
+    ):
         self.spec = spec
         self.chooser = method if isinstance(method, RangeChooser) else make_chooser(method)
         self.chooser._check_spec(spec)

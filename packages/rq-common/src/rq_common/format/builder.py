@@ -33,7 +33,9 @@ class QdqPieces:
             if tensor.name not in existing:
                 graph.initializer.append(tensor)
             elif existing[tensor.name].SerializeToString(deterministic=True) != tensor.SerializeToString(deterministic=True):
-                raise FormatError(f"initializer '{tensor.name}' already exists with another value; is '{self.output}' quantized twice?")
+                raise FormatError(
+                    f"initializer '{tensor.name}' already exists with another value; is '{self.output}' quantized twice?"
+                )
         if position is None:
             graph.node.extend(self.nodes)
         else:

@@ -120,7 +120,9 @@ def qdq_params(index: GraphIndex, node: onnx.NodeProto) -> QdqParams | None:
         if zero_point is None:
             return None
     elif node.op_type == DEQUANTIZE and node.input[0] in index.initializers:
-        zero_point = np.zeros(scale.shape, dtype=onnx.helper.tensor_dtype_to_np_dtype(index.initializers[node.input[0]].data_type))
+        zero_point = np.zeros(
+            scale.shape, dtype=onnx.helper.tensor_dtype_to_np_dtype(index.initializers[node.input[0]].data_type)
+        )
     else:
         zero_point = np.zeros(scale.shape, dtype=np.uint8)  # ONNX default: uint8, zero point 0
     try:
@@ -130,6 +132,9 @@ def qdq_params(index: GraphIndex, node: onnx.NodeProto) -> QdqParams | None:
     axis = None
     if scale.ndim == 1 and scale.size > 1:
         axis = int(attribute(node, "axis", 1))
-    return QdqParams(scale=scale.astype(np.float32).reshape(-1) if axis is not None else scale.astype(np.float32).reshape(()),
-                     zero_point=zero_point.reshape(-1) if axis is not None else zero_point.reshape(()),
-                     dtype=dtype, axis=axis)
+    return QdqParams(
+        scale=scale.astype(np.float32).reshape(-1) if axis is not None else scale.astype(np.float32).reshape(()),
+        zero_point=zero_point.reshape(-1) if axis is not None else zero_point.reshape(()),
+        dtype=dtype,
+        axis=axis,
+    )

@@ -249,9 +249,16 @@ def _quantized_ops(ctx: ValidationContext) -> Iterator[Violation]:
             name = node.input[i]
             constant = index.constant(name)
             if constant is not None and np.issubdtype(constant.dtype, np.floating):
-                yield Violation(ViolationKind.FLOAT_WEIGHT, label, name, f"input {i} is a float constant; store it as int8 + DequantizeLinear")
+                yield Violation(
+                    ViolationKind.FLOAT_WEIGHT, label, name, f"input {i} is a float constant; store it as int8 + DequantizeLinear"
+                )
             else:
-                yield Violation(ViolationKind.MISSING_QDQ, label, name, f"input {i} of quantized {node.op_type} does not come from a DequantizeLinear")
+                yield Violation(
+                    ViolationKind.MISSING_QDQ,
+                    label,
+                    name,
+                    f"input {i} of quantized {node.op_type} does not come from a DequantizeLinear",
+                )
         yield from _bias(ctx, node, rule)
 
 
@@ -261,7 +268,12 @@ def _bias(ctx: ValidationContext, node: onnx.NodeProto, rule) -> Iterator[Violat
     index, label, name = ctx.index, node_label(node), node.input[rule.bias_input]
     bias_dq = index.producers.get(name)
     if bias_dq is None or bias_dq.op_type != DEQUANTIZE:
-        yield Violation(ViolationKind.FLOAT_BIAS, label, name, "bias is float; store it as an integer initializer + DequantizeLinear (zero point 0)")
+        yield Violation(
+            ViolationKind.FLOAT_BIAS,
+            label,
+            name,
+            "bias is float; store it as an integer initializer + DequantizeLinear (zero point 0)",
+        )
         return
     if ctx.preset.bias_rule is not BiasScaleRule.PRODUCT:
         return

@@ -78,7 +78,9 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
     Merging two streams (ranks) averages them, which is what an all-reduce mean of the state gives.
     """
 
-    def __init__(self, name: str = "tensor", axis: int | None = None, averaging_constant: float = 0.01, nonfinite=NonFinitePolicy.RAISE):
+    def __init__(
+        self, name: str = "tensor", axis: int | None = None, averaging_constant: float = 0.01, nonfinite=NonFinitePolicy.RAISE
+    ):
         super().__init__(name, axis, nonfinite)
         if not 0.0 < averaging_constant <= 1.0:
             raise ValueError(f"averaging_constant must lie in (0, 1], got {averaging_constant}")

@@ -33,8 +33,7 @@ def quantize(x, qparams: QParams) -> np.ndarray:
     x = np.asarray(x, dtype=work)
     if qparams.per_channel and x.shape[qparams.axis % x.ndim] != qparams.scale.shape[0]:
         raise ValueError(
-            f"tensor has {x.shape[qparams.axis % x.ndim]} channels on axis {qparams.axis}, "
-            f"qparams have {qparams.scale.shape[0]}"
+            f"tensor has {x.shape[qparams.axis % x.ndim]} channels on axis {qparams.axis}, qparams have {qparams.scale.shape[0]}"
         )
     scale = _broadcast(qparams.scale.astype(work), qparams, x.ndim)
     zero_point = _broadcast(qparams.zero_point.astype(work), qparams, x.ndim)

@@ -65,7 +65,9 @@ def _bar_chart(rows: list[TensorErrorStats]) -> str:
     finite = [s.sqnr_db for s in rows if math.isfinite(s.sqnr_db)]
     top = max([v for v in finite if v > 0], default=1.0)
     height = _BAR_HEIGHT * len(rows) + 24
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{_LABEL_WIDTH + _CHART_WIDTH + 80}" height="{height}" role="img" aria-label="SQNR per tensor">']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{_LABEL_WIDTH + _CHART_WIDTH + 80}" height="{height}" role="img" aria-label="SQNR per tensor">'
+    ]
     for i, s in enumerate(rows):
         y = i * _BAR_HEIGHT
         value = s.sqnr_db

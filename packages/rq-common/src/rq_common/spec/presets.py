@@ -153,7 +153,9 @@ def _check_against_target(p: Preset) -> None:
     ):
         if spec.dtype not in allowed:
             names = ", ".join(sorted(d.value for d in allowed))
-            raise SpecError(f"{kind}.dtype", f"{spec.dtype.value} is not run by target '{t.name}' ({t.description}); use one of: {names}")
+            raise SpecError(
+                f"{kind}.dtype", f"{spec.dtype.value} is not run by target '{t.name}' ({t.description}); use one of: {names}"
+            )
         if t.power_of_two_scales and not spec.power_of_two:
             raise SpecError(
                 f"{kind}.scale_type",
@@ -184,7 +186,10 @@ def _check_against_target(p: Preset) -> None:
         ("weight_method", p.weight, p.weight_method),
     ):
         if method.needs_power_of_two and not spec.power_of_two:
-            raise SpecError(kind, f"{method.value} chooses power-of-two scales; the spec has scale_type=float (use minmax, mse, percentile or entropy)")
+            raise SpecError(
+                kind,
+                f"{method.value} chooses power-of-two scales; the spec has scale_type=float (use minmax, mse, percentile or entropy)",
+            )
         if method.needs_float_scale and spec.power_of_two:
             raise SpecError(kind, f"{method.value} searches float scales; with power-of-two scales use pot_minmse")
     if p.weight.per_channel and p.weight_method not in (CalibrationMethod.MINMAX, CalibrationMethod.POT_NONOVERFLOW):
