@@ -21,7 +21,7 @@ CONSTRAINTS = str(ROOT / "constraints.txt")
 PACKAGES = {"common": "rq-common", "onnx": "rq-onnx", "torch": "rq-torch", "tf2": "rq-tf2", "tf1": "rq-tf1"}
 EXISTING = {name: dist for name, dist in PACKAGES.items() if (ROOT / "packages" / dist / "pyproject.toml").exists()}
 
-nox.options.sessions = [*EXISTING, "e2e", "build", "demo"]
+nox.options.sessions = ["lint", *EXISTING, "e2e", "build", "demo"]
 nox.options.error_on_missing_interpreters = True
 
 
@@ -48,6 +48,14 @@ def _package_session(name: str, dist: str) -> None:
 
 for _name, _dist in EXISTING.items():
     _package_session(_name, _dist)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff: lint and formatting (ruff.toml)."""
+    session.install("ruff==0.17.*")
+    session.run("ruff", "check", str(ROOT))
+    session.run("ruff", "format", "--check", str(ROOT))
 
 
 @nox.session
