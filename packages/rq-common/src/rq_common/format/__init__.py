@@ -1,5 +1,6 @@
 """The rq int8 ONNX format (docs/format.md): builders, canonicalizer and validator."""
 
+from rq_common.format import npu_checks  # noqa: F401  (registers the NPU checks)
 from rq_common.format.builder import (
     QdqPieces,
     insert_qdq,

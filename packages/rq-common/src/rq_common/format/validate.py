@@ -39,6 +39,12 @@ class ViolationKind(Enum):
     BIAS_SCALE_MISMATCH = "bias-scale-mismatch"
     PER_CHANNEL_NOT_ALLOWED = "per-channel-not-allowed"
     UNPAIRED_QDQ = "unpaired-qdq"
+    NPU_SHIFT_CUT = "npu-shift-cut"
+    NPU_SHIFT_BIAS = "npu-shift-bias"
+    NPU_ADD_POSITIONS = "npu-add-positions"
+    NPU_UNFUSED_ACTIVATION = "npu-unfused-activation"
+    NPU_SHARED_SCALE = "npu-shared-scale"
+    NPU_LEAKY_ALPHA = "npu-leaky-alpha"
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ class Target:
     weight_dtypes: frozenset[QuantDType]
     bias_dtypes: frozenset[QuantDType]
     requires_quantized_ops: frozenset[str] = frozenset()  # ops that cannot run in float there
+    fixed_point_rules: bool = False  # the NPU's shift limits and fusions (rq_common.spec.npu_rules)
 
 
 _NPU_COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
@@ -41,6 +42,7 @@ NPU_CNN_TARGET = Target(
     weight_dtypes=frozenset({QuantDType.INT8}),
     bias_dtypes=frozenset({QuantDType.INT8, QuantDType.INT32}),
     requires_quantized_ops=_NPU_COMPUTE_OPS,
+    fixed_point_rules=True,
 )
 NPU_TRANSFORMER_TARGET = Target(
     name="npu_transformer",

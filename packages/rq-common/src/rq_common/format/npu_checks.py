@@ -1,0 +1,162 @@
+"""Validator checks of the NPU's fixed-point rules (targets with ``fixed_point_rules``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import onnx
+
+from rq_common.format.graph import DEQUANTIZE, QUANTIZE, GraphIndex, attribute, node_label, qdq_params
+from rq_common.format.validate import ValidationContext, Violation, ViolationKind, check
+from rq_common.qmath.qparams import is_power_of_two
+from rq_common.spec import npu_rules
+
+_SHIFTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+_SHARED_SCALE_OPS = ("Concat", "MaxPool", "AveragePool")
+
+
+def _dq_position(index: GraphIndex, tensor: str) -> int | None:
+    """pos of the DequantizeLinear that produces ``tensor`` (None when it is not one)."""
+    node = index.producers.get(tensor)
+    if node is None or node.op_type != DEQUANTIZE:
+        return None
+    params = qdq_params(index, node)
+    if params is None or params.scale.size != 1 or not is_power_of_two(params.scale.reshape(-1)[0]):
+        return None
+    return npu_rules.position(params.scale)
+
+
+def output_quantize(index: GraphIndex, node: onnx.NodeProto) -> onnx.NodeProto | None:
+    """The QuantizeLinear that quantizes ``node``'s output, through one fused ReLU/Clip if there."""
+    readers = index.consumers_of(node.output[0])
+    if len(readers) == 1 and readers[0][0].op_type in npu_rules.FUSABLE_ACTIVATIONS:
+        readers = index.consumers_of(readers[0][0].output[0])
+    quantizers = [r for r, _ in readers if r.op_type == QUANTIZE]
+    return quantizers[0] if quantizers else None
+
+
+def _q_position(index: GraphIndex, q: onnx.NodeProto | None) -> int | None:
+    if q is None:
+        return None
+    params = qdq_params(index, q)
+    if params is None or not is_power_of_two(params.scale.reshape(-1)[0]):
+        return None
+    return npu_rules.position(params.scale)
+
+
+def _applies(ctx: ValidationContext) -> bool:
+    return ctx.preset.target.fixed_point_rules
+
+
+@check
+def _shifts(ctx: ValidationContext) -> Iterator[Violation]:
+    if not _applies(ctx):
+        return
+    index = ctx.index
+    for node in ctx.model.graph.node:
+        if node.op_type not in _SHIFTED_OPS or len(node.input) < 2:
+            continue
+        in_pos, w_pos = _dq_position(index, node.input[0]), _dq_position(index, node.input[1])
+        out_pos = _q_position(index, output_quantize(index, node))
+        if None in (in_pos, w_pos, out_pos):
+            continue
+        cut = npu_rules.shift_cut(w_pos, in_pos, out_pos)
+        label = node_label(node)
+        if not npu_rules.SHIFT_CUT_MIN <= cut <= npu_rules.SHIFT_CUT_MAX:
+            yield Violation(
+                ViolationKind.NPU_SHIFT_CUT,
+                label,
+                node.output[0],
+                f"shift_cut = w_pos {w_pos} + in_pos {in_pos} - out_pos {out_pos} = {cut}, outside [0, 16]",
+            )
+        if len(node.input) > 2 and node.input[2]:
+            bias_pos = _dq_position(index, node.input[2])
+            if bias_pos is None:
+                continue
+            low, high = npu_rules.shift_bias_range(cut)
+            shift = npu_rules.shift_bias(w_pos, in_pos, bias_pos)
+            if not low <= shift <= high:
+                yield Violation(
+                    ViolationKind.NPU_SHIFT_BIAS,
+                    label,
+                    node.input[2],
+                    f"shift_bias = w_pos {w_pos} + in_pos {in_pos} - bias_pos {bias_pos} = {shift}, outside [{low}, {high}]",
+                )
+
+
+@check
+def _add_positions(ctx: ValidationContext) -> Iterator[Violation]:
+    if not _applies(ctx):
+        return
+    for node in ctx.model.graph.node:
+        if node.op_type != "Add":
+            continue
+        positions = [_dq_position(ctx.index, name) for name in node.input]
+        if None in positions:
+            continue
+        if max(positions) - min(positions) > npu_rules.ADD_MAX_POSITION_GAP:
+            yield Violation(
+                ViolationKind.NPU_ADD_POSITIONS,
+                node_label(node),
+                node.output[0],
+                f"input positions {positions} differ by more than {npu_rules.ADD_MAX_POSITION_GAP}",
+            )
+
+
+@check
+def _fused_activations(ctx: ValidationContext) -> Iterator[Violation]:
+    if not _applies(ctx):
+        return
+    index = ctx.index
+    for node in ctx.model.graph.node:
+        if node.op_type not in npu_rules.FUSABLE_ACTIVATIONS:
+            continue
+        dq = index.producers.get(node.input[0])
+        q = index.producers.get(dq.input[0]) if dq is not None and dq.op_type == DEQUANTIZE else None
+        source = index.producers.get(q.input[0]) if q is not None and q.op_type == QUANTIZE else None
+        if source is not None and source.op_type in (*_SHIFTED_OPS, "Add"):
+            yield Violation(
+                ViolationKind.NPU_UNFUSED_ACTIVATION,
+                node_label(node),
+                node.input[0],
+                f"Q/DQ between {source.op_type} '{node_label(source)}' and {node.op_type}: the NPU fuses the activation into it",
+            )
+
+
+@check
+def _shared_scales(ctx: ValidationContext) -> Iterator[Violation]:
+    if not _applies(ctx):
+        return
+    index = ctx.index
+    for node in ctx.model.graph.node:
+        if node.op_type not in _SHARED_SCALE_OPS:
+            continue
+        inputs = node.input if node.op_type == "Concat" else node.input[:1]
+        positions = [_dq_position(index, name) for name in inputs]
+        q = next((r for r, _ in index.consumers_of(node.output[0]) if r.op_type == QUANTIZE), None)
+        positions.append(_q_position(index, q))
+        if None in positions:
+            continue
+        if len(set(positions)) > 1:
+            yield Violation(
+                ViolationKind.NPU_SHARED_SCALE,
+                node_label(node),
+                node.output[0],
+                f"{node.op_type} inputs and output must share one scale; positions {positions}",
+            )
+
+
+@check
+def _leaky_alpha(ctx: ValidationContext) -> Iterator[Violation]:
+    if not _applies(ctx):
+        return
+    for node in ctx.model.graph.node:
+        if node.op_type == "LeakyRelu":
+            alpha = float(attribute(node, "alpha", 0.01))
+            if not npu_rules.is_leaky_alpha_exact(alpha):
+                yield Violation(
+                    ViolationKind.NPU_LEAKY_ALPHA,
+                    node_label(node),
+                    node.output[0],
+                    f"alpha {alpha} is not a multiple of 1/256; the NPU computes {npu_rules.round_leaky_alpha(alpha)}",
+                )

@@ -1,0 +1,99 @@
+"""The NPU's fixed-point rules: hand-computed values, and one violating model per validator check."""
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from rq_common import QParams, QuantSpec
+from rq_common.format import ViolationKind, insert_qdq, validate
+from rq_common.spec import npu_rules
+
+from conftest import make_model
+from models import node, quantized_conv_model, set_initializer
+
+
+def test_rule_arithmetic():
+    assert npu_rules.shift_cut(7, 5, 5) == 7
+    assert npu_rules.shift_bias_range(5) == (-11, 15)  # -(24 - (8 + 5))
+    assert npu_rules.shift_bias_range(16) == (0, 15)  # min(0, 0)
+    assert npu_rules.repair_output_position(7, 5, 20) == 12  # shift_cut 0
+    assert npu_rules.repair_output_position(7, 5, -10) == -4  # shift_cut 16
+    assert npu_rules.repair_output_position(7, 5, 6) == 6
+    assert npu_rules.repair_bias_position(7, 5, 5, 30) == 21  # cut 7: shift_bias >= -(24 - 15) = -9 -> bias_pos <= 21
+    assert npu_rules.repair_bias_position(7, 5, 5, -10) == -3  # shift_bias <= 15
+    assert npu_rules.repair_add_positions([3, 12, 9]) == [3, 10, 9]
+    assert npu_rules.round_leaky_alpha(0.1) == 26 / 256
+    assert npu_rules.is_leaky_alpha_exact(26 / 256) and not npu_rules.is_leaky_alpha_exact(0.1)
+    assert npu_rules.position(np.float32(2.0**-7)) == 7
+
+
+def npu_kinds(model):
+    return {v.kind for v in validate(model, "npu_cnn") if v.kind.value.startswith("npu-")}
+
+
+def test_builder_model_satisfies_the_npu_rules(rng):
+    model, _ = quantized_conv_model(rng, "npu_cnn")
+    assert npu_kinds(model) == set()
+
+
+def test_shift_cut_and_bias(rng):
+    model, _ = quantized_conv_model(rng, "npu_cnn")
+    set_initializer(model, "y_scale", np.float32(2.0**-20))
+    violations = [v for v in validate(model, "npu_cnn") if v.kind is ViolationKind.NPU_SHIFT_CUT]
+    assert [v.node for v in violations] == ["conv"] and "outside [0, 16]" in violations[0].message
+    model, _ = quantized_conv_model(rng, "npu_cnn")
+    set_initializer(model, "B_scale", np.float32(2.0**-30))
+    assert [v.node for v in validate(model, "npu_cnn") if v.kind is ViolationKind.NPU_SHIFT_BIAS] == ["conv"]
+
+
+def test_unfused_relu(rng):
+    model, _ = quantized_conv_model(rng, "npu_cnn")
+    insert_qdq(model, "c", QParams(np.float32(2.0**-4), 128, QuantSpec(dtype="uint8")))
+    assert [v.node for v in validate(model, "npu_cnn") if v.kind is ViolationKind.NPU_UNFUSED_ACTIVATION] == ["relu"]
+
+
+def _two_input_model(op, pos_a, pos_b, out_pos=None):
+    u8 = numpy_helper.from_array(np.uint8(128), "zp")
+    inits = [u8, numpy_helper.from_array(np.float32(2.0**-pos_a), "sa"), numpy_helper.from_array(np.float32(2.0**-pos_b), "sb")]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["a", "sa", "zp"], ["aq"]),
+        helper.make_node("DequantizeLinear", ["aq", "sa", "zp"], ["ad"]),
+        helper.make_node("QuantizeLinear", ["b", "sb", "zp"], ["bq"]),
+        helper.make_node("DequantizeLinear", ["bq", "sb", "zp"], ["bd"]),
+        helper.make_node(op, ["ad", "bd"], ["o"], name="op", **({"axis": 1} if op == "Concat" else {})),
+    ]
+    out = "o"
+    if out_pos is not None:
+        inits.append(numpy_helper.from_array(np.float32(2.0**-out_pos), "so"))
+        nodes += [
+            helper.make_node("QuantizeLinear", ["o", "so", "zp"], ["oq"]),
+            helper.make_node("DequantizeLinear", ["oq", "so", "zp"], ["y"]),
+        ]
+        out = "y"
+    shape = [1, 2]
+    return make_model(
+        nodes,
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in "ab"],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)],
+        inits,
+    )
+
+
+def test_add_positions():
+    assert npu_kinds(_two_input_model("Add", 3, 10)) == set()
+    assert npu_kinds(_two_input_model("Add", 3, 11)) == {ViolationKind.NPU_ADD_POSITIONS}
+
+
+def test_concat_shares_one_scale():
+    assert npu_kinds(_two_input_model("Concat", 5, 5, out_pos=5)) == set()
+    assert npu_kinds(_two_input_model("Concat", 5, 6, out_pos=5)) == {ViolationKind.NPU_SHARED_SCALE}
+    assert npu_kinds(_two_input_model("Concat", 5, 5, out_pos=4)) == {ViolationKind.NPU_SHARED_SCALE}
+
+
+@pytest.mark.parametrize(("alpha", "ok"), [(0.1, False), (26 / 256, True), (0.25, True)])
+def test_leaky_alpha(rng, alpha, ok):
+    model, _ = quantized_conv_model(rng, "npu_cnn")
+    node(model, "relu").op_type = "LeakyRelu"
+    node(model, "relu").attribute.append(helper.make_attribute("alpha", alpha))
+    assert (ViolationKind.NPU_LEAKY_ALPHA not in npu_kinds(model)) == ok
+    assert ViolationKind.NPU_LEAKY_ALPHA not in {v.kind for v in validate(model, "cpu")}
