@@ -12,7 +12,6 @@ from rq_common.qmath.qparams import is_power_of_two
 from rq_common.spec import npu_rules
 
 _SHIFTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-_SHARED_SCALE_OPS = ("Concat", "MaxPool", "AveragePool")
 
 
 def _dq_position(index: GraphIndex, tensor: str) -> int | None:
@@ -114,7 +113,7 @@ def _fused_activations(ctx: ValidationContext) -> Iterator[Violation]:
         dq = index.producers.get(node.input[0])
         q = index.producers.get(dq.input[0]) if dq is not None and dq.op_type == DEQUANTIZE else None
         source = index.producers.get(q.input[0]) if q is not None and q.op_type == QUANTIZE else None
-        if source is not None and source.op_type in (*_SHIFTED_OPS, "Add"):
+        if source is not None and source.op_type in npu_rules.FUSING_OPS:
             yield Violation(
                 ViolationKind.NPU_UNFUSED_ACTIVATION,
                 node_label(node),
@@ -129,7 +128,7 @@ def _shared_scales(ctx: ValidationContext) -> Iterator[Violation]:
         return
     index = ctx.index
     for node in ctx.model.graph.node:
-        if node.op_type not in _SHARED_SCALE_OPS:
+        if node.op_type not in npu_rules.SHARED_SCALE_OPS:
             continue
         inputs = node.input if node.op_type == "Concat" else node.input[:1]
         positions = [_dq_position(index, name) for name in inputs]

@@ -18,7 +18,9 @@ SHIFT_BIAS_MAX = 15
 ACCUMULATOR_BITS = 24
 ADD_MAX_POSITION_GAP = 7
 LEAKY_ALPHA_STEPS = 256
-FUSABLE_ACTIVATIONS = frozenset({"Relu", "Clip"})  # fused into the producing Conv/Gemm/Add: no Q/DQ between
+FUSABLE_ACTIVATIONS = frozenset({"Relu", "Clip"})  # fused into the producing op: no Q/DQ between
+FUSING_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Add"})  # the ops an activation fuses into
+SHARED_SCALE_OPS = frozenset({"Concat", "MaxPool", "AveragePool"})  # inputs and output share one scale
 
 
 def position(scale) -> int:

@@ -1,0 +1,173 @@
+"""quantize_static: the ONNX Runtime-style entry point, in rq's int8 format."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from rq_common import Calibrator, bias_qparams
+from rq_common.errors import SpecError
+from rq_common.format import Violation, validate
+from rq_common.io import save_onnx
+from rq_common.qmath import QParams
+from rq_common.report import QuantReport
+from rq_common.spec import Granularity, Preset, get_preset
+from rq_onnx.calibrate import CalibrationDataReader, calibrate
+from rq_onnx.npu_repair import repair_bias_position, repair_positions
+from rq_onnx.options import PRESET_SHORTHANDS, QuantizeOptions
+from rq_onnx.plan import FloatOp, Plan, make_plan, name_nodes
+from rq_onnx.prepare import load_model, prepare_model
+from rq_onnx.report import error_report
+from rq_onnx.write import fix_batch_to_one, write_quantized
+
+
+@dataclass
+class QuantizeResult:
+    """What quantize_static produced and what it noticed."""
+
+    output_path: Path | None
+    model: onnx.ModelProto
+    preset: Preset
+    report: QuantReport
+    float_ops: list[FloatOp]
+    notes: list[str]
+    violations: list[Violation]
+    qparams: dict[str, QParams] = field(default_factory=dict)
+
+
+def split_overrides(overrides: dict[str, Any]) -> tuple[QuantizeOptions, dict[str, Any]]:
+    """Keyword arguments -> (QuantizeOptions, preset overrides); unknown names raise SpecError."""
+    option_names = QuantizeOptions.field_names()
+    options = {k: v for k, v in overrides.items() if k in option_names}
+    preset_overrides = {PRESET_SHORTHANDS.get(k, k): v for k, v in overrides.items() if k not in option_names}
+    return QuantizeOptions(**options), preset_overrides
+
+
+def quantize_static(
+    model_input: str | Path | onnx.ModelProto,
+    model_output: str | Path | None,
+    calibration_data_reader: CalibrationDataReader,
+    preset: str | Preset = "npu_cnn",
+    **overrides: Any,
+) -> QuantizeResult:
+    """Quantize a float ONNX model to rq's int8 format.
+
+    ``calibration_data_reader`` follows ONNX Runtime's protocol (get_next() -> dict or None).
+    ``overrides`` are preset fields (``per_channel=True``, ``activation_method="percentile"`` or
+    ``method=...``, ``activation_dtype="int8"``, ``weight_dtype=...``) and QuantizeOptions fields
+    (``exclude_op_types``, ``exclude_nodes``, ``use_external_data``, ``report_path``, ``quiet``).
+    The output file is written whole at the end, or not at all; the input is never modified.
+    """
+    options, preset_overrides = split_overrides(overrides)
+    preset = get_preset(preset, **preset_overrides)
+    notes: list[str] = []
+    if getattr(calibration_data_reader, "is_random", False):
+        notes.append("WARNING: calibrated on random data (asked for explicitly): scales do not reflect real inputs")
+    model = prepare_model(load_model(model_input), preset, notes)
+    name_nodes(model)
+    plan = make_plan(model, preset, options.exclude_op_types, options.exclude_nodes)
+    if not plan.activations:
+        raise SpecError("model", "nothing to quantize: no op of the model has a quantization rule (see the float-op list)")
+
+    rewind = callable(getattr(calibration_data_reader, "rewind", None))
+    calibration = calibrate(
+        model,
+        plan.activations,
+        plan.groups,
+        preset,
+        calibration_data_reader,
+        max_batches=options.max_calibration_batches,
+        keep_batches=0 if rewind else options.report_batches,
+        quiet=options.quiet,
+    )
+    act = calibration.qparams
+    weights = quantize_weights(model, plan, preset)
+    if preset.target.fixed_point_rules:
+        repair_positions(plan, act, weights, notes)
+    biases = quantize_biases(model, plan, preset, act, weights)
+
+    written = onnx.ModelProto()
+    written.CopyFrom(model)
+    if preset.target.fixed_point_rules:
+        fix_batch_to_one(written, notes)
+    quantized, dequantized = write_quantized(written, plan, act, weights, biases)
+    violations = validate(quantized, preset, float_nodes=[f.node for f in plan.float_ops])
+
+    report = QuantReport(title=f"rq-onnx: {preset.name}", notes=list(notes))
+    report.notes += [f"kept in float: {f.node} ({f.op_type}): {f.reason}" for f in plan.float_ops]
+    report.notes += [f"format violation: {v}" for v in violations]
+    if rewind:
+        calibration_data_reader.rewind()
+        feeds = _reader_batches(calibration_data_reader, options.report_batches)
+    else:
+        feeds = calibration.kept_batches
+    error_report(model, quantized, dequantized, act, feeds, report)
+
+    output_path = None
+    if model_output is not None:
+        output_path = save_model(quantized, Path(model_output), options.use_external_data)
+    if options.report_path is not None:
+        writer = report.to_json if options.report_path.suffix == ".json" else report.to_html
+        writer(options.report_path)
+    return QuantizeResult(output_path, quantized, preset, report, plan.float_ops, notes, violations, act)
+
+
+def _reader_batches(reader, limit: int):
+    for _ in range(limit):
+        feed = reader.get_next()
+        if feed is None:
+            return
+        yield feed
+
+
+def quantize_weights(model: onnx.ModelProto, plan: Plan, preset: Preset) -> dict[str, QParams]:
+    """QParams of every planned weight: per channel on its output axis where the preset says so."""
+    constants = {t.name: t for t in model.graph.initializer}
+    out = {}
+    for name, use in plan.weights.items():
+        values = numpy_helper.to_array(constants[name])
+        spec = preset.weight
+        if spec.per_channel and use.axis is not None:
+            spec = spec.replace(axis=use.axis)
+        else:
+            spec = spec.replace(granularity=Granularity.PER_TENSOR, axis=None)
+        calibrator = Calibrator(spec, preset.weight_method, name=name)
+        calibrator.update(values)
+        out[name] = calibrator.qparams()
+    return out
+
+
+def quantize_biases(model, plan: Plan, preset: Preset, act, weights) -> dict[tuple[str, int], QParams]:
+    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    out = {}
+    shifted = {op.node: op for op in plan.shifted}
+    for use in plan.biases:
+        if use.input_tensor not in act or use.weight not in weights or use.name not in constants:
+            continue
+        bias = constants[use.name].astype(np.float32).reshape(-1)
+        qp = bias_qparams(bias, act[use.input_tensor], weights[use.weight], preset.bias, preset.bias_rule)
+        if preset.target.fixed_point_rules and use.node in shifted:
+            qp = repair_bias_position(qp, weights[use.weight], act[use.input_tensor], act.get(shifted[use.node].output_tensor))
+        out[(use.node, use.slot)] = qp
+    return out
+
+
+def save_model(model: onnx.ModelProto, path: Path, external_data: bool) -> Path:
+    """Deterministic bytes, written whole (a temporary name, then a rename) or not at all."""
+    if not external_data:
+        return save_onnx(model, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data_name = f"{path.name}.data"
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        staged = Path(tmp) / path.name
+        onnx.save_model(model, str(staged), save_as_external_data=True, all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
+        os.replace(Path(tmp) / data_name, path.parent / data_name)
+        os.replace(staged, path)
+    return path

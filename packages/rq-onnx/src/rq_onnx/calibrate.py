@@ -1,0 +1,145 @@
+"""Calibration: run the float model in ONNX Runtime one batch at a time, with the tensors to
+quantize as extra outputs, and feed each to a streaming rq_common Calibrator. Nothing is kept
+between batches except the observers' fixed-size state (and, for the report, at most
+``keep_batches`` input batches when the reader cannot rewind)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper
+from tqdm import tqdm
+
+from rq_common import Calibrator
+from rq_common.errors import RqError
+from rq_common.qmath import QParams
+from rq_common.spec import Preset
+from rq_onnx.errors import CalibrationReaderError
+from rq_onnx.plan import ScaleGroups
+
+
+class CalibrationDataReader(Protocol):
+    """ONNX Runtime's protocol: get_next() returns {input name: array} or None at the end."""
+
+    def get_next(self) -> dict[str, np.ndarray] | None: ...
+
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def make_session(model: onnx.ModelProto, threads: int = 0) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # ORT raises its own exception types for unsupported ops
+        raise RqError(f"ONNX Runtime cannot run the model: {str(error).splitlines()[0]}") from None
+
+
+def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph outputs also include ``names``."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    existing = {o.name for o in out.graph.output} | {i.name for i in out.graph.input}
+    out.graph.output.extend(helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names if n not in existing)
+    return out
+
+
+def check_feed(feed, session: ort.InferenceSession, batch_number: int) -> dict[str, np.ndarray]:
+    """The batch with arrays cast to the model's input types; a clear error when it does not fit."""
+    if not isinstance(feed, dict):
+        raise CalibrationReaderError(f"batch {batch_number}: get_next() returned {type(feed).__name__}; it must return a dict of input name to array, or None at the end")
+    expected = {i.name: i for i in session.get_inputs()}
+    if set(feed) != set(expected):
+        raise CalibrationReaderError(
+            f"batch {batch_number}: the reader gives inputs {sorted(feed)}, the model's inputs are {sorted(expected)}; "
+            "make get_next() return one array per model input, keyed by the input's name"
+        )
+    out = {}
+    for name, value in feed.items():
+        value = np.asarray(value)
+        want = expected[name]
+        dtype = _ORT_TYPES.get(want.type)
+        if dtype is not None and value.dtype != dtype:
+            value = value.astype(dtype)
+        if len(value.shape) != len(want.shape) or any(isinstance(d, int) and d != v for d, v in zip(want.shape, value.shape)):
+            raise CalibrationReaderError(f"batch {batch_number}: input '{name}' has shape {list(value.shape)}, the model expects {want.shape}")
+        out[name] = value
+    return out
+
+
+def batches(reader: CalibrationDataReader, limit: int | None = None) -> Iterator[dict]:
+    count = 0
+    while limit is None or count < limit:
+        feed = reader.get_next()
+        if feed is None:
+            return
+        count += 1
+        yield feed
+
+
+@dataclass
+class CalibrationResult:
+    qparams: dict[str, QParams]
+    num_batches: int
+    kept_batches: list[dict[str, np.ndarray]] = field(default_factory=list)
+
+
+def calibrate(
+    model: onnx.ModelProto,
+    tensors: list[str],
+    groups: ScaleGroups,
+    preset: Preset,
+    reader: CalibrationDataReader,
+    *,
+    max_batches: int | None = None,
+    keep_batches: int = 0,
+    quiet: bool = False,
+) -> CalibrationResult:
+    """QParams for every tensor in ``tensors``, one per scale group (the group's statistics merged)."""
+    inputs = {i.name for i in model.graph.input}
+    extra = [t for t in tensors if t not in inputs]
+    session = make_session(with_outputs(model, extra))
+    output_names = [o.name for o in session.get_outputs()]
+    calibrators = {t: Calibrator(preset.activation, preset.activation_method, name=t) for t in tensors}
+    kept: list[dict[str, np.ndarray]] = []
+    total = len(reader) if hasattr(reader, "__len__") else None
+    count = 0
+    for feed in tqdm(batches(reader, max_batches), desc="calibrating", unit="batch", total=total, disable=quiet, file=sys.stderr):
+        count += 1
+        feed = check_feed(feed, session, count)
+        values = dict(zip(output_names, session.run(None, feed), strict=True))
+        values.update(feed)
+        for name, calibrator in calibrators.items():
+            calibrator.update(values[name])
+        if len(kept) < keep_batches:
+            kept.append(feed)
+    if count == 0:
+        raise CalibrationReaderError("the calibration data reader yielded no batches; give it at least one sample")
+    qparams: dict[str, QParams] = {}
+    for members in groups.members().values():
+        present = [m for m in members if m in calibrators]
+        if not present:
+            continue
+        merged = calibrators[present[0]]
+        for other in present[1:]:
+            merged.merge(calibrators[other])
+        chosen = merged.qparams()
+        for m in present:
+            qparams[m] = chosen
+    return CalibrationResult(qparams, count, kept)

@@ -1,0 +1,45 @@
+"""Typed options of quantize_static (everything that is not a preset field)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from rq_common.errors import SpecError
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """How to run the quantization.
+
+    exclude_op_types / exclude_nodes: ops kept in float on request (by type or node name).
+    max_calibration_batches: stop reading after this many batches (None: read to the end).
+    report_batches: batches kept for the report when the reader cannot rewind().
+    use_external_data: store the weights in ``<output>.data`` beside the model (needed above 2 GB).
+    report_path: also write the report there (.html, or .json).
+    quiet: no progress bars.
+    """
+
+    exclude_op_types: tuple[str, ...] = ()
+    exclude_nodes: tuple[str, ...] = ()
+    max_calibration_batches: int | None = None
+    report_batches: int = 16
+    use_external_data: bool = False
+    report_path: Path | None = None
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "exclude_op_types", tuple(self.exclude_op_types))
+        object.__setattr__(self, "exclude_nodes", tuple(self.exclude_nodes))
+        if self.report_path is not None:
+            object.__setattr__(self, "report_path", Path(self.report_path))
+        if self.max_calibration_batches is not None and self.max_calibration_batches < 1:
+            raise SpecError("max_calibration_batches", "must be at least 1")
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in fields(cls)}
+
+
+# names quantize_static accepts as shorthands for preset fields (as ONNX Runtime's users know them)
+PRESET_SHORTHANDS = {"method": "activation_method", "calibrate_method": "activation_method"}

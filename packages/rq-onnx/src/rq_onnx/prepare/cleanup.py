@@ -1,0 +1,46 @@
+"""Remove what inference does not need: Identity, Dropout and other training-only nodes, dead nodes."""
+
+from __future__ import annotations
+
+import onnx
+
+from rq_onnx.prepare.graph_edit import graph_output_names, remove_unused_initializers, rename_tensor_reads
+
+# inference forms that pass input 0 through unchanged
+PASS_THROUGH_AT_INFERENCE = frozenset({"Identity", "Dropout"})
+
+
+def remove_training_nodes(model: onnx.ModelProto, notes: list[str]) -> None:
+    graph = model.graph
+    outputs = graph_output_names(graph)
+    removed = []
+    for node in list(graph.node):
+        if node.op_type not in PASS_THROUGH_AT_INFERENCE or node.output[0] in outputs:
+            continue
+        if any(o and o != node.output[0] and _is_read(graph, o) for o in node.output):
+            continue  # a Dropout mask someone reads: leave it
+        rename_tensor_reads(graph, node.output[0], node.input[0])
+        graph.node.remove(node)
+        removed.append(node.op_type)
+    if removed:
+        notes.append(f"removed {len(removed)} inference no-op node(s): {', '.join(sorted(set(removed)))}")
+    remove_dead_nodes(model)
+
+
+def _is_read(graph: onnx.GraphProto, name: str) -> bool:
+    return any(name in n.input for n in graph.node)
+
+
+def remove_dead_nodes(model: onnx.ModelProto) -> None:
+    """Drop nodes none of whose outputs reach a graph output, then unused initializers."""
+    graph = model.graph
+    needed = graph_output_names(graph)
+    keep = []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(x for x in node.input if x)
+    if len(keep) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(reversed(keep))
+    remove_unused_initializers(graph)

@@ -1,0 +1,185 @@
+"""Calibration data readers in ONNX Runtime's protocol (get_next() -> dict or None, plus rewind()).
+
+- NpzReader: one .npz whose keys are the model's input names, samples stacked on axis 0.
+- NpyFolderReader: a folder of .npy files, one sample each (single-input models), or one
+  sub-folder per input name holding the same number of files.
+- ImageFolderReader: a folder of images: resize the short side, center crop, scale to [0, 1],
+  normalize by mean/std, NCHW or NHWC as the model's input says.
+- RandomDataReader: only when asked for; the report's first line says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from rq_onnx.errors import CalibrationReaderError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
+
+
+def model_inputs(model: onnx.ModelProto) -> list[tuple[str, list[int | str | None]]]:
+    """(name, shape) of each real input (initializers listed as inputs are not inputs)."""
+    initializers = {t.name for t in model.graph.initializer}
+    out = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in value.type.tensor_type.shape.dim]
+        out.append((value.name, dims))
+    return out
+
+
+class _BatchedReader:
+    """Serves {name: array[N, ...]} in batches of ``batch_size`` along axis 0; rewindable."""
+
+    is_random = False
+
+    def __init__(self, arrays: dict[str, np.ndarray], batch_size: int):
+        if batch_size < 1:
+            raise CalibrationReaderError(f"batch size must be at least 1, got {batch_size}")
+        counts = {name: len(a) for name, a in arrays.items()}
+        if len(set(counts.values())) > 1:
+            raise CalibrationReaderError(f"inputs hold different sample counts: {counts}")
+        self.arrays = arrays
+        self.batch_size = batch_size
+        self.samples = next(iter(counts.values()), 0)
+        if self.samples == 0:
+            raise CalibrationReaderError("the calibration data holds no samples")
+        self.position = 0
+
+    def __len__(self) -> int:
+        return -(-self.samples // self.batch_size)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.position >= self.samples:
+            return None
+        start, self.position = self.position, self.position + self.batch_size
+        return {name: a[start : self.position] for name, a in self.arrays.items()}
+
+    def rewind(self) -> None:
+        self.position = 0
+
+
+class NpzReader(_BatchedReader):
+    def __init__(self, path: str | Path, batch_size: int = 1, input_names: Sequence[str] | None = None):
+        path = Path(path)
+        try:
+            with np.load(path) as data:
+                arrays = {k: data[k] for k in data.files}
+        except (OSError, ValueError) as error:
+            raise CalibrationReaderError(f"{path}: cannot read as .npz ({error})") from None
+        if input_names is not None and set(arrays) != set(input_names):
+            raise CalibrationReaderError(
+                f"{path} holds arrays {sorted(arrays)}; the model's inputs are {sorted(input_names)}. "
+                "Save one array per input, keyed by the input name (np.savez(path, **{name: samples}))"
+            )
+        super().__init__(arrays, batch_size)
+
+
+def _stack_files(files: list[Path], add_batch_axis: bool) -> np.ndarray:
+    arrays = [np.load(f) for f in files]
+    return np.stack(arrays) if add_batch_axis else np.concatenate(arrays)
+
+
+class NpyFolderReader(_BatchedReader):
+    def __init__(self, folder: str | Path, inputs: list[tuple[str, list]], batch_size: int = 1):
+        folder = Path(folder)
+        arrays = {}
+        if len(inputs) == 1:
+            sources = {inputs[0][0]: folder}
+        else:
+            sources = {name: folder / name for name, _ in inputs}
+            missing = [str(p) for p in sources.values() if not p.is_dir()]
+            if missing:
+                raise CalibrationReaderError(f"a model with inputs {sorted(sources)} needs one sub-folder of .npy per input; missing {missing}")
+        for (name, shape), source in zip(inputs, sources.values(), strict=True):
+            files = sorted(source.glob("*.npy"))
+            if not files:
+                raise CalibrationReaderError(f"{source} holds no .npy files")
+            first = np.load(files[0])
+            arrays[name] = _stack_files(files, add_batch_axis=first.ndim == len(shape) - 1)
+        super().__init__(arrays, batch_size)
+
+
+class ImageFolderReader(_BatchedReader):
+    """Images -> float32 tensors the way torchvision/Keras classifiers are usually fed."""
+
+    def __init__(
+        self,
+        folder: str | Path,
+        input_name: str,
+        input_shape: list,
+        batch_size: int = 1,
+        mean: Sequence[float] = (0.485, 0.456, 0.406),
+        std: Sequence[float] = (0.229, 0.224, 0.225),
+        crop_fraction: float = 0.875,
+        layout: str | None = None,
+    ):
+        from PIL import Image
+
+        folder = Path(folder)
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise CalibrationReaderError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        layout = layout or _layout(input_shape)
+        height, width = (input_shape[2], input_shape[3]) if layout == "NCHW" else (input_shape[1], input_shape[2])
+        if not all(isinstance(d, int) and d > 0 for d in (height, width)):
+            raise CalibrationReaderError(f"input '{input_name}' has no fixed height and width ({input_shape}); give the model a static image size")
+        mean_arr, std_arr = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+        images = []
+        for path in files:
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+                short = min(height, width) / crop_fraction
+                scale = short / min(image.size)
+                image = image.resize((max(width, round(image.width * scale)), max(height, round(image.height * scale))), Image.BILINEAR)
+                left, top = (image.width - width) // 2, (image.height - height) // 2
+                pixels = np.asarray(image.crop((left, top, left + width, top + height)), np.float32) / 255.0
+            pixels = (pixels - mean_arr) / std_arr
+            images.append(pixels.transpose(2, 0, 1) if layout == "NCHW" else pixels)
+        super().__init__({input_name: np.stack(images).astype(np.float32)}, batch_size)
+
+
+def _layout(shape: list) -> str:
+    if len(shape) != 4:
+        raise CalibrationReaderError(f"an image input needs rank 4 (NCHW or NHWC), the model's input has shape {shape}")
+    if shape[1] == 3:
+        return "NCHW"
+    if shape[3] == 3:
+        return "NHWC"
+    raise CalibrationReaderError(f"cannot tell NCHW from NHWC for input shape {shape}; pass layout='NCHW' or 'NHWC'")
+
+
+class RandomDataReader(_BatchedReader):
+    """Standard-normal data in the model's input shapes (dynamic dims become 1). Never a default."""
+
+    is_random = True
+
+    def __init__(self, inputs: list[tuple[str, list]], num_samples: int = 16, batch_size: int = 1, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        arrays = {}
+        for name, shape in inputs:
+            dims = [d if isinstance(d, int) and d > 0 else 1 for d in shape[1:]]
+            arrays[name] = rng.standard_normal([num_samples, *dims]).astype(np.float32)
+        super().__init__(arrays, batch_size)
+
+
+def open_calibration_data(path: str | Path, model: onnx.ModelProto, batch_size: int = 1) -> _BatchedReader:
+    """The reader for ``path``: an .npz file, a folder of .npy files, or a folder of images."""
+    path = Path(path)
+    inputs = model_inputs(model)
+    if path.is_file() and path.suffix == ".npz":
+        return NpzReader(path, batch_size, [name for name, _ in inputs])
+    if path.is_dir():
+        if any(path.rglob("*.npy")):
+            return NpyFolderReader(path, inputs, batch_size)
+        if any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.rglob("*")):
+            if len(inputs) != 1:
+                raise CalibrationReaderError("an image folder feeds a single-input model; this model has inputs " + ", ".join(n for n, _ in inputs))
+            return ImageFolderReader(path, inputs[0][0], inputs[0][1], batch_size)
+        raise CalibrationReaderError(f"{path} holds neither .npy files nor images")
+    raise CalibrationReaderError(f"{path}: calibration data must be an .npz file, a folder of .npy files or a folder of images")
