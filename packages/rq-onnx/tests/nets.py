@@ -20,7 +20,11 @@ class GraphBuilder:
 
     def const(self, value, base="c") -> str:
         name = self.name(base)
-        self.inits.append(numpy_helper.from_array(np.asarray(value, np.float32) if np.asarray(value).dtype.kind == "f" else np.asarray(value), name))
+        self.inits.append(
+            numpy_helper.from_array(
+                np.asarray(value, np.float32) if np.asarray(value).dtype.kind == "f" else np.asarray(value), name
+            )
+        )
         return name
 
     def op(self, op_type: str, inputs: list[str], **attrs) -> str:
@@ -99,7 +103,11 @@ def mobilenet_v2_net(seed: int = 0, classes: int = 10) -> onnx.ModelProto:
 
 
 def layer_norm(g: GraphBuilder, x: str, d: int) -> str:
-    return g.op("LayerNormalization", [x, g.const(g.rng.uniform(0.8, 1.2, d), "ln_g"), g.const(g.rng.standard_normal(d) * 0.05, "ln_b")], axis=-1)
+    return g.op(
+        "LayerNormalization",
+        [x, g.const(g.rng.uniform(0.8, 1.2, d), "ln_g"), g.const(g.rng.standard_normal(d) * 0.05, "ln_b")],
+        axis=-1,
+    )
 
 
 def transformer_encoder_net(seed: int = 0, tokens: int = 8, d: int = 32, heads: int = 4) -> onnx.ModelProto:
@@ -113,14 +121,25 @@ def transformer_encoder_net(seed: int = 0, tokens: int = 8, d: int = 32, heads: 
         return g.op("Transpose", [g.op("Reshape", [g.linear(t, d, d), split_shape])], perm=[0, 2, 1, 3])
 
     q, k, v = project(h), project(h), project(h)
-    scores = g.op("Mul", [g.op("MatMul", [q, g.op("Transpose", [k], perm=[0, 1, 3, 2])]), g.const(np.float32(1 / np.sqrt(hd)), "scale")])
+    scores = g.op(
+        "Mul", [g.op("MatMul", [q, g.op("Transpose", [k], perm=[0, 1, 3, 2])]), g.const(np.float32(1 / np.sqrt(hd)), "scale")]
+    )
     attn = g.op("MatMul", [g.op("Softmax", [scores], axis=-1), v])
     merged = g.op("Reshape", [g.op("Transpose", [attn], perm=[0, 2, 1, 3]), g.const(np.array([0, tokens, d], np.int64), "merge")])
     x = g.op("Add", [x, g.linear(merged, d, d)])
     h = g.linear(layer_norm(g, x, d), d, 2 * d)
-    gelu = g.op("Mul", [g.op("Mul", [h, g.const(np.float32(0.5), "half")]), g.op("Add", [g.op("Erf", [g.op("Div", [h, g.const(np.float32(np.sqrt(2)), "sqrt2")])]), g.const(np.float32(1.0), "one")])])
-    out = g.op("Add", [x, g.linear(gelu, 2 * d, d)])
-    g.nodes[-1].output[0] = "encoded"
+    gelu = g.op(
+        "Mul",
+        [
+            g.op("Mul", [h, g.const(np.float32(0.5), "half")]),
+            g.op(
+                "Add",
+                [g.op("Erf", [g.op("Div", [h, g.const(np.float32(np.sqrt(2)), "sqrt2")])]), g.const(np.float32(1.0), "one")],
+            ),
+        ],
+    )
+    g.op("Add", [x, g.linear(gelu, 2 * d, d)])
+    g.nodes[-1].output[0] = "encoded"  # the residual sum is the graph output
     return g.model(
         [helper.make_tensor_value_info("tokens", TensorProto.FLOAT, ["N", tokens, d])],
         [helper.make_tensor_value_info("encoded", TensorProto.FLOAT, ["N", tokens, d])],

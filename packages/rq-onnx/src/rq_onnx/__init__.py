@@ -1,7 +1,7 @@
 """rq-onnx: post-training quantization of ONNX models into rq's int8 format.
 
-    from rq_onnx import quantize_static
-    quantize_static("model.onnx", "model_int8.onnx", reader, preset="npu_cnn")
+from rq_onnx import quantize_static
+quantize_static("model.onnx", "model_int8.onnx", reader, preset="npu_cnn")
 """
 
 from rq_onnx.api import QuantizeResult, quantize_static

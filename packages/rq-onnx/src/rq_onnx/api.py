@@ -167,7 +167,9 @@ def save_model(model: onnx.ModelProto, path: Path, external_data: bool) -> Path:
     data_name = f"{path.name}.data"
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         staged = Path(tmp) / path.name
-        onnx.save_model(model, str(staged), save_as_external_data=True, all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
+        onnx.save_model(
+            model, str(staged), save_as_external_data=True, all_tensors_to_one_file=True, location=data_name, size_threshold=1024
+        )
         os.replace(Path(tmp) / data_name, path.parent / data_name)
         os.replace(staged, path)
     return path

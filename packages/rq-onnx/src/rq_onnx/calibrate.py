@@ -63,7 +63,9 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
 def check_feed(feed, session: ort.InferenceSession, batch_number: int) -> dict[str, np.ndarray]:
     """The batch with arrays cast to the model's input types; a clear error when it does not fit."""
     if not isinstance(feed, dict):
-        raise CalibrationReaderError(f"batch {batch_number}: get_next() returned {type(feed).__name__}; it must return a dict of input name to array, or None at the end")
+        raise CalibrationReaderError(
+            f"batch {batch_number}: get_next() returned {type(feed).__name__}; it must return a dict of input name to array, or None at the end"
+        )
     expected = {i.name: i for i in session.get_inputs()}
     if set(feed) != set(expected):
         raise CalibrationReaderError(
@@ -78,7 +80,9 @@ def check_feed(feed, session: ort.InferenceSession, batch_number: int) -> dict[s
         if dtype is not None and value.dtype != dtype:
             value = value.astype(dtype)
         if len(value.shape) != len(want.shape) or any(isinstance(d, int) and d != v for d, v in zip(want.shape, value.shape)):
-            raise CalibrationReaderError(f"batch {batch_number}: input '{name}' has shape {list(value.shape)}, the model expects {want.shape}")
+            raise CalibrationReaderError(
+                f"batch {batch_number}: input '{name}' has shape {list(value.shape)}, the model expects {want.shape}"
+            )
         out[name] = value
     return out
 

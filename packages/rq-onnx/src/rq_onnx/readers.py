@@ -95,7 +95,9 @@ class NpyFolderReader(_BatchedReader):
             sources = {name: folder / name for name, _ in inputs}
             missing = [str(p) for p in sources.values() if not p.is_dir()]
             if missing:
-                raise CalibrationReaderError(f"a model with inputs {sorted(sources)} needs one sub-folder of .npy per input; missing {missing}")
+                raise CalibrationReaderError(
+                    f"a model with inputs {sorted(sources)} needs one sub-folder of .npy per input; missing {missing}"
+                )
         for (name, shape), source in zip(inputs, sources.values(), strict=True):
             files = sorted(source.glob("*.npy"))
             if not files:
@@ -128,7 +130,9 @@ class ImageFolderReader(_BatchedReader):
         layout = layout or _layout(input_shape)
         height, width = (input_shape[2], input_shape[3]) if layout == "NCHW" else (input_shape[1], input_shape[2])
         if not all(isinstance(d, int) and d > 0 for d in (height, width)):
-            raise CalibrationReaderError(f"input '{input_name}' has no fixed height and width ({input_shape}); give the model a static image size")
+            raise CalibrationReaderError(
+                f"input '{input_name}' has no fixed height and width ({input_shape}); give the model a static image size"
+            )
         mean_arr, std_arr = np.asarray(mean, np.float32), np.asarray(std, np.float32)
         images = []
         for path in files:
@@ -136,7 +140,9 @@ class ImageFolderReader(_BatchedReader):
                 image = image.convert("RGB")
                 short = min(height, width) / crop_fraction
                 scale = short / min(image.size)
-                image = image.resize((max(width, round(image.width * scale)), max(height, round(image.height * scale))), Image.BILINEAR)
+                image = image.resize(
+                    (max(width, round(image.width * scale)), max(height, round(image.height * scale))), Image.BILINEAR
+                )
                 left, top = (image.width - width) // 2, (image.height - height) // 2
                 pixels = np.asarray(image.crop((left, top, left + width, top + height)), np.float32) / 255.0
             pixels = (pixels - mean_arr) / std_arr
@@ -179,7 +185,9 @@ def open_calibration_data(path: str | Path, model: onnx.ModelProto, batch_size: 
             return NpyFolderReader(path, inputs, batch_size)
         if any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.rglob("*")):
             if len(inputs) != 1:
-                raise CalibrationReaderError("an image folder feeds a single-input model; this model has inputs " + ", ".join(n for n, _ in inputs))
+                raise CalibrationReaderError(
+                    "an image folder feeds a single-input model; this model has inputs " + ", ".join(n for n, _ in inputs)
+                )
             return ImageFolderReader(path, inputs[0][0], inputs[0][1], batch_size)
         raise CalibrationReaderError(f"{path} holds neither .npy files nor images")
     raise CalibrationReaderError(f"{path}: calibration data must be an .npz file, a folder of .npy files or a folder of images")

@@ -43,7 +43,9 @@ def round_leaky_alphas(model: onnx.ModelProto, notes: list[str]) -> None:
             node.attribute.append(attr)
         if not is_leaky_alpha_exact(attr.f):
             rounded = round_leaky_alpha(attr.f)
-            notes.append(f"LeakyRelu '{node.name or node.output[0]}': alpha {attr.f:.6g} -> {rounded:.6g} ({round(rounded * 256)}/256), as the NPU computes it")
+            notes.append(
+                f"LeakyRelu '{node.name or node.output[0]}': alpha {attr.f:.6g} -> {rounded:.6g} ({round(rounded * 256)}/256), as the NPU computes it"
+            )
             attr.f = rounded
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from rq_onnx.prepare.graph_edit import consumers, constant_value, graph_output_names, set_initializer, unique_name
+from rq_onnx.prepare.graph_edit import constant_value, consumers, graph_output_names, set_initializer, unique_name
 
 
 def _bn_affine(graph: onnx.GraphProto, bn: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray] | None:
@@ -80,7 +80,9 @@ def _to_depthwise_conv(graph, bn, factor, shift) -> bool:
     bias_name = unique_name(graph, f"{bn.name or bn.output[0]}_dw_bias")
     set_initializer(graph, weight_name, factor.reshape(channels, 1, 1, 1).astype(np.float32))
     set_initializer(graph, bias_name, shift.astype(np.float32))
-    conv = helper.make_node("Conv", [bn.input[0], weight_name, bias_name], [bn.output[0]], name=bn.name or None, group=channels, kernel_shape=[1, 1])
+    conv = helper.make_node(
+        "Conv", [bn.input[0], weight_name, bias_name], [bn.output[0]], name=bn.name or None, group=channels, kernel_shape=[1, 1]
+    )
     position = list(graph.node).index(bn)
     graph.node.remove(bn)
     graph.node.insert(position, conv)

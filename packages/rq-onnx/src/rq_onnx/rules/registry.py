@@ -14,8 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from rq_common.format.graph import attribute
-
 FloatReason = Callable[[onnx.NodeProto, "RuleContext"], "str | None"]
 
 

@@ -1,0 +1,79 @@
+"""npu_cnn: the NPU's fixed-point rules hold in what rq-onnx writes, repaired where needed."""
+
+import nets
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from rq_common.format import GraphIndex, qdq_params
+from rq_common.spec import npu_rules
+from rq_onnx import quantize_static
+
+from conftest import ArrayReader
+
+
+def positions(model: onnx.ModelProto) -> dict[str, int]:
+    """pos of every QuantizeLinear's scale, by the tensor it quantizes."""
+    index = GraphIndex(model)
+    return {n.input[0]: npu_rules.position(qdq_params(index, n).scale) for n in model.graph.node if n.op_type == "QuantizeLinear"}
+
+
+def test_cancelling_weights_force_a_shift_cut_repair(tmp_path):
+    """Two equal channels and weights (+1, -1): the output is tiny, its MinMSE position would make
+    shift_cut negative; the NPU needs out_pos <= w_pos + in_pos."""
+    w = numpy_helper.from_array(np.array([1.0, -1.0], np.float32).reshape(1, 2, 1, 1), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 4, 4])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    rng = np.random.default_rng(0)
+    base = rng.uniform(-100, 100, (16, 1, 1, 4, 4)).astype(np.float32)
+    data = np.concatenate([base, base + 1e-3 * rng.standard_normal(base.shape).astype(np.float32)], axis=2)[:, 0]
+    result = quantize_static(model, tmp_path / "q.onnx", ArrayReader("x", data), preset="npu_cnn", quiet=True)
+    pos = positions(result.model)
+    w_pos = 6  # max|w| = 1 -> 1/127 -> 2^-6
+    assert pos["x"] == 0  # 100/127 -> 2^0
+    assert npu_rules.shift_cut(w_pos, pos["x"], pos["y_float"]) == 0
+    assert any("conv: output position" in n and "shift_cut" in n for n in result.notes)
+    assert result.violations == []
+
+
+def test_add_inputs_within_seven_positions(tmp_path):
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["x", "big"], ["a"], name="scale_up"),
+            helper.make_node("Mul", ["x", "small"], ["b"], name="scale_down"),
+            helper.make_node("Add", ["a", "b"], ["y"], name="add"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+        [numpy_helper.from_array(np.float32(500.0), "big"), numpy_helper.from_array(np.float32(0.01), "small")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    data = np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32)
+    result = quantize_static(model, None, ArrayReader("x", data), preset="npu_cnn", quiet=True)
+    pos = positions(result.model)
+    assert abs(pos["a"] - pos["b"]) <= npu_rules.ADD_MAX_POSITION_GAP
+    assert any("Add inputs within 7 positions" in n for n in result.notes)
+    assert result.violations == []
+
+
+def test_relu_fused_concat_and_pool_share_scales():
+    model = nets.mobilenet_v2_net()
+    data = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    result = quantize_static(model, None, ArrayReader("input", data), preset="npu_cnn", quiet=True)
+    assert result.violations == []
+    graph = result.model.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    for clip in (n for n in graph.node if n.op_type == "Clip"):
+        assert producers[clip.input[0]].op_type == "Conv"  # no Q/DQ between Conv and ReLU6
+    concat = next(n for n in graph.node if n.op_type == "Concat")
+    pos = positions(result.model)
+    index = GraphIndex(result.model)
+    input_positions = {npu_rules.position(qdq_params(index, producers[x]).scale) for x in concat.input}
+    assert input_positions == {pos[concat.output[0]]}

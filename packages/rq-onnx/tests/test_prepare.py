@@ -1,0 +1,101 @@
+"""Graph preparation keeps the float function: ONNX Runtime gives the same outputs before and after."""
+
+import nets
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from rq_common import get_preset
+from rq_onnx.prepare import prepare_model
+
+from conftest import run
+
+
+def prepared(model, preset="cpu"):
+    notes = []
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return prepare_model(copy, get_preset(preset), notes), notes
+
+
+def test_conv_batchnorm_folding_keeps_outputs(rng):
+    model = nets.resnet_block_net()
+    out, notes = prepared(model)
+    assert "BatchNormalization" not in [n.op_type for n in out.graph.node]
+    assert any("folded 5 BatchNormalization" in n for n in notes)
+    x = rng.standard_normal((2, 3, 16, 16)).astype(np.float32)
+    np.testing.assert_allclose(run(out, {"input": x})[0], run(model, {"input": x})[0], rtol=1e-4, atol=1e-4)
+
+
+def lone_bn_model(rng):
+    c = 4
+    inits = [
+        numpy_helper.from_array(v.astype(np.float32), n)
+        for n, v in (
+            ("g", rng.uniform(0.5, 2, c)),
+            ("b", rng.standard_normal(c)),
+            ("m", rng.standard_normal(c)),
+            ("v", rng.uniform(0.5, 2, c)),
+        )
+    ]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Relu", ["x"], ["r"]),
+            helper.make_node("BatchNormalization", ["r", "g", "b", "m", "v"], ["y"], name="bn"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 5, 5])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_lone_batchnorm_becomes_depthwise_conv_for_the_npu_only(rng):
+    model = lone_bn_model(rng)
+    npu, notes = prepared(model, "npu_cnn")
+    conv = next(n for n in npu.graph.node if n.op_type == "Conv")
+    assert next(a.i for a in conv.attribute if a.name == "group") == 4
+    x = rng.standard_normal((1, 4, 5, 5)).astype(np.float32)
+    np.testing.assert_allclose(run(npu, {"x": x})[0], run(model, {"x": x})[0], rtol=1e-5, atol=1e-5)
+    cpu, _ = prepared(model, "cpu")
+    assert "BatchNormalization" in [n.op_type for n in cpu.graph.node]
+
+
+def test_opset_upgrade_dropout_identity_and_constant_folding(rng):
+    w = rng.standard_normal((4, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Transpose", ["wt"], ["w"], perm=[1, 0]),  # constant: folded
+            helper.make_node("Identity", ["x"], ["xi"]),
+            helper.make_node("MatMul", ["xi", "w"], ["m"]),
+            helper.make_node("Dropout", ["m"], ["d"], ratio=0.5),
+            helper.make_node("Relu", ["d"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        [numpy_helper.from_array(w.T.copy(), "wt")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    out, notes = prepared(model)
+    assert [o.version for o in out.opset_import if o.domain == ""] == [17]
+    assert [n.op_type for n in out.graph.node] == ["MatMul", "Relu"]
+    x = rng.standard_normal((2, 4)).astype(np.float32)
+    np.testing.assert_allclose(run(out, {"x": x})[0], np.maximum(x @ w, 0), rtol=1e-5, atol=1e-6)
+    assert any("opset upgraded from 11 to 17" in n for n in notes)
+
+
+def test_leaky_relu_alpha_rounded_for_the_npu(rng):
+    graph = helper.make_graph(
+        [helper.make_node("LeakyRelu", ["x"], ["y"], alpha=0.1, name="leaky")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    npu, notes = prepared(model, "npu_cnn")
+    assert npu.graph.node[0].attribute[0].f == np.float32(26 / 256)
+    assert any("0.1 -> 0.101562 (26/256)" in n for n in notes)
+    cpu, _ = prepared(model, "cpu")
+    assert cpu.graph.node[0].attribute[0].f == np.float32(0.1)

@@ -1,0 +1,84 @@
+import nets
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+from PIL import Image
+
+from rq_onnx import ImageFolderReader, NpyFolderReader, NpzReader, RandomDataReader, open_calibration_data, quantize_static
+from rq_onnx.errors import CalibrationReaderError
+
+
+def drain(reader):
+    out = []
+    while (batch := reader.get_next()) is not None:
+        out.append(batch)
+    return out
+
+
+def test_npz_batches_and_rewind(tmp_path):
+    x = np.arange(10 * 2, dtype=np.float32).reshape(10, 2)
+    np.savez(tmp_path / "d.npz", x=x)
+    reader = NpzReader(tmp_path / "d.npz", batch_size=4, input_names=["x"])
+    assert len(reader) == 3
+    batches = drain(reader)
+    assert [b["x"].shape[0] for b in batches] == [4, 4, 2]
+    np.testing.assert_array_equal(np.concatenate([b["x"] for b in batches]), x)
+    reader.rewind()
+    assert len(drain(reader)) == 3
+    with pytest.raises(CalibrationReaderError, match=r"holds arrays \['x'\]; the model's inputs are \['y'\]"):
+        NpzReader(tmp_path / "d.npz", 1, ["y"])
+
+
+def test_npy_folder_single_and_multi_input(tmp_path):
+    for i in range(5):
+        np.save(tmp_path / f"s{i:02d}.npy", np.full((3, 2), i, np.float32))
+    reader = NpyFolderReader(tmp_path, [("x", ["N", 3, 2])], batch_size=2)
+    batches = drain(reader)
+    assert [b["x"].shape for b in batches] == [(2, 3, 2), (2, 3, 2), (1, 3, 2)]
+    assert batches[2]["x"][0, 0, 0] == 4
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            np.save(tmp_path / name / f"{i}.npy", np.full((1, 4), i, np.float32))
+    multi = NpyFolderReader(tmp_path, [("a", ["N", 4]), ("b", ["N", 4])], batch_size=3)
+    assert drain(multi)[0]["b"].shape == (3, 4)
+
+
+def test_image_folder_resize_crop_normalize(tmp_path):
+    Image.new("RGB", (40, 30), (255, 0, 128)).save(tmp_path / "a.png")
+    Image.new("RGB", (30, 30), (0, 0, 0)).save(tmp_path / "b.png")
+    nchw = drain(ImageFolderReader(tmp_path, "img", [1, 3, 16, 16], batch_size=2))[0]["img"]
+    assert nchw.shape == (2, 3, 16, 16) and nchw.dtype == np.float32
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    expected = (np.array([1.0, 0.0, 128 / 255]) - mean) / std  # a constant colour survives resize and crop
+    np.testing.assert_allclose(nchw[0, :, 5, 5], expected, rtol=1e-5)
+    np.testing.assert_allclose(nchw[1, :, 0, 0], -mean / std, rtol=1e-5)
+    nhwc = drain(ImageFolderReader(tmp_path, "img", ["N", 16, 16, 3]))[0]["img"]
+    assert nhwc.shape == (1, 16, 16, 3)
+
+
+def test_open_calibration_data_dispatch_and_errors(tmp_path):
+    model = nets.resnet_block_net()
+    np.savez(tmp_path / "c.npz", input=np.zeros((2, 3, 16, 16), np.float32))
+    assert isinstance(open_calibration_data(tmp_path / "c.npz", model), NpzReader)
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (20, 20)).save(tmp_path / "imgs" / "x.jpg")
+    assert isinstance(open_calibration_data(tmp_path / "imgs", model), ImageFolderReader)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CalibrationReaderError, match="neither .npy files nor images"):
+        open_calibration_data(tmp_path / "empty", model)
+    with pytest.raises(CalibrationReaderError, match="must be an .npz file"):
+        open_calibration_data(tmp_path / "c.txt", model)
+
+
+def test_random_data_is_announced_in_the_report_first_line():
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    result = quantize_static(model, None, RandomDataReader([("x", ["N", 4])], num_samples=4), preset="cpu", quiet=True)
+    assert result.report.notes[0].startswith("WARNING: calibrated on random data")
+    assert "WARNING: calibrated on random data" in result.report.to_html().split("<svg")[0]
