@@ -102,7 +102,8 @@ def demo(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks: calibration throughput and memory against ONNX Runtime's calibrators."""
+    """Benchmarks against ONNX Runtime: range choosers (bench_calibration.py), rq-onnx (bench_onnx.py)."""
     install_packages(session, list(EXISTING.values()), extra="")
-    install(session, "onnxruntime")
-    session.run("python", str(ROOT / "bench" / "bench_calibration.py"), *session.posargs)
+    install(session, "onnxruntime", "scikit-learn")
+    session.run("python", str(ROOT / "bench" / "bench_calibration.py"))
+    session.run("python", str(ROOT / "bench" / "bench_onnx.py"))

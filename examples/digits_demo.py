@@ -1,9 +1,9 @@
 """The main job, end to end on shipped data: float model -> calibrate -> int8 ONNX -> accuracy.
 
-A small MLP is trained with numpy on scikit-learn's load_digits (no downloads), written as a
-float ONNX model, calibrated through ONNX Runtime with rq_common's observers and range choosers,
-written in the rq int8 format with rq_common's builders for every preset, checked by the
-validator, and run in ONNX Runtime. It prints one table and writes an HTML report per preset.
+A small MLP is trained with numpy on scikit-learn's load_digits (no downloads) and written as a
+float ONNX model; rq-onnx's quantize_static calibrates it in ONNX Runtime and writes the rq int8
+format for every preset, checked by rq-common's validator; ONNX Runtime runs each int8 model on
+the test digits. It prints one table and writes an HTML report per preset.
 
     python examples/digits_demo.py --out out/demo [--quiet]
 """
@@ -11,7 +11,6 @@ validator, and run in ONNX Runtime. It prints one table and writes an HTML repor
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,15 +20,11 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from sklearn.datasets import load_digits
-from tqdm import tqdm
 
-from rq_common import Calibrator, bias_qparams, get_preset
-from rq_common.format import insert_qdq, make_quantized_constant, validate
 from rq_common.io import save_onnx
-from rq_common.report import QuantReport
+from rq_onnx import quantize_static
 
 HIDDEN = 48
-ACTIVATIONS = ["x", "hidden", "logits"]  # the run-time tensors that get Q/DQ
 
 
 @dataclass
@@ -92,118 +87,83 @@ def float_model(params: dict[str, np.ndarray]) -> onnx.ModelProto:
     return model
 
 
-def session(model: onnx.ModelProto) -> ort.InferenceSession:
+def session(model) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
 
 
-def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """The float model with intermediate tensors exposed, so one run gives every activation."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    existing = {o.name for o in out.graph.output}
-    out.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names if n not in existing)
-    return out
+class ArrayReader:
+    """Calibration batches in ONNX Runtime's reader protocol (what rq-onnx reads)."""
+
+    def __init__(self, x: np.ndarray, batch_size: int):
+        self.batches = [{"x": x[i : i + batch_size]} for i in range(0, len(x), batch_size)]
+
+    def get_next(self):
+        return self.batches.pop(0) if self.batches else None
 
 
-def calibrate(model: onnx.ModelProto, batches: list[np.ndarray], preset, quiet: bool) -> dict:
-    calibrators = {n: Calibrator(preset.activation, preset.activation_method, name=n) for n in ACTIVATIONS}
-    runner = session(with_outputs(model, ACTIVATIONS[1:]))
-    names = [o.name for o in runner.get_outputs()]
-    for batch in tqdm(batches, desc=f"calibrate {preset.name}", disable=quiet, file=sys.stdout):
-        values = dict(zip(names, runner.run(None, {"x": batch})))
-        values["x"] = batch
-        for name, calibrator in calibrators.items():
-            calibrator.update(values[name])
-    return {name: c.qparams() for name, c in calibrators.items()}
-
-
-def quantize(model: onnx.ModelProto, params: dict[str, np.ndarray], act_qparams: dict, preset) -> onnx.ModelProto:
-    """Write the int8 format: int8 weights + DQ, bias per the preset's rule, Q/DQ on activations."""
-    q = onnx.ModelProto()
-    q.CopyFrom(model)
-    del q.graph.initializer[:]
-    weight_spec = preset.weight
-    for gemm, w, b, source in (("fc1", "W1", "B1", "x"), ("fc2", "W2", "B2", "hidden")):
-        calibrator = Calibrator(weight_spec, preset.weight_method, name=w)
-        calibrator.update(params[w])
-        w_qp = calibrator.qparams()
-        b_qp = bias_qparams(params[b], act_qparams[source], w_qp, preset.bias, preset.bias_rule)
-        node = next(n for n in q.graph.node if n.name == gemm)
-        for slot, name, qp in ((1, w, w_qp), (2, b, b_qp)):
-            pieces = make_quantized_constant(name, params[name], qp)
-            pieces.add_to(q.graph, 0)
-            node.input[slot] = pieces.output
-    for name in ACTIVATIONS:
-        insert_qdq(q, name, act_qparams[name])
-    return q
-
-
-def accuracy(model: onnx.ModelProto, data: Data) -> tuple[float, np.ndarray, float]:
-    runner = session(model)
-    start = time.perf_counter()
-    (logits,) = runner.run(None, {"x": data.x_test})
-    elapsed = time.perf_counter() - start
-    return float(np.mean(logits.argmax(1) == data.y_test)), logits, elapsed
-
-
-def error_report(fmodel: onnx.ModelProto, qmodel: onnx.ModelProto, x: np.ndarray, title: str) -> QuantReport:
-    """SQNR of the int8 model's hidden layer and logits against the float model's."""
-    (f_hidden, f_logits) = session(with_outputs(fmodel, ["hidden"])).run(["hidden", "logits"], {"x": x})
-    (q_hidden, q_logits) = session(with_outputs(qmodel, ["hidden_dequantized"])).run(["hidden_dequantized", "logits"], {"x": x})
-    report = QuantReport(title=title)
-    report.stats("hidden").update(f_hidden, q_hidden)
-    report.stats("logits").update(f_logits, q_logits)
-    return report
+def accuracy(model_path: Path, data: Data, batch_size: int) -> tuple[float, float]:
+    """Test accuracy, and the median milliseconds per batch, run in the batches the target runs."""
+    runner = session(model_path)
+    logits, times = [], []
+    for i in range(0, len(data.x_test), batch_size):
+        start = time.perf_counter()
+        logits.append(runner.run(None, {"x": data.x_test[i : i + batch_size]})[0])
+        times.append(time.perf_counter() - start)
+    return float(np.mean(np.concatenate(logits).argmax(1) == data.y_test)), 1000 * float(np.median(times))
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("out/demo"))
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--calib-batches", type=int, default=10)
+    parser.add_argument("--calib-samples", type=int, default=320)
     args = parser.parse_args(argv)
 
     data = load_data()
-    params = train_mlp(data)
-    fmodel = float_model(params)
-    save_onnx(fmodel, args.out / "digits_float.onnx")
-    float_acc, _, _ = accuracy(fmodel, data)
-    batches = np.array_split(data.x_train[: 32 * args.calib_batches], args.calib_batches)
+    float_path = save_onnx(float_model(train_mlp(data)), args.out / "digits_float.onnx")
+    float_acc, float_ms = accuracy(float_path, data, 32)
+    calibration = data.x_train[: args.calib_samples]
 
     rows = []
-    for preset_name in ("npu_cnn", "npu_transformer", "cpu"):
-        preset = get_preset(preset_name)
-        qmodel = quantize(fmodel, params, calibrate(fmodel, batches, preset, args.quiet), preset)
-        violations = validate(qmodel, preset)
-        if violations:
-            raise SystemExit("\n".join(str(v) for v in violations))
-        path = save_onnx(qmodel, args.out / f"digits_{preset_name}.onnx")
-        acc, _, seconds = accuracy(qmodel, data)
-        report = error_report(fmodel, qmodel, data.x_test, f"digits MLP, preset {preset_name}")
-        report.to_html(args.out / f"report_{preset_name}.html")
+    for preset in ("npu_cnn", "npu_transformer", "cpu"):
+        batch = 1 if preset == "npu_cnn" else 32  # the NPU model runs batch 1
+        result = quantize_static(
+            float_path,
+            args.out / f"digits_{preset}.onnx",
+            ArrayReader(calibration, batch),
+            preset=preset,
+            quiet=args.quiet,
+            report_path=args.out / f"report_{preset}.html",
+        )
+        if result.violations:
+            raise SystemExit("\n".join(str(v) for v in result.violations))
+        acc, ms = accuracy(result.output_path, data, batch)
+        size = result.output_path.stat().st_size
         rows.append(
             dict(
-                preset=preset_name,
+                preset=preset,
                 accuracy=acc,
                 drop=float_acc - acc,
-                bytes=path.stat().st_size,
-                sqnr=report.tensors["logits"].sqnr_db,
-                ms=1000 * seconds,
+                sqnr=result.report.tensors["logits"].sqnr_db,
+                bytes=size,
+                batch=batch,
+                ms=ms,
             )
         )
 
     print(
-        f"\nfloat model: accuracy {100 * float_acc:.2f}% on {len(data.y_test)} test digits, {(args.out / 'digits_float.onnx').stat().st_size} bytes"
+        f"\nfloat model: accuracy {100 * float_acc:.2f}% on {len(data.y_test)} test digits, {float_path.stat().st_size} bytes, {float_ms:.3f} ms per batch of 32"
     )
-    print(f"{'preset':<16}{'accuracy':>10}{'drop':>8}{'logit SQNR':>12}{'bytes':>8}{'ms/batch':>10}")
+    print(f"{'preset':<16}{'accuracy':>10}{'drop':>8}{'logit SQNR':>12}{'bytes':>8}{'batch':>7}{'ms/batch':>10}")
     for r in rows:
         print(
-            f"{r['preset']:<16}{100 * r['accuracy']:>9.2f}%{100 * r['drop']:>7.2f}p{r['sqnr']:>10.1f}dB{r['bytes']:>8}{r['ms']:>10.2f}"
+            f"{r['preset']:<16}{100 * r['accuracy']:>9.2f}%{100 * r['drop']:>7.2f}p{r['sqnr']:>10.1f}dB"
+            f"{r['bytes']:>8}{r['batch']:>7}{r['ms']:>10.3f}"
         )
     print(
-        f"int8 models, reports: {args.out}/ (digits_<preset>.onnx, report_<preset>.html); every model passed the rq format validator"
+        f"int8 models and reports: {args.out}/ (digits_<preset>.onnx, report_<preset>.html); every model passed rq's format validator"
     )
     return rows
 

@@ -15,7 +15,7 @@ PRESETS = ("npu_cnn", "npu_transformer", "cpu")
 def runs(tmp_path_factory):
     first, second = tmp_path_factory.mktemp("a"), tmp_path_factory.mktemp("b")
     rows = digits_demo.main(["--out", str(first), "--quiet"])
-    digits_demo.main(["--out", str(second), "--quiet", "--calib-batches", "10"])
+    digits_demo.main(["--out", str(second), "--quiet"])
     return rows, first, second
 
 
@@ -28,9 +28,12 @@ def test_every_preset_keeps_accuracy(runs):
     assert float_accuracy > 0.95
     for preset in PRESETS:
         session = ort.InferenceSession(str(out / f"digits_{preset}.onnx"), providers=["CPUExecutionProvider"])
-        (logits,) = session.run(None, {"x": data.x_test})
+        batch = 1 if preset == "npu_cnn" else len(data.x_test)  # the NPU model has batch 1
+        logits = np.concatenate(
+            [session.run(None, {"x": data.x_test[i : i + batch]})[0] for i in range(0, len(data.x_test), batch)]
+        )
         accuracy = np.mean(logits.argmax(1) == data.y_test)
-        assert float_accuracy - accuracy <= 0.015, preset
+        assert float_accuracy - accuracy <= 0.010, preset
         row = next(r for r in rows if r["preset"] == preset)
         assert row["accuracy"] == pytest.approx(accuracy)
 
@@ -42,7 +45,7 @@ def test_outputs_are_in_the_format_and_smaller(runs):
         path = out / f"digits_{preset}.onnx"
         assert validate(path, preset) == []
         assert path.stat().st_size < 0.5 * float_size
-        assert (out / f"report_{preset}.html").read_text().count("<rect") == 2
+        assert (out / f"report_{preset}.html").read_text().count("<rect") >= 3  # x, hidden, logits at least
 
 
 def test_same_inputs_give_byte_identical_files(runs):

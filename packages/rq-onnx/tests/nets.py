@@ -58,7 +58,7 @@ class GraphBuilder:
         return model
 
 
-def resnet_block_net(seed: int = 0, classes: int = 10) -> onnx.ModelProto:
+def resnet_block_net(seed: int = 0, classes: int = 10, size: int = 16) -> onnx.ModelProto:
     g = GraphBuilder(seed)
     x = g.op("Relu", [g.bn(g.conv("input", 3, 16, bias=False), 16)])
     for _ in range(2):
@@ -72,7 +72,7 @@ def resnet_block_net(seed: int = 0, classes: int = 10) -> onnx.ModelProto:
     b = g.const(g.rng.standard_normal(classes) * 0.05, "fc_b")
     g.nodes.append(helper.make_node("Gemm", [x, w, b], ["logits"], name="fc", transB=1))
     return g.model(
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
     )
 

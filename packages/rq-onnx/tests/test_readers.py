@@ -82,3 +82,40 @@ def test_random_data_is_announced_in_the_report_first_line():
     result = quantize_static(model, None, RandomDataReader([("x", ["N", 4])], num_samples=4), preset="cpu", quiet=True)
     assert result.report.notes[0].startswith("WARNING: calibrated on random data")
     assert "WARNING: calibrated on random data" in result.report.to_html().split("<svg")[0]
+
+
+def test_an_onnxruntime_reader_works_unchanged(tmp_path):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class OrtStyleReader(CalibrationDataReader):  # as users of ORT's quantize_static write them
+        def __init__(self):
+            self.data = iter([{"input": np.full((1, 3, 16, 16), v, np.float32)} for v in (-1.0, 0.5, 2.0)])
+
+        def get_next(self):
+            return next(self.data, None)
+
+    result = quantize_static(nets.resnet_block_net(), tmp_path / "q.onnx", OrtStyleReader(), preset="cpu", quiet=True)
+    assert result.violations == [] and result.output_path.exists()
+    lo, hi = result.qparams["input"].representable_range()
+    assert lo <= -1.0 and hi >= 2.0 - float(result.qparams["input"].scale)
+
+
+def test_external_data_for_large_models(tmp_path):
+    data = np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32)
+    from conftest import ArrayReader, run
+
+    written = quantize_static(
+        nets.resnet_block_net(),
+        tmp_path / "big.onnx",
+        ArrayReader("input", data),
+        preset="cpu",
+        use_external_data=True,
+        quiet=True,
+    )
+    assert written.output_path == tmp_path / "big.onnx"
+    assert (tmp_path / "big.onnx.data").stat().st_size > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]
+    inline = quantize_static(nets.resnet_block_net(), None, ArrayReader("input", data), preset="cpu", quiet=True)
+    np.testing.assert_array_equal(
+        run(str(tmp_path / "big.onnx"), {"input": data[:1]})[0], run(inline.model, {"input": data[:1]})[0]
+    )

@@ -97,6 +97,14 @@ def batches(reader: CalibrationDataReader, limit: int | None = None) -> Iterator
         yield feed
 
 
+def _length(reader) -> int | None:
+    """Batches the reader will give, when it knows (ORT's base class raises NotImplementedError)."""
+    try:
+        return len(reader)
+    except (TypeError, NotImplementedError):
+        return None
+
+
 @dataclass
 class CalibrationResult:
     qparams: dict[str, QParams]
@@ -122,7 +130,7 @@ def calibrate(
     output_names = [o.name for o in session.get_outputs()]
     calibrators = {t: Calibrator(preset.activation, preset.activation_method, name=t) for t in tensors}
     kept: list[dict[str, np.ndarray]] = []
-    total = len(reader) if hasattr(reader, "__len__") else None
+    total = _length(reader)
     count = 0
     for feed in tqdm(batches(reader, max_batches), desc="calibrating", unit="batch", total=total, disable=quiet, file=sys.stderr):
         count += 1
