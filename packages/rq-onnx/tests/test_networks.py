@@ -62,3 +62,11 @@ def test_every_op_is_quantized_or_listed_with_a_reason():
     result = quantize_static(model, None, ArrayReader("tokens", data, 4), preset="cpu", quiet=True)
     assert [(f.op_type, "no quantization rule" in f.reason) for f in result.float_ops] == [("Div", True)]
     assert any(line.startswith("kept in float: ") and "Div" in line for line in result.report.notes)
+
+
+def test_npu_cnn_calibrates_in_batches_and_reports_per_sample():
+    data = np.random.default_rng(0).standard_normal((16, 3, 16, 16)).astype(np.float32)
+    result = quantize_static(nets.resnet_block_net(), None, ArrayReader("input", data, 8), preset="npu_cnn", quiet=True)
+    assert result.violations == []
+    assert any("batch dimension 'N' fixed to 1" in n for n in result.notes)
+    assert result.report.tensors["logits"].count == 16 * 10  # every sample reported, one at a time

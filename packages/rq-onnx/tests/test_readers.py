@@ -119,3 +119,17 @@ def test_external_data_for_large_models(tmp_path):
     np.testing.assert_array_equal(
         run(str(tmp_path / "big.onnx"), {"input": data[:1]})[0], run(inline.model, {"input": data[:1]})[0]
     )
+
+
+def test_models_over_the_protobuf_limit_go_through_external_data(monkeypatch):
+    """The 2 GB path, exercised on a small model by lowering the limit."""
+    import rq_common.io
+
+    from conftest import ArrayReader
+
+    data = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    expected = quantize_static(nets.resnet_block_net(), None, ArrayReader("input", data), preset="cpu", quiet=True)
+    monkeypatch.setattr(rq_common.io, "PROTOBUF_LIMIT", 1000)
+    large = quantize_static(nets.resnet_block_net(), None, ArrayReader("input", data), preset="cpu", quiet=True)
+    assert large.violations == []
+    assert large.model.SerializeToString(deterministic=True) == expected.model.SerializeToString(deterministic=True)

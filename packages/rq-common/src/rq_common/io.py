@@ -28,6 +28,27 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+PROTOBUF_LIMIT = 2**31 - 2**24  # a serialized ModelProto must stay under 2 GB; keep a margin
+
+
+def is_over_protobuf_limit(model: onnx.ModelProto) -> bool:
+    return model.ByteSize() > PROTOBUF_LIMIT
+
+
+def save_with_external_data(model: onnx.ModelProto, folder: str | Path, name: str = "model.onnx") -> Path:
+    """Save ``model`` as ``folder/name`` + ``folder/name.data`` (for models over the 2 GB limit).
+
+    onnx moves the tensors of the proto it saves out to the file, so a copy is saved: the
+    caller's model keeps its data."""
+    path = Path(folder) / name
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    onnx.save_model(
+        copy, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=f"{name}.data", size_threshold=1024
+    )
+    return path
+
+
 def save_onnx(model: onnx.ModelProto, path: str | Path) -> Path:
     """Serialize deterministically (the same model gives the same bytes) and write atomically."""
     return atomic_write_bytes(path, model.SerializeToString(deterministic=True))

@@ -6,6 +6,7 @@ between batches except the observers' fixed-size state (and, for the report, at 
 from __future__ import annotations
 
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -18,6 +19,7 @@ from tqdm import tqdm
 
 from rq_common import Calibrator
 from rq_common.errors import RqError
+from rq_common.io import is_over_protobuf_limit, save_with_external_data
 from rq_common.qmath import QParams
 from rq_common.spec import Preset
 from rq_onnx.errors import CalibrationReaderError
@@ -43,10 +45,15 @@ _ORT_TYPES = {
 
 
 def make_session(model: onnx.ModelProto, threads: int = 0) -> ort.InferenceSession:
+    """An ORT session on the CPU; models over protobuf's 2 GB limit go through external data."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     try:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        if not is_over_protobuf_limit(model):
+            return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        with tempfile.TemporaryDirectory() as folder:
+            path = save_with_external_data(model, folder)
+            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # ORT raises its own exception types for unsupported ops
         raise RqError(f"ONNX Runtime cannot run the model: {str(error).splitlines()[0]}") from None
 

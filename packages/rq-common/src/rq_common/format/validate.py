@@ -6,6 +6,7 @@ violations in graph order. An empty list means the model is in the format of the
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
@@ -18,6 +19,7 @@ from onnx import TensorProto
 from rq_common.format.canonicalize import MIN_OPSET
 from rq_common.format.graph import DEQUANTIZE, QUANTIZE, GraphIndex, QdqParams, node_label, qdq_params
 from rq_common.format.oprules import OP_RULES, constant_role
+from rq_common.io import is_over_protobuf_limit, save_with_external_data
 from rq_common.qmath.qparams import is_power_of_two
 from rq_common.spec.methods import BiasScaleRule
 from rq_common.spec.presets import Preset, get_preset
@@ -100,8 +102,13 @@ def validate(
 @check
 def _checker(ctx: ValidationContext) -> Iterator[Violation]:
     try:
-        source = ctx.source if isinstance(ctx.source, onnx.ModelProto) else str(ctx.source)
-        onnx.checker.check_model(source, full_check=True)
+        if not isinstance(ctx.source, onnx.ModelProto):
+            onnx.checker.check_model(str(ctx.source), full_check=True)
+        elif is_over_protobuf_limit(ctx.source):  # the checker reads models over 2 GB from a path only
+            with tempfile.TemporaryDirectory() as folder:
+                onnx.checker.check_model(str(save_with_external_data(ctx.source, folder)), full_check=True)
+        else:
+            onnx.checker.check_model(ctx.source, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         yield Violation(ViolationKind.CHECKER_FAILED, "<model>", "", f"onnx.checker: {first_line}")
