@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from sklearn.datasets import load_digits
 
 from rq_common.io import save_onnx
-from rq_onnx import quantize_static
+from rq_onnx import ArrayReader, quantize_static
 
 HIDDEN = 48
 
@@ -93,16 +93,6 @@ def session(model) -> ort.InferenceSession:
     return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
 
 
-class ArrayReader:
-    """Calibration batches in ONNX Runtime's reader protocol (what rq-onnx reads)."""
-
-    def __init__(self, x: np.ndarray, batch_size: int):
-        self.batches = [{"x": x[i : i + batch_size]} for i in range(0, len(x), batch_size)]
-
-    def get_next(self):
-        return self.batches.pop(0) if self.batches else None
-
-
 def accuracy(model_path: Path, data: Data, batch_size: int) -> tuple[float, float]:
     """Test accuracy, and the median milliseconds per batch, run in the batches the target runs."""
     runner = session(model_path)
@@ -132,7 +122,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         result = quantize_static(
             float_path,
             args.out / f"digits_{preset}.onnx",
-            ArrayReader(calibration, batch),
+            ArrayReader({"x": calibration}, batch),
             preset=preset,
             quiet=args.quiet,
             report_path=args.out / f"report_{preset}.html",

@@ -7,11 +7,12 @@ quantize_static("model.onnx", "model_int8.onnx", reader, preset="npu_cnn")
 from rq_onnx.api import QuantizeResult, quantize_static
 from rq_onnx.calibrate import CalibrationDataReader
 from rq_onnx.options import QuantizeOptions
-from rq_onnx.readers import ImageFolderReader, NpyFolderReader, NpzReader, RandomDataReader, open_calibration_data
+from rq_onnx.readers import ArrayReader, ImageFolderReader, NpyFolderReader, NpzReader, RandomDataReader, open_calibration_data
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArrayReader",
     "CalibrationDataReader",
     "ImageFolderReader",
     "NpyFolderReader",

@@ -1,5 +1,6 @@
 """Calibration data readers in ONNX Runtime's protocol (get_next() -> dict or None, plus rewind()).
 
+- ArrayReader: arrays already in memory, {input name: samples stacked on axis 0}.
 - NpzReader: one .npz whose keys are the model's input names, samples stacked on axis 0.
 - NpyFolderReader: a folder of .npy files, one sample each (single-input models), or one
   sub-folder per input name holding the same number of files.
@@ -33,8 +34,9 @@ def model_inputs(model: onnx.ModelProto) -> list[tuple[str, list[int | str | Non
     return out
 
 
-class _BatchedReader:
-    """Serves {name: array[N, ...]} in batches of ``batch_size`` along axis 0; rewindable."""
+class ArrayReader:
+    """Serves {input name: array[N, ...]} in batches of ``batch_size`` along axis 0; rewindable.
+    The base of every reader here, and the reader for data already in memory."""
 
     is_random = False
 
@@ -64,7 +66,7 @@ class _BatchedReader:
         self.position = 0
 
 
-class NpzReader(_BatchedReader):
+class NpzReader(ArrayReader):
     def __init__(self, path: str | Path, batch_size: int = 1, input_names: Sequence[str] | None = None):
         path = Path(path)
         try:
@@ -85,7 +87,7 @@ def _stack_files(files: list[Path], add_batch_axis: bool) -> np.ndarray:
     return np.stack(arrays) if add_batch_axis else np.concatenate(arrays)
 
 
-class NpyFolderReader(_BatchedReader):
+class NpyFolderReader(ArrayReader):
     def __init__(self, folder: str | Path, inputs: list[tuple[str, list]], batch_size: int = 1):
         folder = Path(folder)
         arrays = {}
@@ -107,7 +109,7 @@ class NpyFolderReader(_BatchedReader):
         super().__init__(arrays, batch_size)
 
 
-class ImageFolderReader(_BatchedReader):
+class ImageFolderReader(ArrayReader):
     """Images -> float32 tensors the way torchvision/Keras classifiers are usually fed."""
 
     def __init__(
@@ -160,7 +162,7 @@ def _layout(shape: list) -> str:
     raise CalibrationReaderError(f"cannot tell NCHW from NHWC for input shape {shape}; pass layout='NCHW' or 'NHWC'")
 
 
-class RandomDataReader(_BatchedReader):
+class RandomDataReader(ArrayReader):
     """Standard-normal data in the model's input shapes (dynamic dims become 1). Never a default."""
 
     is_random = True
@@ -174,7 +176,7 @@ class RandomDataReader(_BatchedReader):
         super().__init__(arrays, batch_size)
 
 
-def open_calibration_data(path: str | Path, model: onnx.ModelProto, batch_size: int = 1) -> _BatchedReader:
+def open_calibration_data(path: str | Path, model: onnx.ModelProto, batch_size: int = 1) -> ArrayReader:
     """The reader for ``path``: an .npz file, a folder of .npy files, or a folder of images."""
     path = Path(path)
     inputs = model_inputs(model)
