@@ -144,3 +144,33 @@ def transformer_encoder_net(seed: int = 0, tokens: int = 8, d: int = 32, heads: 
         [helper.make_tensor_value_info("tokens", TensorProto.FLOAT, ["N", tokens, d])],
         [helper.make_tensor_value_info("encoded", TensorProto.FLOAT, ["N", tokens, d])],
     )
+
+
+def digits_mlp(hidden: int = 64):
+    """An MLP trained by scikit-learn on load_digits, as a float ONNX model.
+
+    Returns (model, x_train, x_test, y_train, y_test), inputs scaled to [0, 1].
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    from sklearn.neural_network import MLPClassifier
+
+    digits = load_digits()
+    x = (digits.data / 16.0).astype(np.float32)
+    x_train, x_test, y_train, y_test = train_test_split(x, digits.target, test_size=0.3, random_state=0)
+    mlp = MLPClassifier(hidden_layer_sizes=(hidden,), max_iter=400, random_state=0).fit(x_train, y_train)
+    (w1, w2), (b1, b2) = mlp.coefs_, mlp.intercepts_
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1"),
+            helper.make_node("Relu", ["h"], ["r"], name="relu"),
+            helper.make_node("Gemm", ["r", "w2", "b2"], ["logits"], name="fc2"),
+        ],
+        "digits",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        [numpy_helper.from_array(a.astype(np.float32), n) for n, a in (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2))],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model, x_train, x_test, y_train, y_test

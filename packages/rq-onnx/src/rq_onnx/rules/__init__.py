@@ -1,6 +1,6 @@
 """The op-rule registry (see registry.py); importing this package registers every rule in ops.py."""
 
 from rq_onnx.rules import ops  # noqa: F401
-from rq_onnx.rules.registry import RULES, OpRule, RuleContext, register, rule_for
+from rq_onnx.rules.registry import RULES, QuantizeRule, RuleContext, register, rule_for
 
-__all__ = ["RULES", "OpRule", "RuleContext", "register", "rule_for"]
+__all__ = ["RULES", "QuantizeRule", "RuleContext", "register", "rule_for"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnx
 
 from rq_common.format.graph import attribute
-from rq_onnx.rules.registry import OpRule, RuleContext, register
+from rq_onnx.rules.registry import QuantizeRule, RuleContext, register
 
 
 def _gemm_reason(node: onnx.NodeProto, ctx: RuleContext) -> str | None:
@@ -52,18 +52,16 @@ def _needs_constant_inputs(*slots: int):
 
 
 # compute ops: quantized inputs (constants become int8 weights), a bias, an own output scale
-register(OpRule("Conv", (0, 1), bias_input=2, float_reason=_conv_reason))
-register(OpRule("ConvTranspose", (0, 1), bias_input=2, float_reason=_conv_reason))
-register(OpRule("Gemm", (0, 1), bias_input=2, float_reason=_gemm_reason))
-register(OpRule("MatMul", (0, 1)))  # constant weight, or activation x activation (attention)
+register(QuantizeRule.like_format("Conv", float_reason=_conv_reason))
+register(QuantizeRule.like_format("ConvTranspose", float_reason=_conv_reason))
+register(QuantizeRule.like_format("Gemm", float_reason=_gemm_reason))
+register(QuantizeRule.like_format("MatMul"))  # constant weight, or activation x activation (attention)
 
 # elementwise and reducing ops with their own output scale
-for _op in ("Add", "Mul", "PRelu"):
-    register(OpRule(_op, (0, 1)))
-register(OpRule("Concat", None))
+for _op in ("Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool"):
+    register(QuantizeRule.like_format(_op))
+register(QuantizeRule("PRelu", (0, 1)))
 for _op in (
-    "AveragePool",
-    "GlobalAveragePool",
     "Relu",
     "LeakyRelu",
     "Sigmoid",
@@ -75,16 +73,16 @@ for _op in (
     "Gelu",
     "LayerNormalization",
 ):
-    register(OpRule(_op, (0,)))
-register(OpRule("Clip", (0,), float_reason=_needs_constant_inputs(1, 2)))
-register(OpRule("Resize", (0,), float_reason=_needs_constant_inputs(1, 2, 3)))
-register(OpRule("ReduceMean", (0,), float_reason=_needs_constant_inputs(1)))
+    register(QuantizeRule(_op, (0,)))
+register(QuantizeRule("Clip", (0,), float_reason=_needs_constant_inputs(1, 2)))
+register(QuantizeRule("Resize", (0,), float_reason=_needs_constant_inputs(1, 2, 3)))
+register(QuantizeRule("ReduceMean", (0,), float_reason=_needs_constant_inputs(1)))
 
 # pass-through ops: the output is the input's values rearranged (or their max): same scale
 for _op in ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity"):
-    register(OpRule(_op, (0,), pass_through=True, float_reason=_needs_constant_inputs(1)))
-register(OpRule("Slice", (0,), pass_through=True, float_reason=_needs_constant_inputs(1, 2, 3, 4)))
-register(OpRule("Split", (0,), pass_through=True, float_reason=_needs_constant_inputs(1)))
-register(OpRule("Gather", (0,), pass_through=True, float_reason=_gather_reason))
-register(OpRule("MaxPool", (0,), pass_through=True))
-register(OpRule("Pad", (0,), pass_through=True, float_reason=_needs_constant_inputs(1, 2, 3)))
+    register(QuantizeRule(_op, (0,), pass_through=True, float_reason=_needs_constant_inputs(1)))
+register(QuantizeRule("Slice", (0,), pass_through=True, float_reason=_needs_constant_inputs(1, 2, 3, 4)))
+register(QuantizeRule("Split", (0,), pass_through=True, float_reason=_needs_constant_inputs(1)))
+register(QuantizeRule("Gather", (0,), pass_through=True, float_reason=_gather_reason))
+register(QuantizeRule("MaxPool", (0,), pass_through=True))
+register(QuantizeRule("Pad", (0,), pass_through=True, float_reason=_needs_constant_inputs(1, 2, 3)))

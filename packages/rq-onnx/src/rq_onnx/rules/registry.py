@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from rq_common.format.oprules import OP_RULES as FORMAT_RULES
+
 FloatReason = Callable[[onnx.NodeProto, "RuleContext"], "str | None"]
 
 
@@ -28,7 +30,7 @@ class RuleContext:
 
 
 @dataclass(frozen=True)
-class OpRule:
+class QuantizeRule:
     op_type: str
     inputs: tuple[int, ...] | None = (0,)  # slots to quantize; None: every input (Concat)
     bias_input: int | None = None
@@ -39,14 +41,21 @@ class OpRule:
         indices = range(len(node.input)) if self.inputs is None else self.inputs
         return [i for i in indices if i < len(node.input) and node.input[i]]
 
+    @classmethod
+    def like_format(cls, op_type: str, **extra) -> QuantizeRule:
+        """The rule whose quantized inputs and bias slot are those the int8 format checks
+        (rq_common.format.OP_RULES), so that the two can never disagree."""
+        fmt = FORMAT_RULES[op_type]
+        return cls(op_type, fmt.quantized_inputs, bias_input=fmt.bias_input, **extra)
 
-RULES: dict[str, OpRule] = {}
+
+RULES: dict[str, QuantizeRule] = {}
 
 
-def register(rule: OpRule) -> OpRule:
+def register(rule: QuantizeRule) -> QuantizeRule:
     RULES[rule.op_type] = rule
     return rule
 
 
-def rule_for(op_type: str) -> OpRule | None:
+def rule_for(op_type: str) -> QuantizeRule | None:
     return RULES.get(op_type)
