@@ -77,3 +77,27 @@ def test_relu_fused_concat_and_pool_share_scales():
     index = GraphIndex(result.model)
     input_positions = {npu_rules.position(qdq_params(index, producers[x]).scale) for x in concat.input}
     assert input_positions == {pos[concat.output[0]]}
+
+
+def test_large_bias_on_small_inputs_gets_a_repaired_bias_position(tmp_path):
+    """w_pos 6 + in_pos 10 = 16, bias 100 would sit at pos 0: shift_bias 16 > 15, so pos 1."""
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 4, 4])],
+        [
+            numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float32), "w"),
+            numpy_helper.from_array(np.array([100.0], np.float32), "b"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    data = np.random.default_rng(0).uniform(-0.1, 0.1, (8, 1, 4, 4)).astype(np.float32)
+    result = quantize_static(model, None, ArrayReader("x", data), preset="npu_cnn", quiet=True, method="pot_nonoverflow")
+    index = GraphIndex(result.model)
+    bias_dq = next(
+        n for n in result.model.graph.node if n.op_type == "DequantizeLinear" and n.output[0] == "conv_bias_dequantized"
+    )
+    assert npu_rules.position(qdq_params(index, bias_dq).scale) == 1
+    assert any("conv: bias scale 1 -> 0.5 (shift_bias limits)" in n for n in result.notes)
+    assert result.violations == []

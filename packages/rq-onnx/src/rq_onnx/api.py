@@ -91,7 +91,7 @@ def quantize_static(
     weights = quantize_weights(model, plan, preset)
     if preset.target.fixed_point_rules:
         repair_positions(plan, act, weights, notes)
-    biases = quantize_biases(model, plan, preset, act, weights)
+    biases = quantize_biases(model, plan, preset, act, weights, notes)
 
     written = onnx.ModelProto()
     written.CopyFrom(model)
@@ -144,7 +144,7 @@ def quantize_weights(model: onnx.ModelProto, plan: Plan, preset: Preset) -> dict
     return out
 
 
-def quantize_biases(model, plan: Plan, preset: Preset, act, weights) -> dict[tuple[str, int], QParams]:
+def quantize_biases(model, plan: Plan, preset: Preset, act, weights, notes: list[str]) -> dict[tuple[str, int], QParams]:
     constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     out = {}
     shifted = {op.node: op for op in plan.shifted}
@@ -154,7 +154,12 @@ def quantize_biases(model, plan: Plan, preset: Preset, act, weights) -> dict[tup
         bias = constants[use.name].astype(np.float32).reshape(-1)
         qp = bias_qparams(bias, act[use.input_tensor], weights[use.weight], preset.bias, preset.bias_rule)
         if preset.target.fixed_point_rules and use.node in shifted:
-            qp = repair_bias_position(qp, weights[use.weight], act[use.input_tensor], act.get(shifted[use.node].output_tensor))
+            repaired = repair_bias_position(
+                qp, weights[use.weight], act[use.input_tensor], act.get(shifted[use.node].output_tensor)
+            )
+            if repaired is not qp:
+                notes.append(f"{use.node}: bias scale {float(qp.scale):g} -> {float(repaired.scale):g} (shift_bias limits)")
+            qp = repaired
         out[(use.node, use.slot)] = qp
     return out
 
