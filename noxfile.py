@@ -104,6 +104,6 @@ def demo(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks against ONNX Runtime: range choosers (bench_calibration.py), rq-onnx (bench_onnx.py)."""
     install_packages(session, list(EXISTING.values()), extra="")
-    install(session, "onnxruntime", "scikit-learn")
+    install(session, "onnxruntime", "scikit-learn", "sympy")  # sympy: ORT's quant_pre_process
     session.run("python", str(ROOT / "bench" / "bench_calibration.py"))
     session.run("python", str(ROOT / "bench" / "bench_onnx.py"))
