@@ -56,3 +56,14 @@ def test_builder_refuses_to_overwrite_a_different_initializer():
     make_qdq("t", QParams(np.float32(0.1), 3, spec)).add_to(graph)  # same values: shared, fine
     with pytest.raises(FormatError, match="already exists with another value"):
         make_qdq("t", QParams(np.float32(0.2), 3, spec)).add_to(graph)
+
+
+def test_fold_batchnorm_by_hand():
+    from rq_common.qmath import fold_batchnorm
+
+    # factor = 3 / sqrt(3 + 1) = 1.5; b' = (4 - 1) * 1.5 + 0.5 = 5; second channel: factor 1, no bias shift
+    w, b = fold_batchnorm(np.array([[2.0], [1.0]]), np.array([4.0, 0.0]), [3.0, 1.0], [0.5, 0.0], [1.0, 0.0], [3.0, 0.0], 1.0)
+    np.testing.assert_array_equal(w, np.float32([[3.0], [1.0]]))
+    np.testing.assert_array_equal(b, np.float32([5.0, 0.0]))
+    w_t, _ = fold_batchnorm(np.ones((1, 2, 1)), None, [3.0, 1.0], [0, 0], [0, 0], [3.0, 0.0], 1.0, channel_axis=1)
+    np.testing.assert_array_equal(w_t, np.float32([[[1.5], [1.0]]]))

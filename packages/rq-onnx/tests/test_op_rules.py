@@ -76,3 +76,10 @@ def test_every_op_is_quantized_by_its_rule(preset):
     reference = np.concatenate([run(model, {"x": t})[0] for t in test])
     quantized = np.concatenate([run(result.model, {"x": t})[0] for t in test])
     assert sqnr_db(reference, quantized) > 25  # measured 30.4 (cpu) to 31.7 dB (npu_cnn)
+
+
+def test_the_registry_follows_the_shared_coverage():
+    from rq_common.spec.op_coverage import OWN_SCALE_OPS, PASS_THROUGH_OPS
+
+    assert set(RULES) == OWN_SCALE_OPS | PASS_THROUGH_OPS
+    assert {op for op, rule in RULES.items() if rule.pass_through} == PASS_THROUGH_OPS

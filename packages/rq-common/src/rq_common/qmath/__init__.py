@@ -1,5 +1,6 @@
 """Scale math: ranges to scales and zero points, bias scales, reference (de)quantization."""
 
+from rq_common.qmath.batchnorm import fold_batchnorm
 from rq_common.qmath.bias import bias_qparams
 from rq_common.qmath.qparams import (
     QParams,
@@ -18,6 +19,7 @@ __all__ = [
     "bias_qparams",
     "compute_qparams",
     "dequantize",
+    "fold_batchnorm",
     "fake_quantize",
     "is_power_of_two",
     "pow2_ceil",

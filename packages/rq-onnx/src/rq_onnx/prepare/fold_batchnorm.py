@@ -1,7 +1,6 @@
 """BatchNormalization folding: into the preceding Conv, or (for the NPU) into a depthwise 1x1 Conv.
 
-Inference BN is y = gamma * (x - mean) / sqrt(var + eps) + beta = factor * x + shift per channel,
-so a Conv (W, B) followed by it is the Conv (W * factor, (B - mean) * factor + beta).
+The arithmetic is rq_common.qmath.fold_batchnorm (float64), shared with every rq package.
 """
 
 from __future__ import annotations
@@ -10,17 +9,16 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from rq_common.qmath import fold_batchnorm as fold_batchnorm_arrays
 from rq_onnx.prepare.graph_edit import constant_value, consumers, graph_output_names, set_initializer, unique_name
 
 
-def _bn_affine(graph: onnx.GraphProto, bn: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray] | None:
+def _bn_params(graph: onnx.GraphProto, bn: onnx.NodeProto) -> tuple[list[np.ndarray], float] | None:
+    """([gamma, beta, mean, var], epsilon) when all are constants."""
     values = [constant_value(graph, name) for name in bn.input[1:5]]
     if any(v is None for v in values):
         return None
-    gamma, beta, mean, var = (v.astype(np.float64) for v in values)
-    eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
-    factor = gamma / np.sqrt(var + eps)
-    return factor, beta - mean * factor
+    return values, next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
 
 
 def _is_inference_bn(node: onnx.NodeProto) -> bool:
@@ -34,14 +32,13 @@ def fold_batchnorm(model: onnx.ModelProto, notes: list[str], lone_to_depthwise: 
     for bn in list(graph.node):
         if not _is_inference_bn(bn):
             continue
-        affine = _bn_affine(graph, bn)
-        if affine is None:
+        params = _bn_params(graph, bn)
+        if params is None:
             continue
-        factor, shift = affine
         producer = next((n for n in graph.node if bn.input[0] in n.output), None)
-        if producer is not None and _fold_into_conv(graph, producer, bn, factor, shift):
+        if producer is not None and _fold_into_conv(graph, producer, bn, *params):
             folded += 1
-        elif lone_to_depthwise and _to_depthwise_conv(graph, bn, factor, shift):
+        elif lone_to_depthwise and _to_depthwise_conv(graph, bn, *params):
             converted += 1
     if folded:
         notes.append(f"folded {folded} BatchNormalization node(s) into the preceding Conv")
@@ -49,18 +46,17 @@ def fold_batchnorm(model: onnx.ModelProto, notes: list[str], lone_to_depthwise: 
         notes.append(f"turned {converted} lone BatchNormalization node(s) into depthwise 1x1 Conv for the NPU")
 
 
-def _fold_into_conv(graph, conv, bn, factor, shift) -> bool:
+def _fold_into_conv(graph, conv, bn, bn_values, eps) -> bool:
     if conv.op_type != "Conv" or len(consumers(graph, conv.output[0])) != 1 or conv.output[0] in graph_output_names(graph):
         return False
     weight = constant_value(graph, conv.input[1])
     if weight is None:
         return False
-    bias = constant_value(graph, conv.input[2]) if len(conv.input) > 2 and conv.input[2] else np.zeros(weight.shape[0])
-    if bias is None:
+    has_bias = len(conv.input) > 2 and conv.input[2]
+    bias = constant_value(graph, conv.input[2]) if has_bias else None
+    if has_bias and bias is None:
         return False
-    shape = (-1,) + (1,) * (weight.ndim - 1)
-    new_weight = (weight.astype(np.float64) * factor.reshape(shape)).astype(weight.dtype)
-    new_bias = (bias.astype(np.float64) * factor + shift).astype(weight.dtype)
+    new_weight, new_bias = fold_batchnorm_arrays(weight, bias, *bn_values, eps)
     weight_name = unique_name(graph, f"{conv.input[1]}_bn_folded")
     bias_name = unique_name(graph, f"{conv.name or conv.output[0]}_bias_bn_folded")
     set_initializer(graph, weight_name, new_weight)
@@ -72,14 +68,15 @@ def _fold_into_conv(graph, conv, bn, factor, shift) -> bool:
     return True
 
 
-def _to_depthwise_conv(graph, bn, factor, shift) -> bool:
+def _to_depthwise_conv(graph, bn, bn_values, eps) -> bool:
     if not _is_rank4(graph, bn.input[0]):
         return False
-    channels = len(factor)
+    channels = len(bn_values[0])
+    weight, bias = fold_batchnorm_arrays(np.ones((channels, 1, 1, 1)), None, *bn_values, eps)  # identity conv, then BN
     weight_name = unique_name(graph, f"{bn.name or bn.output[0]}_dw_weight")
     bias_name = unique_name(graph, f"{bn.name or bn.output[0]}_dw_bias")
-    set_initializer(graph, weight_name, factor.reshape(channels, 1, 1, 1).astype(np.float32))
-    set_initializer(graph, bias_name, shift.astype(np.float32))
+    set_initializer(graph, weight_name, weight)
+    set_initializer(graph, bias_name, bias)
     conv = helper.make_node(
         "Conv", [bn.input[0], weight_name, bias_name], [bn.output[0]], name=bn.name or None, group=channels, kernel_shape=[1, 1]
     )
