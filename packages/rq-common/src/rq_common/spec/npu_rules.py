@@ -68,3 +68,40 @@ def round_leaky_alpha(alpha: float) -> float:
 def is_leaky_alpha_exact(alpha: float) -> bool:
     """True when the float32 alpha is a multiple of 1/256 (k/256 is exact in float32)."""
     return np.float32(round_leaky_alpha(float(alpha))) == np.float32(alpha)
+
+
+def repair_positions(
+    layers: list[tuple[int, str, str]],
+    adds: list[list[str]],
+    positions: dict[str, int],
+    rounds: int = 4,
+) -> list[str]:
+    """Move activation positions until every layer's shift_cut and every Add's gap hold.
+
+    ``layers``: (weight position, input key, output key) per Conv/Gemm/MatMul; ``adds``: the keys
+    of each Add's inputs; ``positions``: key -> position, changed in place (a key stands for one
+    tensor, or one group of tensors that share a scale). Returns what was changed, one line each.
+    """
+    changes = []
+    for _ in range(rounds):
+        changed = False
+        for w_pos, source, target in layers:
+            if source not in positions or target not in positions:
+                continue
+            repaired = repair_output_position(w_pos, positions[source], positions[target])
+            if repaired != positions[target]:
+                changes.append(f"'{target}': output position {positions[target]} -> {repaired} (shift_cut must lie in [0, 16])")
+                positions[target], changed = repaired, True
+        for keys in adds:
+            keys = [k for k in dict.fromkeys(keys) if k in positions]
+            if len(keys) < 2:
+                continue
+            for key, new in zip(keys, repair_add_positions([positions[k] for k in keys]), strict=True):
+                if new != positions[key]:
+                    changes.append(
+                        f"'{key}': position {positions[key]} -> {new} (Add inputs within {ADD_MAX_POSITION_GAP} positions)"
+                    )
+                    positions[key], changed = new, True
+        if not changed:
+            break
+    return changes

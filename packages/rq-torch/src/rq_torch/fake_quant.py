@@ -1,0 +1,39 @@
+"""Fake quantization in torch, matching rq_common's reference (round half to even, saturate).
+
+torch.fake_quantize_per_{tensor,channel}_affine give the straight-through gradient (1 inside the
+range, 0 where clipped), and the TorchScript exporter turns them into QuantizeLinear /
+DequantizeLinear. They accept only the integer ranges (-128, 127), (0, 255) and (0, 127).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rq_common.errors import SpecError
+from rq_common.spec import QuantSpec
+
+EXPORTABLE_RANGES = {(-128, 127), (0, 255), (0, 127)}
+
+
+def check_exportable(spec: QuantSpec, field: str) -> None:
+    if (spec.qmin, spec.qmax) not in EXPORTABLE_RANGES:
+        raise SpecError(
+            field,
+            f"integer range [{spec.qmin}, {spec.qmax}] cannot be exported by torch's fake-quant ops "
+            "(they take (-128, 127), (0, 255) or (0, 127)); use 8-bit specs without narrow_range",
+        )
+
+
+def fake_quantize(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int, axis: int | None
+) -> torch.Tensor:
+    if axis is None:
+        return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)
+    return torch.fake_quantize_per_channel_affine(x, scale, zero_point, axis % x.dim(), qmin, qmax)
+
+
+def quantize_dequantize_wide(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """Fake quantization for integer ranges torch's ops do not take (int32 bias), zero point 0,
+    with a straight-through gradient."""
+    q = torch.clamp(torch.round(x / scale), qmin, qmax) * scale
+    return x + (q - x).detach()

@@ -1,0 +1,166 @@
+"""Quantized twins of torch's weighted layers, and plain modules for functional ops.
+
+A Quant layer fake-quantizes its weight (per channel on the output-channel axis where the preset
+says so) and its bias (int32 at input scale x weight scale, or the NPU's own power-of-two int8
+scale). The activations around it are quantized by TensorQuantizers that quantize_model inserts.
+While exporting, the bias stays float: rq_common's canonicalizer stores it with the same rule.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rq_common.qmath import QParams, bias_qparams
+from rq_common.spec import BiasScaleRule, Granularity, Preset
+from rq_torch.fake_quant import check_exportable, quantize_dequantize_wide
+from rq_torch.quantizer import Mode, TensorQuantizer
+
+
+class QuantLayerMixin:
+    """Weight and bias quantization shared by every Quant layer. ``weight_axis``: output channels."""
+
+    weight_axis = 0
+
+    def _init_quantization(self, preset: Preset, name: str) -> None:
+        spec = preset.weight
+        channels = self.weight.shape[self.weight_axis]
+        if spec.per_channel:
+            spec = spec.replace(axis=self.weight_axis)
+        check_exportable(spec, "weight")
+        self.layer_name = name
+        self.weight_quantizer = TensorQuantizer(
+            spec, preset.weight_method, name=f"{name}.weight", channels=channels if spec.per_channel else None
+        )
+        self.bias_spec = preset.bias
+        self.bias_rule = preset.bias_rule
+        self.register_buffer(
+            "bias_scale", torch.ones(channels if spec.per_channel and preset.bias_rule is BiasScaleRule.PRODUCT else ())
+        )
+        self.input_quantizer: TensorQuantizer | None = None  # set by quantize_model; not a submodule
+        self.output_quantizer: TensorQuantizer | None = None
+
+    @classmethod
+    def from_float(cls, module: nn.Module, preset: Preset, name: str):
+        quant = cls.__new__(cls)
+        quant.__dict__ = dict(module.__dict__)  # same hyper-parameters and parameters
+        quant._parameters = dict(module._parameters)
+        quant._buffers = dict(module._buffers)
+        quant._modules = dict(module._modules)
+        quant._init_quantization(preset, name)
+        return quant
+
+    @property
+    def quantizing(self) -> bool:
+        return self.weight_quantizer.mode is Mode.QUANTIZE
+
+    def weight_qparams(self) -> QParams:
+        """Re-derive the weight's QParams from the current weights (rq_common decides)."""
+        q = self.weight_quantizer
+        q.reset()
+        q.observe(self.weight)
+        return q.finalize()
+
+    def bias_qparams(self) -> QParams | None:
+        if self.bias is None or self.input_quantizer is None:
+            return None
+        input_qp = self.input_quantizer.qparams()
+        weight_qp = self.weight_quantizer.qparams()
+        return bias_qparams(self.bias.detach().cpu().numpy(), input_qp, weight_qp, self.bias_spec, self.bias_rule)
+
+    def set_bias_qparams(self, qparams: QParams) -> None:
+        self.bias_scale = torch.as_tensor(np.asarray(qparams.scale, np.float32)).reshape(self.bias_scale.shape).clone()
+
+    def quantized_weight(self) -> torch.Tensor:
+        if self.training and self.quantizing:  # QAT: the weights move, so their scale follows
+            self.weight_qparams()
+            qp = self.bias_qparams()
+            if qp is not None and self.bias_rule is BiasScaleRule.PRODUCT:
+                self.set_bias_qparams(qp)
+        return self.weight_quantizer(self.weight)
+
+    def quantized_bias(self) -> torch.Tensor | None:
+        if self.bias is None or not self.quantizing or torch.onnx.is_in_onnx_export():
+            return self.bias
+        return quantize_dequantize_wide(self.bias, self.bias_scale, self.bias_spec.qmin, self.bias_spec.qmax)
+
+
+class QuantConv1d(QuantLayerMixin, nn.Conv1d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.quantized_weight(), self.quantized_bias())
+
+
+class QuantConv2d(QuantLayerMixin, nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.quantized_weight(), self.quantized_bias())
+
+
+class QuantConvTranspose2d(QuantLayerMixin, nn.ConvTranspose2d):
+    weight_axis = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv_transpose2d(
+            x,
+            self.quantized_weight(),
+            self.quantized_bias(),
+            self.stride,
+            self.padding,
+            self.output_padding,
+            self.groups,
+            self.dilation,
+        )
+
+
+class QuantLinear(QuantLayerMixin, nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.quantized_weight(), self.quantized_bias())
+
+
+QUANT_LAYERS: dict[type[nn.Module], type[QuantLayerMixin]] = {
+    nn.Conv1d: QuantConv1d,
+    nn.Conv2d: QuantConv2d,
+    nn.ConvTranspose2d: QuantConvTranspose2d,
+    nn.Linear: QuantLinear,
+}
+
+
+# Functional ops as modules: use them where tracing cannot see an op (inside a leaf module) or
+# where a model is not traceable; quantize_model treats them as the ONNX op they export to.
+class Add(nn.Module):
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a + b
+
+
+class Mul(nn.Module):
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a * b
+
+
+class MatMul(nn.Module):
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(a, b)
+
+
+class Cat(nn.Module):
+    def __init__(self, dim: int = 1):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return torch.cat(tensors, dim=self.dim)
+
+
+__all__ = [
+    "QUANT_LAYERS",
+    "Add",
+    "Cat",
+    "Granularity",
+    "MatMul",
+    "Mul",
+    "QuantConv1d",
+    "QuantConv2d",
+    "QuantConvTranspose2d",
+    "QuantLinear",
+]

@@ -1,0 +1,93 @@
+"""TensorQuantizer: one tensor's (or one group of tensors') observer, scale and fake quantization.
+
+Modes: OBSERVE (calibration: statistics are fed to an rq_common Calibrator, values pass unchanged),
+QUANTIZE (fake quantization with the fixed scale), OFF. The scale and zero point are buffers and
+the observer's state travels as extra state of tensors, so state_dict() holds everything and
+loads with torch.load(weights_only=True).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import numpy as np
+import torch
+from torch import nn
+
+from rq_common import Calibrator
+from rq_common.qmath import QParams
+from rq_common.spec import CalibrationMethod, QuantSpec
+from rq_torch.errors import NotCalibratedError
+from rq_torch.fake_quant import fake_quantize
+
+
+class Mode(Enum):
+    OBSERVE = "observe"
+    QUANTIZE = "quantize"
+    OFF = "off"
+
+
+class TensorQuantizer(nn.Module):
+    def __init__(self, spec: QuantSpec, method: CalibrationMethod | str, name: str = "tensor", channels: int | None = None):
+        super().__init__()
+        self.spec = spec
+        self.method = CalibrationMethod(method) if not isinstance(method, CalibrationMethod) else method
+        self.tensor_name = name
+        shape = (channels,) if spec.per_channel else ()
+        self.register_buffer("scale", torch.ones(shape, dtype=torch.float32))
+        self.register_buffer("zero_point", torch.zeros(shape, dtype=torch.int32))
+        self.register_buffer("calibrated", torch.tensor(False))
+        self.mode = Mode.OFF
+        self.calibrator = Calibrator(spec, self.method, name=name)
+
+    # -- calibration ---------------------------------------------------------------------------
+    def observe(self, x: torch.Tensor) -> None:
+        self.calibrator.update(x.detach().to(torch.float32).cpu().numpy())
+
+    def reset(self) -> None:
+        self.calibrator = Calibrator(self.spec, self.method, name=self.tensor_name)
+
+    def set_qparams(self, qparams: QParams) -> None:
+        self.scale = torch.as_tensor(np.asarray(qparams.scale, np.float32)).reshape(self.scale.shape).clone()
+        self.zero_point = torch.as_tensor(qparams.zero_point.astype(np.int32)).reshape(self.zero_point.shape).clone()
+        self.calibrated.fill_(True)
+
+    def finalize(self) -> QParams:
+        """Scale and zero point from what was observed (rq_common decides); switch to QUANTIZE."""
+        qparams = self.calibrator.qparams()
+        self.set_qparams(qparams)
+        self.mode = Mode.QUANTIZE
+        return qparams
+
+    def qparams(self) -> QParams:
+        if not bool(self.calibrated):
+            raise NotCalibratedError(
+                f"quantizer '{self.tensor_name}' has no scale yet: run rq_torch.calibrate(qmodel, data) first"
+            )
+        axis = self.spec.axis if self.spec.per_channel else None
+        return QParams(self.scale.numpy().copy(), self.zero_point.numpy().copy(), self.spec, axis=axis)
+
+    # -- forward --------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode is Mode.OBSERVE:
+            self.observe(x)
+            return x
+        if self.mode is Mode.OFF:
+            return x
+        axis = self.spec.axis if self.spec.per_channel else None
+        return fake_quantize(x, self.scale, self.zero_point, self.spec.qmin, self.spec.qmax, axis)
+
+    # -- state ----------------------------------------------------------------------------------
+    def get_extra_state(self) -> dict:
+        state = {f"observer.{k}": torch.as_tensor(np.asarray(v)) for k, v in self.calibrator.observer.state_dict().items()}
+        state["mode"] = self.mode.value
+        return state
+
+    def set_extra_state(self, state: dict) -> None:
+        self.mode = Mode(state["mode"])
+        observer = {k.removeprefix("observer."): v.numpy() for k, v in state.items() if k.startswith("observer.")}
+        self.reset()
+        self.calibrator.observer.load_state_dict(observer)
+
+    def extra_repr(self) -> str:
+        return f"{self.tensor_name}: {self.spec.dtype.value}, {self.method.value}, mode={self.mode.value}"
