@@ -38,7 +38,7 @@ def test_cancelling_weights_force_a_shift_cut_repair(tmp_path):
     w_pos = 6  # max|w| = 1 -> 1/127 -> 2^-6
     assert pos["x"] == 0  # 100/127 -> 2^0
     assert npu_rules.shift_cut(w_pos, pos["x"], pos["y_float"]) == 0
-    assert any("'y_float': output position" in n and "shift_cut" in n for n in result.notes)
+    assert any("'y': output position 15 -> 6" in n and "shift_cut" in n for n in result.notes)
     assert result.violations == []
 
 
