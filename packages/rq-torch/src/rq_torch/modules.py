@@ -32,7 +32,11 @@ class QuantLayerMixin:
         check_exportable(spec, "weight")
         self.layer_name = name
         self.weight_quantizer = TensorQuantizer(
-            spec, preset.weight_method, name=f"{name}.weight", channels=channels if spec.per_channel else None
+            spec,
+            preset.weight_method,
+            name=f"{name}.weight",
+            channels=channels if spec.per_channel else None,
+            persist_observer=False,
         )
         self.bias_spec = preset.bias
         self.bias_rule = preset.bias_rule

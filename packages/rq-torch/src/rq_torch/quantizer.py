@@ -1,9 +1,9 @@
 """TensorQuantizer: one tensor's (or one group of tensors') observer, scale and fake quantization.
 
 Modes: OBSERVE (calibration: statistics are fed to an rq_common Calibrator, values pass unchanged),
-QUANTIZE (fake quantization with the fixed scale), OFF. The scale and zero point are buffers and
-the observer's state travels as extra state of tensors, so state_dict() holds everything and
-loads with torch.load(weights_only=True).
+QUANTIZE (fake quantization with the fixed scale), OFF. The scale, zero point, mode and (for
+activations) the observer's fixed-size state are buffers, so state_dict() holds everything and
+loads with torch.load(weights_only=True); the exporter sees only tensors.
 """
 
 from __future__ import annotations
@@ -22,13 +22,20 @@ from rq_torch.fake_quant import fake_quantize
 
 
 class Mode(Enum):
-    OBSERVE = "observe"
-    QUANTIZE = "quantize"
-    OFF = "off"
+    OFF = 0
+    OBSERVE = 1
+    QUANTIZE = 2
 
 
 class TensorQuantizer(nn.Module):
-    def __init__(self, spec: QuantSpec, method: CalibrationMethod | str, name: str = "tensor", channels: int | None = None):
+    def __init__(
+        self,
+        spec: QuantSpec,
+        method: CalibrationMethod | str,
+        name: str = "tensor",
+        channels: int | None = None,
+        persist_observer: bool = True,
+    ):
         super().__init__()
         self.spec = spec
         self.method = CalibrationMethod(method) if not isinstance(method, CalibrationMethod) else method
@@ -37,8 +44,22 @@ class TensorQuantizer(nn.Module):
         self.register_buffer("scale", torch.ones(shape, dtype=torch.float32))
         self.register_buffer("zero_point", torch.zeros(shape, dtype=torch.int32))
         self.register_buffer("calibrated", torch.tensor(False))
-        self.mode = Mode.OFF
+        self.register_buffer("mode_code", torch.tensor(Mode.OFF.value, dtype=torch.int8))
+        self._mode = Mode.OFF
         self.calibrator = Calibrator(spec, self.method, name=name)
+        self.persist_observer = persist_observer
+        if persist_observer:  # weight observers are rebuilt from the weights; activation ones are saved
+            for key, value in self.calibrator.observer.state_dict().items():
+                self.register_buffer(f"observer_{key}", torch.as_tensor(np.asarray(value)).clone())
+
+    @property
+    def mode(self) -> Mode:
+        return self._mode  # a Python copy of the buffer: tracing and export read no tensor here
+
+    @mode.setter
+    def mode(self, mode: Mode) -> None:
+        self._mode = mode
+        self.mode_code.fill_(mode.value)
 
     # -- calibration ---------------------------------------------------------------------------
     def observe(self, x: torch.Tensor) -> None:
@@ -77,17 +98,22 @@ class TensorQuantizer(nn.Module):
         axis = self.spec.axis if self.spec.per_channel else None
         return fake_quantize(x, self.scale, self.zero_point, self.spec.qmin, self.spec.qmax, axis)
 
-    # -- state ----------------------------------------------------------------------------------
-    def get_extra_state(self) -> dict:
-        state = {f"observer.{k}": torch.as_tensor(np.asarray(v)) for k, v in self.calibrator.observer.state_dict().items()}
-        state["mode"] = self.mode.value
-        return state
+    # -- state: observer <-> buffers around state_dict ------------------------------------------
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        if self.persist_observer:
+            for key, value in self.calibrator.observer.state_dict().items():
+                getattr(self, f"observer_{key}").copy_(torch.as_tensor(np.asarray(value)))
+        super()._save_to_state_dict(destination, prefix, keep_vars)
 
-    def set_extra_state(self, state: dict) -> None:
-        self.mode = Mode(state["mode"])
-        observer = {k.removeprefix("observer."): v.numpy() for k, v in state.items() if k.startswith("observer.")}
-        self.reset()
-        self.calibrator.observer.load_state_dict(observer)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._mode = Mode(int(self.mode_code))
+        if self.persist_observer:
+            self.reset()
+            state = {
+                key.removeprefix("observer_"): buf.numpy() for key, buf in self.named_buffers() if key.startswith("observer_")
+            }
+            self.calibrator.observer.load_state_dict(state)
 
     def extra_repr(self) -> str:
         return f"{self.tensor_name}: {self.spec.dtype.value}, {self.method.value}, mode={self.mode.value}"

@@ -1,6 +1,8 @@
 """Bring what any exporter wrote into the rq int8 format, without changing the numbers.
 
 Rewrites run in order, each a small function registered in REWRITES:
+0. bypass_constant_identities: Identity nodes on constants (the TorchScript exporter shares
+   equal constants that way) are bypassed, so every Q/DQ reads its parameters directly.
 1. fold_runtime_weight_quantize: float constant -> QuantizeLinear becomes an integer initializer
    (quantized with the reference that matches ONNX Runtime bit for bit).
 2. quantize_known_float_weights: float weights that an exporter constant-folded (tf2onnx does this
@@ -87,6 +89,16 @@ def canonicalize(
     for step in REWRITES:
         step(ctx)
     return CanonicalizeResult(out, ctx.log)
+
+
+@rewrite
+def bypass_constant_identities(ctx: CanonicalizeContext) -> None:
+    index = ctx.index()
+    for node in list(ctx.model.graph.node):
+        if node.op_type != "Identity" or not index.is_constant(node.input[0]) or node.output[0] in index.graph_outputs:
+            continue
+        _rename_input(index, node.output[0], node.input[0])
+        ctx.model.graph.node.remove(node)
 
 
 @rewrite

@@ -54,10 +54,17 @@ class GraphIndex:
             for attr in node.attribute:
                 if attr.name == "value":
                     return numpy_helper.to_array(attr.t)
+        if node is not None and node.op_type == "Identity":  # exporters share constants through Identity
+            return self.constant(node.input[0])
         return None
 
     def is_constant(self, name: str) -> bool:
-        return name in self.initializers or (name in self.producers and self.producers[name].op_type == "Constant")
+        if name in self.initializers:
+            return True
+        node = self.producers.get(name)
+        return node is not None and (
+            node.op_type == "Constant" or (node.op_type == "Identity" and self.is_constant(node.input[0]))
+        )
 
     def producer_op(self, name: str) -> str | None:
         node = self.producers.get(name)

@@ -1,0 +1,32 @@
+"""rq-torch: quantize nn.Modules (PTQ and QAT in your own loop) and export rq's int8 ONNX format.
+
+qmodel = rq_torch.quantize_model(model, example_inputs, preset="npu_cnn")
+rq_torch.calibrate(qmodel, loader)
+rq_torch.export_onnx(qmodel, example_inputs, "model_int8.onnx")
+"""
+
+from rq_torch.calibrate import calibrate, finalize
+from rq_torch.export import ExportResult, export_onnx
+from rq_torch.modules import Add, Cat, MatMul, Mul, QuantConv1d, QuantConv2d, QuantConvTranspose2d, QuantLinear
+from rq_torch.quantizer import Mode, TensorQuantizer
+from rq_torch.transform import quantize_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Add",
+    "Cat",
+    "ExportResult",
+    "MatMul",
+    "Mode",
+    "Mul",
+    "QuantConv1d",
+    "QuantConv2d",
+    "QuantConvTranspose2d",
+    "QuantLinear",
+    "TensorQuantizer",
+    "calibrate",
+    "export_onnx",
+    "finalize",
+    "quantize_model",
+]

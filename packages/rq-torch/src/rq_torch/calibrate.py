@@ -1,0 +1,127 @@
+"""calibrate(): observe activations over batches, then fix every scale (rq_common decides)."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from torch import fx
+from tqdm import tqdm
+
+from rq_common.errors import CalibrationDataError
+from rq_common.qmath import QParams
+from rq_common.spec import BiasScaleRule, npu_rules
+from rq_torch.errors import NotCalibratedError
+from rq_torch.quantizer import Mode, TensorQuantizer
+from rq_torch.transform import quant_layers
+
+
+def _plan(model: fx.GraphModule):
+    plan = getattr(model, "rq_plan", None)
+    if plan is None:
+        raise NotCalibratedError("this model was not made by rq_torch.quantize_model; quantize it first")
+    return plan
+
+
+def activation_quantizers(model: fx.GraphModule) -> dict[str, TensorQuantizer]:
+    return {name: model.get_submodule(name) for name in _plan(model).activation_quantizers}
+
+
+def _inputs(batch, count: int) -> tuple:
+    """The model's inputs from one batch: a tensor, a tuple/list (labels after the inputs are
+    dropped), or a dict of input name to tensor."""
+    if isinstance(batch, torch.Tensor):
+        return (batch,)
+    if isinstance(batch, np.ndarray):
+        return (torch.from_numpy(batch),)
+    if isinstance(batch, (tuple, list)):
+        return tuple(batch[:count])
+    raise CalibrationDataError(f"a calibration batch is a {type(batch).__name__}; give tensors, tuples of tensors, or dicts")
+
+
+def calibrate(model: fx.GraphModule, data: Iterable, num_batches: int | None = None, quiet: bool = False) -> fx.GraphModule:
+    """Run ``data`` (a DataLoader or any iterable of batches) through the model with observers on,
+    then give every quantizer its scale. Returns the model, in eval mode, quantizing."""
+    plan = _plan(model)
+    quantizers = activation_quantizers(model)
+    for q in quantizers.values():
+        q.reset()
+        q.mode = Mode.OBSERVE
+    for layer in quant_layers(model):
+        layer.weight_quantizer.mode = Mode.OFF
+    model.eval()
+    count = 0
+    total = num_batches if num_batches is not None else (len(data) if hasattr(data, "__len__") else None)
+    with torch.no_grad():
+        for batch in tqdm(itertools.islice(data, num_batches), total=total, desc="calibrating", disable=quiet, file=sys.stderr):
+            count += 1
+            if isinstance(batch, dict):
+                model(**batch)
+            else:
+                model(*_inputs(batch, len(plan.input_names)))
+    if count == 0:
+        for q in quantizers.values():
+            q.mode = Mode.OFF
+        raise CalibrationDataError("calibration got no batches; pass a DataLoader or an iterable with at least one batch")
+    finalize(model)
+    return model
+
+
+def finalize(model: fx.GraphModule) -> list[str]:
+    """Fix activation, weight and bias scales; apply the NPU's position rules. Returns the notes."""
+    plan = _plan(model)
+    quantizers = activation_quantizers(model)
+    for q in quantizers.values():
+        q.finalize()
+    layers = quant_layers(model)
+    for layer in layers:
+        layer.weight_qparams()
+    notes: list[str] = []
+    if plan.preset.target.fixed_point_rules:
+        notes += _repair_positions(model, quantizers, layers)
+    for layer in layers:
+        qp = layer.bias_qparams()
+        if qp is None:
+            continue
+        if plan.preset.bias_rule is BiasScaleRule.OWN_POWER_OF_TWO and layer.output_quantizer is not None:
+            qp = _repaired_bias(qp, layer)
+        layer.set_bias_qparams(qp)
+    model.rq_notes = notes
+    return notes
+
+
+def _position_key(quantizers: dict[str, TensorQuantizer], q: TensorQuantizer | None) -> str | None:
+    return next((name for name, m in quantizers.items() if m is q), None)
+
+
+def _repair_positions(model, quantizers, layers) -> list[str]:
+    positions = {name: npu_rules.position(q.scale.numpy()) for name, q in quantizers.items()}
+    shifted = []
+    for layer in layers:
+        source, target = _position_key(quantizers, layer.input_quantizer), _position_key(quantizers, layer.output_quantizer)
+        if source and target and not layer.weight_quantizer.spec.per_channel:
+            shifted.append((npu_rules.position(layer.weight_quantizer.scale.numpy()), source, target))
+    notes = npu_rules.repair_positions(shifted, _plan(model).adds, positions)
+    for name, q in quantizers.items():
+        if positions[name] != npu_rules.position(q.scale.numpy()):
+            q.scale = torch.tensor(float(np.ldexp(1.0, -positions[name])), dtype=torch.float32)
+    return notes
+
+
+def _repaired_bias(qp: QParams, layer) -> QParams:
+    w_pos = npu_rules.position(layer.weight_quantizer.scale.numpy())
+    in_pos = npu_rules.position(layer.input_quantizer.scale.numpy())
+    out_pos = npu_rules.position(layer.output_quantizer.scale.numpy())
+    pos = npu_rules.repair_bias_position(w_pos, in_pos, out_pos, npu_rules.position(qp.scale))
+    return QParams(np.float32(np.ldexp(1.0, -pos)), qp.zero_point, qp.spec, qp.axis)
+
+
+def require_calibrated(model: fx.GraphModule) -> None:
+    missing = [name for name, q in activation_quantizers(model).items() if not bool(q.calibrated)]
+    if missing:
+        raise NotCalibratedError(
+            f"{len(missing)} quantizer(s) have no scale yet ({', '.join(missing[:3])}...): run rq_torch.calibrate(qmodel, data) before exporting"
+        )

@@ -1,0 +1,67 @@
+"""export_onnx: TorchScript exporter (fake-quant ops become Q/DQ), then rq_common's canonicalizer
+and validator. The bias QParams are passed along so the int bias equals what torch computed."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+import torch
+from torch import fx
+
+from rq_common.format import Violation, canonicalize, validate
+from rq_common.io import save_onnx
+from rq_common.qmath import QParams
+from rq_torch.calibrate import require_calibrated
+from rq_torch.transform import quant_layers
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    model: onnx.ModelProto
+    violations: list[Violation]
+    log: list[str] = field(default_factory=list)
+
+
+def _bias_qparams(model: fx.GraphModule) -> dict[str, QParams]:
+    out = {}
+    for layer in quant_layers(model):
+        if layer.bias is not None:
+            qp = layer.bias_qparams()
+            if qp is not None:
+                scale = layer.bias_scale.numpy().reshape(qp.scale.shape)
+                out[f"{layer.layer_name}.bias"] = QParams(scale, qp.zero_point, qp.spec, qp.axis)
+    return out
+
+
+def export_onnx(model: fx.GraphModule, example_inputs, path: str | Path, opset: int = 17) -> ExportResult:
+    """Write the int8 format of ``model`` (calibrated by rq_torch.calibrate) to ``path``."""
+    require_calibrated(model)
+    example_inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    plan = model.rq_plan
+    was_training = model.training
+    model.eval()
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            raw = Path(folder) / "exported.onnx"
+            torch.onnx.export(
+                model,
+                example_inputs,
+                str(raw),
+                dynamo=False,
+                opset_version=opset,
+                do_constant_folding=True,
+                input_names=plan.input_names,
+            )
+            exported = onnx.load(str(raw))
+    finally:
+        model.train(was_training)
+    initializers = {t.name for t in exported.graph.initializer}
+    biases = {name: qp for name, qp in _bias_qparams(model).items() if name in initializers}
+    result = canonicalize(exported, plan.preset, weight_qparams=biases)
+    violations = validate(result.model, plan.preset, required_ops=() if plan.float_ops else None)
+    path = save_onnx(result.model, path)
+    return ExportResult(path, result.model, violations, result.log)

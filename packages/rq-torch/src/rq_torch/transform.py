@@ -1,0 +1,232 @@
+"""quantize_model: trace, fold BatchNorm, place quantizers by rq's op coverage and NPU rules,
+and swap weighted layers for their Quant twins."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from rq_common.qmath import fold_batchnorm
+from rq_common.spec import Preset, get_preset
+from rq_common.spec.npu_rules import FUSABLE_ACTIVATIONS, FUSING_OPS, SHARED_SCALE_OPS
+from rq_common.spec.op_coverage import OWN_SCALE_OPS, PASS_THROUGH_OPS
+from rq_torch.fake_quant import check_exportable
+from rq_torch.modules import QUANT_LAYERS, QuantLayerMixin
+from rq_torch.ops import onnx_op
+from rq_torch.quantizer import TensorQuantizer
+from rq_torch.trace import shape_propagate, trace
+
+
+@dataclass(frozen=True)
+class FloatOp:
+    node: str
+    target: str
+    reason: str
+
+
+@dataclass
+class TorchPlan:
+    """What quantize_model decided; kept on the model as ``rq_plan`` for calibrate and export."""
+
+    preset: Preset
+    activation_quantizers: list[str] = field(default_factory=list)
+    layers: list[str] = field(default_factory=list)
+    adds: list[list[str]] = field(default_factory=list)  # per Add: the quantizers of its inputs
+    float_ops: list[FloatOp] = field(default_factory=list)
+    input_names: list[str] = field(default_factory=list)
+
+
+class _Groups:
+    def __init__(self) -> None:
+        self.parent: dict[fx.Node, fx.Node] = {}
+
+    def find(self, n: fx.Node) -> fx.Node:
+        self.parent.setdefault(n, n)
+        while self.parent[n] is not n:
+            n = self.parent[n]
+        return n
+
+    def union(self, a: fx.Node, b: fx.Node) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra is not rb:
+            self.parent[rb] = ra
+
+
+def _is_float_tensor(node: fx.Node) -> bool:
+    meta = node.meta.get("tensor_meta")
+    return meta is not None and hasattr(meta, "dtype") and meta.dtype.is_floating_point
+
+
+def _tensor_args(node: fx.Node) -> list[fx.Node]:
+    found: list[fx.Node] = []
+    fx.node.map_arg((node.args, node.kwargs), lambda a: found.append(a) if _is_float_tensor(a) else None)
+    return list(dict.fromkeys(found))
+
+
+def fold_batchnorms(gm: fx.GraphModule) -> int:
+    """Conv followed by BatchNorm (the Conv's only user) -> one Conv with folded weights."""
+    folded = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), nn.modules.batchnorm._BatchNorm):
+            continue
+        source = node.args[0]
+        if not (isinstance(source, fx.Node) and source.op == "call_module" and len(source.users) == 1):
+            continue
+        conv, bn = gm.get_submodule(source.target), gm.get_submodule(node.target)
+        if type(conv) not in (nn.Conv1d, nn.Conv2d) or not bn.track_running_stats or bn.running_mean is None:
+            continue
+        gamma = bn.weight.detach().numpy() if bn.affine else torch.ones_like(bn.running_mean).numpy()
+        beta = bn.bias.detach().numpy() if bn.affine else torch.zeros_like(bn.running_mean).numpy()
+        bias = conv.bias.detach().numpy() if conv.bias is not None else None
+        weight, new_bias = fold_batchnorm(
+            conv.weight.detach().numpy(), bias, gamma, beta, bn.running_mean.numpy(), bn.running_var.numpy(), bn.eps
+        )
+        conv.weight = nn.Parameter(torch.from_numpy(weight))
+        conv.bias = nn.Parameter(torch.from_numpy(new_bias))
+        node.replace_all_uses_with(source)
+        gm.graph.erase_node(node)
+        folded += 1
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    return folded
+
+
+def quantize_model(
+    model: nn.Module,
+    example_inputs: Any,
+    preset: str | Preset = "npu_cnn",
+    *,
+    leaf_modules: Sequence[type[nn.Module]] = (),
+    exclude: Sequence[str] = (),
+    **overrides: Any,
+) -> fx.GraphModule:
+    """A traced copy of ``model`` with quantizers in place (the original is left as it is).
+
+    ``example_inputs``: a tensor or a tuple of tensors the model takes. ``leaf_modules``: module
+    types fx must not trace into (they run in float). ``exclude``: node names or module paths to
+    keep in float. ``overrides``: preset fields (``per_channel``, ``activation_method``, ...).
+    """
+    preset = get_preset(preset, **overrides)
+    for kind in ("activation", "weight"):
+        check_exportable(getattr(preset, kind), kind)
+    example_inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    model = copy.deepcopy(model).eval()
+    gm = trace(model, leaf_modules)
+    shape_propagate(gm, example_inputs)
+    fold_batchnorms(gm)
+    plan = TorchPlan(preset, input_names=[n.name for n in gm.graph.nodes if n.op == "placeholder"])
+    quantized, groups, node_ops = _plan(gm, preset, set(exclude), plan)
+    quantizer_of = _insert_quantizers(gm, quantized, groups, preset, plan)
+    _swap_layers(gm, node_ops, quantizer_of, preset, plan)
+    gm.recompile()
+    gm.rq_plan = plan
+    return gm
+
+
+def _plan(gm, preset, exclude, plan) -> tuple[list[fx.Node], _Groups, dict[fx.Node, str]]:
+    quantized: set[fx.Node] = set()
+    groups = _Groups()
+    node_ops: dict[fx.Node, str] = {}
+    for node in gm.graph.nodes:
+        if node.op in ("placeholder", "get_attr", "output") or not _is_float_tensor(node):
+            continue
+        op = onnx_op(gm, node)
+        name = str(node.target) if node.op == "call_module" else node.name
+        if node.name in exclude or (node.op == "call_module" and node.target in exclude):
+            plan.float_ops.append(FloatOp(node.name, str(node.target), "excluded (kept in float on request)"))
+            continue
+        if op is None:
+            plan.float_ops.append(FloatOp(node.name, str(node.target), f"no quantization rule for {name}: runs in float"))
+            continue
+        inputs = _tensor_args(node)
+        if op in PASS_THROUGH_OPS:
+            if inputs and inputs[0] in quantized:
+                quantized.add(node)
+                groups.union(inputs[0], node)
+                node_ops[node] = op
+            else:
+                plan.float_ops.append(
+                    FloatOp(node.name, str(node.target), "its input is not quantized, so the values pass through in float")
+                )
+            continue
+        if op not in OWN_SCALE_OPS:
+            plan.float_ops.append(FloatOp(node.name, str(node.target), f"{op} is not quantized by rq"))
+            continue
+        node_ops[node] = op
+        quantized.update(inputs)
+        quantized.add(node)
+        if preset.target.fixed_point_rules and op in SHARED_SCALE_OPS:
+            for source in inputs:
+                groups.union(node, source)
+    for node, op in node_ops.items():  # ReLU / ReLU6 fused into the Conv / Gemm / Add before them
+        if op not in FUSABLE_ACTIVATIONS:
+            continue
+        source = node.args[0]
+        if isinstance(source, fx.Node) and node_ops.get(source) in FUSING_OPS and len(source.users) == 1:
+            quantized.discard(source)
+    ordered = [n for n in gm.graph.nodes if n in quantized]
+    return ordered, groups, node_ops
+
+
+def _insert_quantizers(gm, quantized, groups, preset, plan) -> dict[fx.Node, TensorQuantizer]:
+    """One TensorQuantizer per scale group, called after every tensor of the group."""
+    modules: dict[fx.Node, str] = {}
+    quantizer_of: dict[fx.Node, TensorQuantizer] = {}
+    for node in quantized:
+        root = groups.find(node)
+        if root not in modules:
+            name = f"rq_quantizer_{len(modules)}"
+            gm.add_submodule(name, TensorQuantizer(preset.activation, preset.activation_method, name=node.name))
+            modules[root] = name
+            plan.activation_quantizers.append(name)
+        with gm.graph.inserting_after(node):
+            call = gm.graph.call_module(modules[root], (node,))
+        node.replace_all_uses_with(call, delete_user_cb=lambda user, call=call: user is not call)
+        quantizer_of[node] = gm.get_submodule(modules[root])
+        quantizer_of[call] = quantizer_of[node]
+    return quantizer_of
+
+
+def _quantizer_after(node: fx.Node, gm: fx.GraphModule) -> TensorQuantizer | None:
+    """The quantizer that quantizes ``node``'s output, through one fused activation."""
+    users = list(node.users)
+    if len(users) == 1 and users[0].op == "call_module" and isinstance(gm.get_submodule(users[0].target), TensorQuantizer):
+        return gm.get_submodule(users[0].target)
+    if len(users) == 1 and onnx_op(gm, users[0]) in FUSABLE_ACTIVATIONS:
+        return _quantizer_after(users[0], gm)
+    return None
+
+
+def _swap_layers(gm, node_ops, quantizer_of, preset, plan) -> None:
+    for node, op in node_ops.items():
+        if node.op == "call_module":
+            module = gm.get_submodule(node.target)
+            quant_type = QUANT_LAYERS.get(type(module))
+            if quant_type is not None:
+                layer = quant_type.from_float(module, preset, node.target)
+                source = node.args[0]
+                object.__setattr__(layer, "input_quantizer", quantizer_of.get(source))
+                object.__setattr__(layer, "output_quantizer", _quantizer_after(node, gm))
+                _set_submodule(gm, node.target, layer)
+                plan.layers.append(node.target)
+        if op == "Add":
+            plan.adds.append([_name_of(gm, quantizer_of.get(a)) for a in _tensor_args(node) if a in quantizer_of])
+
+
+def _name_of(gm: fx.GraphModule, module: nn.Module | None) -> str | None:
+    return next((n for n, m in gm.named_modules() if m is module), None)
+
+
+def _set_submodule(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
+    parent_name, _, child = target.rpartition(".")
+    parent = gm.get_submodule(parent_name) if parent_name else gm
+    setattr(parent, child, module)
+
+
+def quant_layers(model: nn.Module) -> list[QuantLayerMixin]:
+    return [m for m in model.modules() if isinstance(m, QuantLayerMixin)]
