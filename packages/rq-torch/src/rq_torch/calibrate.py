@@ -52,6 +52,8 @@ def calibrate(model: fx.GraphModule, data: Iterable, num_batches: int | None = N
         q.mode = Mode.OBSERVE
     for layer in quant_layers(model):
         layer.weight_quantizer.mode = Mode.OFF
+    for name, _ in plan.constants:
+        model.get_submodule(name).mode = Mode.OFF
     model.eval()
     count = 0
     total = num_batches if num_batches is not None else (len(data) if hasattr(data, "__len__") else None)
@@ -79,6 +81,11 @@ def finalize(model: fx.GraphModule) -> list[str]:
     layers = quant_layers(model)
     for layer in layers:
         layer.weight_qparams()
+    for name, buffer in plan.constants:
+        quantizer = model.get_submodule(name)
+        quantizer.reset()
+        quantizer.observe(model.get_buffer(buffer))
+        quantizer.finalize()
     notes: list[str] = []
     if plan.preset.target.fixed_point_rules:
         notes += _repair_positions(model, quantizers, layers)

@@ -59,8 +59,10 @@ def export_onnx(model: fx.GraphModule, example_inputs, path: str | Path, opset: 
             exported = onnx.load(str(raw))
     finally:
         model.train(was_training)
-    initializers = {t.name for t in exported.graph.initializer}
-    biases = {name: qp for name, qp in _bias_qparams(model).items() if name in initializers}
+    # a bias the exporter feeds to a Conv/Gemm bias slot gets torch's exact int scale; a Linear on
+    # 3-d inputs is exported as MatMul + Add, whose float bias add stays as it is
+    bias_slots = {n.input[2] for n in exported.graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm") and len(n.input) > 2}
+    biases = {name: qp for name, qp in _bias_qparams(model).items() if name in bias_slots}
     result = canonicalize(exported, plan.preset, weight_qparams=biases)
     violations = validate(result.model, plan.preset, required_ops=() if plan.float_ops else None)
     path = save_onnx(result.model, path)

@@ -1,8 +1,11 @@
-"""Fake quantization in torch, matching rq_common's reference (round half to even, saturate).
+"""Fake quantization in torch, bit-exact with rq_common's reference and ONNX Runtime.
 
-torch.fake_quantize_per_{tensor,channel}_affine give the straight-through gradient (1 inside the
-range, 0 where clipped), and the TorchScript exporter turns them into QuantizeLinear /
-DequantizeLinear. They accept only the integer ranges (-128, 127), (0, 255) and (0, 127).
+ONNX Runtime divides by the scale; torch's fake_quantize ops multiply by its inverse, which
+rounds differently near ties for scales that are not powers of two. So the forward pass divides
+(float32, round half to even, saturate) with a straight-through gradient (1 inside the range,
+0 where clipped), and only while exporting are torch.fake_quantize_per_{tensor,channel}_affine
+used: the TorchScript exporter turns them into QuantizeLinear / DequantizeLinear. They accept
+only the integer ranges (-128, 127), (0, 255) and (0, 127).
 """
 
 from __future__ import annotations

@@ -119,7 +119,9 @@ class QuantConvTranspose2d(QuantLayerMixin, nn.ConvTranspose2d):
 
 class QuantLinear(QuantLayerMixin, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.quantized_weight(), self.quantized_bias())
+        # on 2-d inputs the exporter writes Gemm (an int bias); on more dims MatMul + a float Add
+        bias = self.quantized_bias() if x.dim() <= 2 else self.bias
+        return F.linear(x, self.quantized_weight(), bias)
 
 
 QUANT_LAYERS: dict[type[nn.Module], type[QuantLayerMixin]] = {

@@ -63,6 +63,7 @@ FUNCTION_OPS: dict[object, str] = {
     F.softmax: "Softmax",
     torch.softmax: "Softmax",
     F.gelu: "Gelu",
+    torch.erf: "Erf",
     F.layer_norm: "LayerNormalization",
     F.max_pool2d: "MaxPool",
     F.avg_pool2d: "AveragePool",

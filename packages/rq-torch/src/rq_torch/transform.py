@@ -4,11 +4,14 @@ and swap weighted layers for their Quant twins."""
 from __future__ import annotations
 
 import copy
+import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from rq_common.qmath import fold_batchnorm
@@ -37,6 +40,7 @@ class TorchPlan:
     activation_quantizers: list[str] = field(default_factory=list)
     layers: list[str] = field(default_factory=list)
     adds: list[list[str]] = field(default_factory=list)  # per Add: the quantizers of its inputs
+    constants: list[tuple[str, str]] = field(default_factory=list)  # (quantizer, buffer) of lifted scalars
     float_ops: list[FloatOp] = field(default_factory=list)
     input_names: list[str] = field(default_factory=list)
 
@@ -119,13 +123,62 @@ def quantize_model(
     gm = trace(model, leaf_modules)
     shape_propagate(gm, example_inputs)
     fold_batchnorms(gm)
+    decompose_gelu(gm)
+    shape_propagate(gm, example_inputs)
     plan = TorchPlan(preset, input_names=[n.name for n in gm.graph.nodes if n.op == "placeholder"])
+    _lift_scalar_operands(gm, preset, plan)
+    shape_propagate(gm, example_inputs)
     quantized, groups, node_ops = _plan(gm, preset, set(exclude), plan)
     quantizer_of = _insert_quantizers(gm, quantized, groups, preset, plan)
     _swap_layers(gm, node_ops, quantizer_of, preset, plan)
     gm.recompile()
     gm.rq_plan = plan
     return gm
+
+
+def decompose_gelu(gm: fx.GraphModule) -> None:
+    """GELU as the ops the ONNX exporter writes at opset 17 (x * 0.5 * (1 + erf(x / sqrt 2))), so
+    each gets its quantizer where rq-onnx puts one on the same decomposition."""
+    for node in list(gm.graph.nodes):
+        module = gm.get_submodule(node.target) if node.op == "call_module" else None
+        is_gelu = isinstance(module, nn.GELU) and module.approximate == "none"
+        is_gelu = is_gelu or (
+            node.op == "call_function" and node.target is F.gelu and node.kwargs.get("approximate", "none") == "none"
+        )
+        if not is_gelu:
+            continue
+        x = node.args[0]
+        with gm.graph.inserting_before(node):
+            scaled = gm.graph.call_function(operator.truediv, (x, math.sqrt(2.0)))
+            shifted = gm.graph.call_function(operator.add, (gm.graph.call_function(torch.erf, (scaled,)), 1.0))
+            out = gm.graph.call_function(operator.mul, (gm.graph.call_function(operator.mul, (x, shifted)), 0.5))
+        node.replace_all_uses_with(out)
+        gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+
+
+def _lift_scalar_operands(gm: fx.GraphModule, preset: Preset, plan: TorchPlan) -> None:
+    """``x * 0.125`` becomes x times a quantized constant (weight spec), as rq-onnx stores the
+    constant operand of Add / Mul: the export then holds it as an int8 initializer."""
+    for node in list(gm.graph.nodes):
+        if onnx_op(gm, node) not in ("Add", "Mul") or not _is_float_tensor(node):
+            continue
+        args = list(node.args)
+        for i, arg in enumerate(args):
+            if isinstance(arg, bool) or not isinstance(arg, (int, float)):
+                continue
+            index = len(plan.constants)
+            buffer, quantizer = f"rq_constant_{index}", f"rq_constant_quantizer_{index}"
+            gm.register_buffer(buffer, torch.tensor(float(arg), dtype=torch.float32))
+            spec = preset.weight.replace(granularity="per_tensor", axis=None)
+            gm.add_submodule(quantizer, TensorQuantizer(spec, preset.weight_method, name=buffer, persist_observer=False))
+            with gm.graph.inserting_before(node):
+                constant = gm.graph.get_attr(buffer)
+                args[i] = gm.graph.call_module(quantizer, (constant,))
+            plan.constants.append((quantizer, buffer))
+        node.args = tuple(args)
 
 
 def _plan(gm, preset, exclude, plan) -> tuple[list[fx.Node], _Groups, dict[fx.Node, str]]:

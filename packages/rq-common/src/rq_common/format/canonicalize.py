@@ -5,6 +5,8 @@ Rewrites run in order, each a small function registered in REWRITES:
    equal constants that way) are bypassed, so every Q/DQ reads its parameters directly.
 1. fold_runtime_weight_quantize: float constant -> QuantizeLinear becomes an integer initializer
    (quantized with the reference that matches ONNX Runtime bit for bit).
+1b. transpose_quantized_weights: Transpose(DequantizeLinear(constant)) (how the TorchScript exporter
+   writes a Linear on 3-d inputs) becomes DequantizeLinear(transposed constant), axis permuted.
 2. quantize_known_float_weights: float weights that an exporter constant-folded (tf2onnx does this
    with fake-quantized weights) are quantized again with the QParams the framework used; the
    values are already on the grid, so they come back exactly.
@@ -29,7 +31,7 @@ from onnx import numpy_helper
 
 from rq_common.errors import FormatError
 from rq_common.format.builder import make_quantized_constant, replace_initializer_with_quantized
-from rq_common.format.graph import DEQUANTIZE, QUANTIZE, GraphIndex, QdqParams, node_label, qdq_params
+from rq_common.format.graph import DEQUANTIZE, QUANTIZE, GraphIndex, QdqParams, attribute, node_label, qdq_params
 from rq_common.format.oprules import OP_RULES, constant_role
 from rq_common.qmath.bias import bias_qparams
 from rq_common.qmath.qparams import QParams
@@ -115,6 +117,41 @@ def fold_runtime_weight_quantize(ctx: CanonicalizeContext) -> None:
         ctx.model.graph.initializer.append(numpy_helper.from_array(q, node.output[0]))
         ctx.model.graph.node.remove(node)
         ctx.log.append(f"{node_label(node)}: float constant '{node.input[0]}' quantized at export, not at run time")
+    _remove_unused(ctx)
+
+
+@rewrite
+def transpose_quantized_weights(ctx: CanonicalizeContext) -> None:
+    index = ctx.index()
+    graph = ctx.model.graph
+    for node in list(graph.node):
+        dq = index.producers.get(node.input[0]) if node.op_type == "Transpose" else None
+        if (
+            dq is None
+            or dq.op_type != DEQUANTIZE
+            or dq.input[0] not in index.initializers
+            or len(index.consumers_of(dq.output[0])) != 1
+        ):
+            continue
+        params = qdq_params(index, dq)
+        if params is None:
+            continue
+        q = index.constant(dq.input[0])
+        perm = list(attribute(node, "perm", list(range(q.ndim))[::-1]))
+        name = f"{dq.input[0]}_transposed"
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(np.transpose(q, perm)), name))
+        dq.input[0] = name
+        if params.axis is not None:
+            axis_attr = next(a for a in dq.attribute if a.name == "axis") if any(a.name == "axis" for a in dq.attribute) else None
+            new_axis = perm.index(params.axis % q.ndim)
+            if axis_attr is None:
+                dq.attribute.append(onnx.helper.make_attribute("axis", new_axis))
+            else:
+                axis_attr.i = new_axis
+        _rename_input(index, node.output[0], dq.output[0])
+        graph.node.remove(node)
+        ctx.log.append(f"{node_label(node)}: transpose of quantized weight '{dq.input[0]}' stored transposed")
+        index = ctx.index()
     _remove_unused(ctx)
 
 
