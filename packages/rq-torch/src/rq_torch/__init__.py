@@ -9,7 +9,7 @@ from rq_torch.calibrate import calibrate, finalize
 from rq_torch.export import ExportResult, export_onnx
 from rq_torch.modules import Add, Cat, MatMul, Mul, QuantConv1d, QuantConv2d, QuantConvTranspose2d, QuantLinear
 from rq_torch.quantizer import Mode, TensorQuantizer
-from rq_torch.transform import quantize_model
+from rq_torch.transform import quantize_model, quantizer_parameters, weight_parameters
 
 __version__ = "0.1.0"
 
@@ -29,4 +29,6 @@ __all__ = [
     "export_onnx",
     "finalize",
     "quantize_model",
+    "quantizer_parameters",
+    "weight_parameters",
 ]

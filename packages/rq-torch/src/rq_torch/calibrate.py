@@ -68,8 +68,25 @@ def calibrate(model: fx.GraphModule, data: Iterable, num_batches: int | None = N
         for q in quantizers.values():
             q.mode = Mode.OFF
         raise CalibrationDataError("calibration got no batches; pass a DataLoader or an iterable with at least one batch")
+    sync_observers(quantizers)
     finalize(model)
     return model
+
+
+def sync_observers(quantizers: dict[str, TensorQuantizer]) -> None:
+    """Under torch.distributed, merge every rank's observer state (rq_common observers merge
+    exactly), so all ranks choose the same scales from all ranks' data."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    local = {name: q.calibrator.observer.state_dict() for name, q in quantizers.items()}
+    gathered: list[dict] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, local)
+    for name, q in quantizers.items():
+        q.reset()
+        for rank_state in gathered:
+            other = type(q.calibrator.observer)(name=q.tensor_name)
+            other.load_state_dict(rank_state[name])
+            q.calibrator.observer.merge(other)
 
 
 def finalize(model: fx.GraphModule) -> list[str]:

@@ -15,6 +15,7 @@ from rq_common.format import Violation, canonicalize, validate
 from rq_common.io import save_onnx
 from rq_common.qmath import QParams
 from rq_torch.calibrate import require_calibrated
+from rq_torch.quantizer import TensorQuantizer
 from rq_torch.transform import quant_layers
 
 
@@ -40,6 +41,9 @@ def _bias_qparams(model: fx.GraphModule) -> dict[str, QParams]:
 def export_onnx(model: fx.GraphModule, example_inputs, path: str | Path, opset: int = 17) -> ExportResult:
     """Write the int8 format of ``model`` (calibrated by rq_torch.calibrate) to ``path``."""
     require_calibrated(model)
+    for module in model.modules():
+        if isinstance(module, TensorQuantizer):
+            module.sync_scale()
     example_inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     plan = model.rq_plan
     was_training = model.training

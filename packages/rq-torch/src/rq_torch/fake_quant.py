@@ -2,10 +2,11 @@
 
 ONNX Runtime divides by the scale; torch's fake_quantize ops multiply by its inverse, which
 rounds differently near ties for scales that are not powers of two. So the forward pass divides
-(float32, round half to even, saturate) with a straight-through gradient (1 inside the range,
-0 where clipped), and only while exporting are torch.fake_quantize_per_{tensor,channel}_affine
-used: the TorchScript exporter turns them into QuantizeLinear / DequantizeLinear. They accept
-only the integer ranges (-128, 127), (0, 255) and (0, 127).
+(float32, round half to even, saturate) with a straight-through rounding: the gradient is 1
+inside the range and 0 where clipped, and a learnable scale gets LSQ's gradient (round(x/s) - x/s
+inside, the clip level outside). Only while exporting are torch.fake_quantize_per_{tensor,channel}
+_affine used: the TorchScript exporter turns them into QuantizeLinear / DequantizeLinear. They
+accept only the integer ranges (-128, 127), (0, 255) and (0, 127).
 """
 
 from __future__ import annotations
@@ -30,13 +31,20 @@ def check_exportable(spec: QuantSpec, field: str) -> None:
 def fake_quantize(
     x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int, axis: int | None
 ) -> torch.Tensor:
-    if axis is None:
-        return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)
-    return torch.fake_quantize_per_channel_affine(x, scale, zero_point, axis % x.dim(), qmin, qmax)
+    if torch.onnx.is_in_onnx_export():
+        if axis is None:
+            return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)
+        return torch.fake_quantize_per_channel_affine(x, scale, zero_point, axis % x.dim(), qmin, qmax)
+    if axis is not None:
+        shape = [1] * x.dim()
+        shape[axis % x.dim()] = -1
+        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+    zero_point = zero_point.to(x.dtype)
+    scaled = x / scale
+    rounded = scaled + (torch.round(scaled) - scaled).detach()  # round half to even, straight-through
+    return (torch.clamp(rounded + zero_point, qmin, qmax) - zero_point) * scale
 
 
 def quantize_dequantize_wide(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
-    """Fake quantization for integer ranges torch's ops do not take (int32 bias), zero point 0,
-    with a straight-through gradient."""
-    q = torch.clamp(torch.round(x / scale), qmin, qmax) * scale
-    return x + (q - x).detach()
+    """Fake quantization for integer ranges torch's ops do not take (int32 bias), zero point 0."""
+    return fake_quantize(x, scale, torch.zeros_like(scale, dtype=torch.int32), qmin, qmax, None if scale.dim() == 0 else 0)

@@ -35,6 +35,7 @@ class TensorQuantizer(nn.Module):
         name: str = "tensor",
         channels: int | None = None,
         persist_observer: bool = True,
+        learn_scale: bool = False,
     ):
         super().__init__()
         self.spec = spec
@@ -48,6 +49,9 @@ class TensorQuantizer(nn.Module):
         self._mode = Mode.OFF
         self.calibrator = Calibrator(spec, self.method, name=name)
         self.persist_observer = persist_observer
+        # QAT with a learned scale: log2 of the scale is the parameter (TQT); for power-of-two specs
+        # the forward pass rounds it (straight-through), so the scale stays 2^k at every step
+        self.log2_scale = nn.Parameter(torch.zeros(shape)) if learn_scale else None
         if persist_observer:  # weight observers are rebuilt from the weights; activation ones are saved
             for key, value in self.calibrator.observer.state_dict().items():
                 self.register_buffer(f"observer_{key}", torch.as_tensor(np.asarray(value)).clone())
@@ -72,6 +76,24 @@ class TensorQuantizer(nn.Module):
         self.scale = torch.as_tensor(np.asarray(qparams.scale, np.float32)).reshape(self.scale.shape).clone()
         self.zero_point = torch.as_tensor(qparams.zero_point.astype(np.int32)).reshape(self.zero_point.shape).clone()
         self.calibrated.fill_(True)
+        if self.log2_scale is not None:
+            with torch.no_grad():
+                self.log2_scale.copy_(torch.log2(self.scale))
+
+    def current_scale(self) -> torch.Tensor:
+        """The scale the forward pass uses: the buffer, or 2^(learned log2 scale)."""
+        if self.log2_scale is None:
+            return self.scale
+        log2 = self.log2_scale
+        if self.spec.power_of_two:
+            log2 = log2 + (torch.round(log2) - log2).detach()
+        return torch.exp2(log2)
+
+    def sync_scale(self) -> None:
+        """Copy a learned scale into the buffer (what export and state_dict readers see)."""
+        if self.log2_scale is not None:
+            with torch.no_grad():
+                self.scale.copy_(self.current_scale())
 
     def finalize(self) -> QParams:
         """Scale and zero point from what was observed (rq_common decides); switch to QUANTIZE."""
@@ -96,13 +118,15 @@ class TensorQuantizer(nn.Module):
         if self.mode is Mode.OFF:
             return x
         axis = self.spec.axis if self.spec.per_channel else None
-        return fake_quantize(x, self.scale, self.zero_point, self.spec.qmin, self.spec.qmax, axis)
+        scale = self.scale if torch.onnx.is_in_onnx_export() else self.current_scale()
+        return fake_quantize(x, scale, self.zero_point, self.spec.qmin, self.spec.qmax, axis)
 
     # -- state: observer <-> buffers around state_dict ------------------------------------------
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         if self.persist_observer:
             for key, value in self.calibrator.observer.state_dict().items():
                 getattr(self, f"observer_{key}").copy_(torch.as_tensor(np.asarray(value)))
+        self.sync_scale()
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

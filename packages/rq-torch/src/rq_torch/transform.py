@@ -107,13 +107,16 @@ def quantize_model(
     *,
     leaf_modules: Sequence[type[nn.Module]] = (),
     exclude: Sequence[str] = (),
+    learn_scales: bool = False,
     **overrides: Any,
 ) -> fx.GraphModule:
     """A traced copy of ``model`` with quantizers in place (the original is left as it is).
 
     ``example_inputs``: a tensor or a tuple of tensors the model takes. ``leaf_modules``: module
     types fx must not trace into (they run in float). ``exclude``: node names or module paths to
-    keep in float. ``overrides``: preset fields (``per_channel``, ``activation_method``, ...).
+    keep in float. ``learn_scales``: activation scales become parameters for QAT (LSQ for float
+    presets; TQT's log2 threshold, rounded, for power-of-two presets). ``overrides``: preset fields
+    (``per_channel``, ``activation_method``, ...).
     """
     preset = get_preset(preset, **overrides)
     for kind in ("activation", "weight"):
@@ -129,7 +132,7 @@ def quantize_model(
     _lift_scalar_operands(gm, preset, plan)
     shape_propagate(gm, example_inputs)
     quantized, groups, node_ops = _plan(gm, preset, set(exclude), plan)
-    quantizer_of = _insert_quantizers(gm, quantized, groups, preset, plan)
+    quantizer_of = _insert_quantizers(gm, quantized, groups, preset, plan, learn_scales)
     _swap_layers(gm, node_ops, quantizer_of, preset, plan)
     gm.recompile()
     gm.rq_plan = plan
@@ -226,7 +229,7 @@ def _plan(gm, preset, exclude, plan) -> tuple[list[fx.Node], _Groups, dict[fx.No
     return ordered, groups, node_ops
 
 
-def _insert_quantizers(gm, quantized, groups, preset, plan) -> dict[fx.Node, TensorQuantizer]:
+def _insert_quantizers(gm, quantized, groups, preset, plan, learn_scales: bool) -> dict[fx.Node, TensorQuantizer]:
     """One TensorQuantizer per scale group, called after every tensor of the group."""
     modules: dict[fx.Node, str] = {}
     quantizer_of: dict[fx.Node, TensorQuantizer] = {}
@@ -234,7 +237,9 @@ def _insert_quantizers(gm, quantized, groups, preset, plan) -> dict[fx.Node, Ten
         root = groups.find(node)
         if root not in modules:
             name = f"rq_quantizer_{len(modules)}"
-            gm.add_submodule(name, TensorQuantizer(preset.activation, preset.activation_method, name=node.name))
+            gm.add_submodule(
+                name, TensorQuantizer(preset.activation, preset.activation_method, name=node.name, learn_scale=learn_scales)
+            )
             modules[root] = name
             plan.activation_quantizers.append(name)
         with gm.graph.inserting_after(node):
@@ -283,3 +288,14 @@ def _set_submodule(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
 
 def quant_layers(model: nn.Module) -> list[QuantLayerMixin]:
     return [m for m in model.modules() if isinstance(m, QuantLayerMixin)]
+
+
+def quantizer_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The learned scales (for their own learning rate in the optimizer)."""
+    return [m.log2_scale for m in model.modules() if isinstance(m, TensorQuantizer) and m.log2_scale is not None]
+
+
+def weight_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Every parameter that is not a learned scale."""
+    scales = {id(p) for p in quantizer_parameters(model)}
+    return [p for p in model.parameters() if id(p) not in scales]
