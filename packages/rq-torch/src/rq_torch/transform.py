@@ -192,12 +192,12 @@ def _plan(gm, preset, exclude, plan) -> tuple[list[fx.Node], _Groups, dict[fx.No
         if node.op in ("placeholder", "get_attr", "output") or not _is_float_tensor(node):
             continue
         op = onnx_op(gm, node)
-        name = str(node.target) if node.op == "call_module" else node.name
+        name = _target_name(node)
         if node.name in exclude or (node.op == "call_module" and node.target in exclude):
-            plan.float_ops.append(FloatOp(node.name, str(node.target), "excluded (kept in float on request)"))
+            plan.float_ops.append(FloatOp(node.name, _target_name(node), "excluded (kept in float on request)"))
             continue
         if op is None:
-            plan.float_ops.append(FloatOp(node.name, str(node.target), f"no quantization rule for {name}: runs in float"))
+            plan.float_ops.append(FloatOp(node.name, _target_name(node), f"no quantization rule for {name}: runs in float"))
             continue
         inputs = _tensor_args(node)
         if op in PASS_THROUGH_OPS:
@@ -207,11 +207,11 @@ def _plan(gm, preset, exclude, plan) -> tuple[list[fx.Node], _Groups, dict[fx.No
                 node_ops[node] = op
             else:
                 plan.float_ops.append(
-                    FloatOp(node.name, str(node.target), "its input is not quantized, so the values pass through in float")
+                    FloatOp(node.name, _target_name(node), "its input is not quantized, so the values pass through in float")
                 )
             continue
         if op not in OWN_SCALE_OPS:
-            plan.float_ops.append(FloatOp(node.name, str(node.target), f"{op} is not quantized by rq"))
+            plan.float_ops.append(FloatOp(node.name, _target_name(node), f"{op} is not quantized by rq"))
             continue
         node_ops[node] = op
         quantized.update(inputs)
@@ -274,6 +274,17 @@ def _swap_layers(gm, node_ops, quantizer_of, preset, plan) -> None:
                 plan.layers.append(node.target)
         if op == "Add":
             plan.adds.append([_name_of(gm, quantizer_of.get(a)) for a in _tensor_args(node) if a in quantizer_of])
+
+
+def _target_name(node: fx.Node) -> str:
+    """A module path, or a function / method name (torch.flatten, Tensor.view)."""
+    if node.op == "call_module":
+        return str(node.target)
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    return f"{getattr(node.target, '__module__', None) or 'torch'}.{getattr(node.target, '__name__', str(node.target))}".replace(
+        "torch._C._VariableFunctions", "torch"
+    )
 
 
 def _name_of(gm: fx.GraphModule, module: nn.Module | None) -> str | None:

@@ -1,0 +1,78 @@
+"""Bad input: each a clear error that says what to do."""
+
+import nets
+import pytest
+import torch
+from torch import nn
+
+import rq_torch
+from rq_common.errors import CalibrationDataError, SpecError
+from rq_torch.errors import NotCalibratedError, TraceError
+
+
+class DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow: fx cannot trace it
+            return self.conv(x)
+        return self.conv(-x)
+
+
+def test_untraceable_model_names_the_line_and_the_fix():
+    with pytest.raises(TraceError) as info:
+        rq_torch.quantize_model(DataDependent(), torch.randn(1, 3, 8, 8))
+    message = str(info.value)
+    assert "test_bad_input.py" in message and "if x.sum() > 0" in message
+    assert "leaf_modules" in message and "rq_torch.modules" in message
+
+
+def test_untraceable_submodule_can_be_a_leaf_and_stays_float():
+    class Wrapper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = DataDependent()
+            self.fc = nn.Linear(4 * 6 * 6, 2)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(self.inner(x), 1))
+
+    qmodel = rq_torch.quantize_model(Wrapper(), torch.randn(1, 3, 8, 8), leaf_modules=[DataDependent])
+    reasons = {f.target: f.reason for f in qmodel.rq_plan.float_ops}
+    assert reasons["inner"].startswith("no quantization rule for inner")
+    assert reasons["torch.flatten"] == "its input is not quantized, so the values pass through in float"
+
+
+def test_example_inputs_of_the_wrong_shape():
+    with pytest.raises(TraceError, match=r"does not run on the example inputs \[\(1, 5, 16, 16\)\].*shapes the model takes"):
+        rq_torch.quantize_model(nets.ResNetStyle(), torch.randn(1, 5, 16, 16))
+
+
+def test_calibration_with_no_batches():
+    qmodel = rq_torch.quantize_model(nets.ResNetStyle(), torch.randn(1, 3, 16, 16))
+    with pytest.raises(CalibrationDataError, match="no batches"):
+        rq_torch.calibrate(qmodel, [], quiet=True)
+
+
+def test_export_before_calibration(tmp_path):
+    qmodel = rq_torch.quantize_model(nets.ResNetStyle(), torch.randn(1, 3, 16, 16))
+    with pytest.raises(NotCalibratedError, match=r"run rq_torch.calibrate\(qmodel, data\) before exporting"):
+        rq_torch.export_onnx(qmodel, torch.randn(1, 3, 16, 16), tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_nan_in_calibration_data():
+    qmodel = rq_torch.quantize_model(nets.ResNetStyle(), torch.randn(1, 3, 16, 16))
+    bad = torch.randn(1, 3, 16, 16)
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(CalibrationDataError, match="NaN"):
+        rq_torch.calibrate(qmodel, [bad], quiet=True)
+
+
+def test_impossible_override():
+    with pytest.raises(SpecError, match="weight.granularity"):
+        rq_torch.quantize_model(nets.ResNetStyle(), torch.randn(1, 3, 16, 16), preset="npu_cnn", per_channel=True)
+    with pytest.raises(SpecError, match="cannot be exported by torch"):
+        rq_torch.quantize_model(nets.ResNetStyle(), torch.randn(1, 3, 16, 16), preset="cpu", weight_narrow_range=True)

@@ -1,0 +1,42 @@
+"""A calibrated model's whole state is in state_dict() and loads with weights_only=True."""
+
+import nets
+import torch
+
+import rq_torch
+
+
+def test_save_and_load_a_calibrated_model(tmp_path):
+    model = nets.randomize_batchnorm(nets.ResNetStyle()).eval()
+    example = torch.randn(1, 3, 16, 16)
+    qmodel = rq_torch.quantize_model(model, example, preset="npu_cnn")
+    rq_torch.calibrate(qmodel, [torch.randn(1, 3, 16, 16) for _ in range(8)], quiet=True)
+    torch.save(qmodel.state_dict(), tmp_path / "q.pt")
+
+    fresh = rq_torch.quantize_model(model, example, preset="npu_cnn")  # same structure, not calibrated
+    fresh.load_state_dict(torch.load(tmp_path / "q.pt", weights_only=True))
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), qmodel(x))
+    names = dict(qmodel.named_modules())
+    for name, q in fresh.named_modules():
+        if isinstance(q, rq_torch.TensorQuantizer) and q.persist_observer:
+            original = names[name].calibrator.observer.state_dict()
+            restored = q.calibrator.observer.state_dict()
+            assert all((original[k] == restored[k]).all() for k in original), name  # observer state came along
+    assert rq_torch.export_onnx(fresh, example, tmp_path / "q.onnx").violations == []
+
+
+def test_torch_compile_runs_or_fails_clearly():
+    qmodel = rq_torch.quantize_model(nets.ResNetStyle(), torch.randn(1, 3, 16, 16), preset="cpu")
+    rq_torch.calibrate(qmodel, [torch.randn(1, 3, 16, 16)], quiet=True)
+    x = torch.randn(2, 3, 16, 16)
+    try:
+        compiled = torch.compile(qmodel, backend="eager")
+        with torch.no_grad():
+            out = compiled(x)
+    except Exception as error:  # a failure must say what it is, not be silent
+        assert str(error)
+    else:
+        with torch.no_grad():
+            assert torch.allclose(out, qmodel(x))
