@@ -4,6 +4,7 @@ and validator. The bias QParams are passed along so the int bias equals what tor
 from __future__ import annotations
 
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,7 +50,9 @@ def export_onnx(model: fx.GraphModule, example_inputs, path: str | Path, opset: 
     was_training = model.training
     model.eval()
     try:
-        with tempfile.TemporaryDirectory() as folder:
+        with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+            # the TorchScript exporter is the one that maps fake-quant ops to Q/DQ: chosen on purpose
+            warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export")
             raw = Path(folder) / "exported.onnx"
             torch.onnx.export(
                 model,
