@@ -107,3 +107,5 @@ def bench(session: nox.Session) -> None:
     install(session, "onnxruntime", "scikit-learn", "sympy")  # sympy: ORT's quant_pre_process
     session.run("python", str(ROOT / "bench" / "bench_calibration.py"))
     session.run("python", str(ROOT / "bench" / "bench_onnx.py"))
+    if "rq-torch" in EXISTING.values():
+        session.run("python", str(ROOT / "bench" / "bench_torch.py"))

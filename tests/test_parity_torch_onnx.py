@@ -23,15 +23,17 @@ from rq_onnx import ArrayReader, quantize_static  # noqa: E402
 NETWORKS = {
     "resnet": (nets.ResNetStyle, (1, 3, 16, 16)),
     "mobilenet_v2": (nets.MobileNetV2Style, (1, 3, 32, 32)),
+    "transformer": (nets.TransformerEncoder, (1, 8, 32)),
 }
 
 
 def layer_table(model: onnx.ModelProto) -> list[dict]:
-    """Per Conv / Gemm in graph order: the quantization of its input, weight, bias and output."""
+    """Per Conv / Gemm / MatMul with a constant weight, in graph order: the quantization of its
+    input, weight, bias and output."""
     index = GraphIndex(model)
     rows = []
     for node in model.graph.node:
-        if node.op_type not in ("Conv", "Gemm"):
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or not index.is_constant(index.producers[node.input[1]].input[0]):
             continue
         source, weight = index.producers[node.input[0]], index.producers[node.input[1]]
         row = {

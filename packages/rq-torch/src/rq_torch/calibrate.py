@@ -98,10 +98,10 @@ def finalize(model: fx.GraphModule) -> list[str]:
     layers = quant_layers(model)
     for layer in layers:
         layer.weight_qparams()
-    for name, buffer in plan.constants:
+    for name, tensor in plan.constants:
         quantizer = model.get_submodule(name)
         quantizer.reset()
-        quantizer.observe(model.get_buffer(buffer))
+        quantizer.observe(_tensor_at(model, tensor))
         quantizer.finalize()
     notes: list[str] = []
     if plan.preset.target.fixed_point_rules:
@@ -115,6 +115,12 @@ def finalize(model: fx.GraphModule) -> list[str]:
         layer.set_bias_qparams(qp)
     model.rq_notes = notes
     return notes
+
+
+def _tensor_at(model: torch.nn.Module, path: str) -> torch.Tensor:
+    """A parameter or buffer by its dotted path."""
+    owner, _, name = path.rpartition(".")
+    return getattr(model.get_submodule(owner) if owner else model, name)
 
 
 def _position_key(quantizers: dict[str, TensorQuantizer], q: TensorQuantizer | None) -> str | None:

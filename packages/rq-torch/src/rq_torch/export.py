@@ -31,7 +31,7 @@ class ExportResult:
 def _bias_qparams(model: fx.GraphModule) -> dict[str, QParams]:
     out = {}
     for layer in quant_layers(model):
-        if layer.bias is not None:
+        if layer.bias is not None and getattr(layer, "bias_quantizer", None) is None:
             qp = layer.bias_qparams()
             if qp is not None:
                 scale = layer.bias_scale.numpy().reshape(qp.scale.shape)

@@ -118,10 +118,35 @@ class QuantConvTranspose2d(QuantLayerMixin, nn.ConvTranspose2d):
 
 
 class QuantLinear(QuantLayerMixin, nn.Linear):
+    """On 2-d inputs the exporter writes Gemm (bias in the int bias slot). On more dims it writes
+    MatMul + Add, and this layer then quantizes what rq-onnx quantizes in that graph: the MatMul's
+    output (an activation scale) and the bias as an int8 constant (the weight spec, per tensor)."""
+
+    def _init_quantization(self, preset: Preset, name: str) -> None:
+        super()._init_quantization(preset, name)
+        self.matmul_quantizer: TensorQuantizer | None = None
+        self.bias_quantizer: TensorQuantizer | None = None
+
+    def use_matmul_form(self, preset: Preset) -> None:
+        self.matmul_quantizer = TensorQuantizer(preset.activation, preset.activation_method, name=f"{self.layer_name}.matmul")
+        if self.bias is not None:
+            spec = preset.weight.replace(granularity="per_tensor", axis=None)
+            self.bias_quantizer = TensorQuantizer(
+                spec, preset.weight_method, name=f"{self.layer_name}.bias", persist_observer=False
+            )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # on 2-d inputs the exporter writes Gemm (an int bias); on more dims MatMul + a float Add
-        bias = self.quantized_bias() if x.dim() <= 2 else self.bias
-        return F.linear(x, self.quantized_weight(), bias)
+        weight = self.quantized_weight()
+        if self.matmul_quantizer is None:
+            return F.linear(x, weight, self.quantized_bias())
+        y = self.matmul_quantizer(torch.matmul(x, weight.t()))
+        if self.bias is None:
+            return y
+        if self.training and self.quantizing:  # QAT: the bias moves, so its scale follows
+            self.bias_quantizer.reset()
+            self.bias_quantizer.observe(self.bias)
+            self.bias_quantizer.finalize()
+        return y + self.bias_quantizer(self.bias)
 
 
 QUANT_LAYERS: dict[type[nn.Module], type[QuantLayerMixin]] = {

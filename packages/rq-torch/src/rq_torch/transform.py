@@ -19,7 +19,7 @@ from rq_common.spec import Preset, get_preset
 from rq_common.spec.npu_rules import FUSABLE_ACTIVATIONS, FUSING_OPS, SHARED_SCALE_OPS
 from rq_common.spec.op_coverage import OWN_SCALE_OPS, PASS_THROUGH_OPS
 from rq_torch.fake_quant import check_exportable
-from rq_torch.modules import QUANT_LAYERS, QuantLayerMixin
+from rq_torch.modules import QUANT_LAYERS, QuantLayerMixin, QuantLinear
 from rq_torch.ops import onnx_op
 from rq_torch.quantizer import TensorQuantizer
 from rq_torch.trace import shape_propagate, trace
@@ -270,6 +270,12 @@ def _swap_layers(gm, node_ops, quantizer_of, preset, plan) -> None:
                 source = node.args[0]
                 object.__setattr__(layer, "input_quantizer", quantizer_of.get(source))
                 object.__setattr__(layer, "output_quantizer", _quantizer_after(node, gm))
+                if isinstance(layer, QuantLinear) and len(node.meta["tensor_meta"].shape) > 2:  # exported as MatMul + Add
+                    layer.use_matmul_form(preset)
+                    object.__setattr__(layer, "output_quantizer", layer.matmul_quantizer)
+                    plan.activation_quantizers.append(f"{node.target}.matmul_quantizer")
+                    if layer.bias_quantizer is not None:
+                        plan.constants.append((f"{node.target}.bias_quantizer", f"{node.target}.bias"))
                 _set_submodule(gm, node.target, layer)
                 plan.layers.append(node.target)
         if op == "Add":
