@@ -90,3 +90,36 @@ def test_learned_power_of_two_scales_stay_powers_of_two(digits):
         if isinstance(q, rq_torch.TensorQuantizer) and q.log2_scale is not None:
             scale = q.current_scale().detach()
             assert torch.equal(scale, torch.exp2(torch.round(torch.log2(scale))))
+
+
+def test_qat_with_batchnorm_statistics_that_freeze(digits, tmp_path):
+    model, x_train, y_train, x_test, y_test = digits
+    qmodel = rq_torch.quantize_model(model, x_test[:1], preset="npu_cnn", freeze_bn_after=12)
+    convbn = [m for m in qmodel.modules() if isinstance(m, rq_torch.QuantConvBn2d)]
+    assert len(convbn) == 2
+    rq_torch.calibrate(qmodel, (xb for xb, _ in batches(x_train[:256], y_train[:256], 32)), quiet=True)
+    ptq_acc = accuracy(qmodel, x_test, y_test)
+
+    optimizer = torch.optim.Adam(rq_torch.weight_parameters(qmodel), lr=5e-4)
+    history = []
+    for epoch in range(2):
+        qmodel.train()
+        for xb, yb in batches(x_train, y_train, 32, torch.Generator().manual_seed(epoch)):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(qmodel(xb), yb).backward()
+            optimizer.step()
+            history.append(convbn[0].bn.running_mean.clone())
+    moved = [not torch.equal(a, b) for a, b in zip(history, history[1:])]
+    assert all(moved[:11]) and not any(moved[12:])  # statistics learn for 12 steps, then stay
+    assert int(convbn[0].steps) == 12
+    qat_acc = accuracy(qmodel, x_test, y_test)
+    assert qat_acc >= ptq_acc - 0.005
+
+    result = rq_torch.export_onnx(qmodel, x_test[:1], tmp_path / "convbn.onnx")
+    assert result.violations == []
+    with torch.no_grad():
+        expected = qmodel(x_test[:1]).numpy()
+    got = run_ort(tmp_path / "convbn.onnx", {"x": x_test[:1].numpy()})
+    from conftest import output_step
+
+    assert np.max(np.abs(got - expected)) <= output_step(tmp_path / "convbn.onnx") * 1.0001

@@ -7,7 +7,18 @@ rq_torch.export_onnx(qmodel, example_inputs, "model_int8.onnx")
 
 from rq_torch.calibrate import calibrate, finalize
 from rq_torch.export import ExportResult, export_onnx
-from rq_torch.modules import Add, Cat, MatMul, Mul, QuantConv1d, QuantConv2d, QuantConvTranspose2d, QuantLinear
+from rq_torch.modules import (
+    Add,
+    Cat,
+    ConvBn2d,
+    MatMul,
+    Mul,
+    QuantConv1d,
+    QuantConv2d,
+    QuantConvBn2d,
+    QuantConvTranspose2d,
+    QuantLinear,
+)
 from rq_torch.quantizer import Mode, TensorQuantizer
 from rq_torch.transform import quantize_model, quantizer_parameters, weight_parameters
 
@@ -16,12 +27,14 @@ __version__ = "0.1.0"
 __all__ = [
     "Add",
     "Cat",
+    "ConvBn2d",
     "ExportResult",
     "MatMul",
     "Mode",
     "Mul",
     "QuantConv1d",
     "QuantConv2d",
+    "QuantConvBn2d",
     "QuantConvTranspose2d",
     "QuantLinear",
     "TensorQuantizer",

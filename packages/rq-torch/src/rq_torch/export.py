@@ -28,14 +28,21 @@ class ExportResult:
     log: list[str] = field(default_factory=list)
 
 
-def _bias_qparams(model: fx.GraphModule) -> dict[str, QParams]:
+def _bias_qparams(model: fx.GraphModule, exported: onnx.ModelProto) -> dict[str, QParams]:
+    """The float bias initializer of each exported Conv / Gemm -> the QParams torch used for it.
+    Exported node names carry the module path ("/features/0/Conv"), which finds the layer."""
+    layers = {f"/{layer.layer_name.replace('.', '/')}/": layer for layer in quant_layers(model)}
+    initializers = {t.name for t in exported.graph.initializer}
     out = {}
-    for layer in quant_layers(model):
-        if layer.bias is not None and getattr(layer, "bias_quantizer", None) is None:
-            qp = layer.bias_qparams()
-            if qp is not None:
-                scale = layer.bias_scale.numpy().reshape(qp.scale.shape)
-                out[f"{layer.layer_name}.bias"] = QParams(scale, qp.zero_point, qp.spec, qp.axis)
+    for node in exported.graph.node:
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm") or len(node.input) < 3 or node.input[2] not in initializers:
+            continue
+        layer = next((layer for prefix, layer in layers.items() if node.name.startswith(prefix)), None)
+        if layer is None or getattr(layer, "bias_quantizer", None) is not None:
+            continue
+        qp = layer.bias_qparams()
+        if qp is not None:
+            out[node.input[2]] = QParams(layer.bias_scale.numpy().reshape(qp.scale.shape), qp.zero_point, qp.spec, qp.axis)
     return out
 
 
@@ -66,11 +73,7 @@ def export_onnx(model: fx.GraphModule, example_inputs, path: str | Path, opset: 
             exported = onnx.load(str(raw))
     finally:
         model.train(was_training)
-    # a bias the exporter feeds to a Conv/Gemm bias slot gets torch's exact int scale; a Linear on
-    # 3-d inputs is exported as MatMul + Add, whose float bias add stays as it is
-    bias_slots = {n.input[2] for n in exported.graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm") and len(n.input) > 2}
-    biases = {name: qp for name, qp in _bias_qparams(model).items() if name in bias_slots}
-    result = canonicalize(exported, plan.preset, weight_qparams=biases)
+    result = canonicalize(exported, plan.preset, weight_qparams=_bias_qparams(model, exported))
     violations = validate(result.model, plan.preset, required_ops=() if plan.float_ops else None)
     path = save_onnx(result.model, path)
     return ExportResult(path, result.model, violations, result.log)

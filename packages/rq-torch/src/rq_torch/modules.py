@@ -60,19 +60,27 @@ class QuantLayerMixin:
     def quantizing(self) -> bool:
         return self.weight_quantizer.mode is Mode.QUANTIZE
 
+    def float_weight(self) -> torch.Tensor:
+        """The weight that gets quantized (a Conv+BN layer folds its BN into it)."""
+        return self.weight
+
+    def float_bias(self) -> torch.Tensor | None:
+        return self.bias
+
     def weight_qparams(self) -> QParams:
         """Re-derive the weight's QParams from the current weights (rq_common decides)."""
         q = self.weight_quantizer
         q.reset()
-        q.observe(self.weight)
+        q.observe(self.float_weight())
         return q.finalize()
 
     def bias_qparams(self) -> QParams | None:
-        if self.bias is None or self.input_quantizer is None:
+        bias = self.float_bias()
+        if bias is None or self.input_quantizer is None:
             return None
         input_qp = self.input_quantizer.qparams()
         weight_qp = self.weight_quantizer.qparams()
-        return bias_qparams(self.bias.detach().cpu().numpy(), input_qp, weight_qp, self.bias_spec, self.bias_rule)
+        return bias_qparams(bias.detach().cpu().numpy(), input_qp, weight_qp, self.bias_spec, self.bias_rule)
 
     def set_bias_qparams(self, qparams: QParams) -> None:
         self.bias_scale = torch.as_tensor(np.asarray(qparams.scale, np.float32)).reshape(self.bias_scale.shape).clone()
@@ -83,12 +91,13 @@ class QuantLayerMixin:
             qp = self.bias_qparams()
             if qp is not None and self.bias_rule is BiasScaleRule.PRODUCT:
                 self.set_bias_qparams(qp)
-        return self.weight_quantizer(self.weight)
+        return self.weight_quantizer(self.float_weight())
 
     def quantized_bias(self) -> torch.Tensor | None:
-        if self.bias is None or not self.quantizing or torch.onnx.is_in_onnx_export():
-            return self.bias
-        return quantize_dequantize_wide(self.bias, self.bias_scale, self.bias_spec.qmin, self.bias_spec.qmax)
+        bias = self.float_bias()
+        if bias is None or not self.quantizing or torch.onnx.is_in_onnx_export():
+            return bias
+        return quantize_dequantize_wide(bias, self.bias_scale, self.bias_spec.qmin, self.bias_spec.qmax)
 
 
 class QuantConv1d(QuantLayerMixin, nn.Conv1d):
@@ -99,6 +108,52 @@ class QuantConv1d(QuantLayerMixin, nn.Conv1d):
 class QuantConv2d(QuantLayerMixin, nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.quantized_weight(), self.quantized_bias())
+
+
+class ConvBn2d(nn.Module):
+    """A Conv2d and the BatchNorm2d after it, kept apart for QAT (quantize_model(..., freeze_bn_after=N))."""
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d):
+        super().__init__()
+        self.conv, self.bn = conv, bn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+
+class QuantConvBn2d(QuantConv2d):
+    """QAT with BatchNorm: the convolution always runs with the folded, quantized weight; for the
+    first ``freeze_after`` training steps BatchNorm still normalizes with batch statistics (and
+    updates its running ones), as in Jacob et al. 2018; after that its statistics are frozen and the
+    layer is the folded Conv that inference and export use."""
+
+    @classmethod
+    def from_float(cls, module: ConvBn2d, preset: Preset, name: str, freeze_after: int = 0):
+        quant = super().from_float(module.conv, preset, name)
+        quant.bn = module.bn
+        quant.freeze_after = freeze_after
+        quant.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        return quant
+
+    def _factor(self) -> torch.Tensor:
+        return self.bn.weight / torch.sqrt(self.bn.running_var + self.bn.eps)
+
+    def float_weight(self) -> torch.Tensor:
+        return self.weight * self._factor().reshape(-1, 1, 1, 1)
+
+    def float_bias(self) -> torch.Tensor:
+        bias = self.bias if self.bias is not None else torch.zeros_like(self.bn.running_mean)
+        return (bias - self.bn.running_mean) * self._factor() + self.bn.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.quantized_weight()
+        if self.training and self.quantizing and int(self.steps) < self.freeze_after:
+            self.steps += 1
+            y = self._conv_forward(x, weight, None) / self._factor().reshape(1, -1, 1, 1)  # unfold, then BN on batch statistics
+            if self.bias is not None:
+                y = y + self.bias.reshape(1, -1, 1, 1)
+            return self.bn(y)
+        return self._conv_forward(x, weight, self.quantized_bias())
 
 
 class QuantConvTranspose2d(QuantLayerMixin, nn.ConvTranspose2d):
@@ -150,6 +205,7 @@ class QuantLinear(QuantLayerMixin, nn.Linear):
 
 
 QUANT_LAYERS: dict[type[nn.Module], type[QuantLayerMixin]] = {
+    ConvBn2d: QuantConvBn2d,
     nn.Conv1d: QuantConv1d,
     nn.Conv2d: QuantConv2d,
     nn.ConvTranspose2d: QuantConvTranspose2d,

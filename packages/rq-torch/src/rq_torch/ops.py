@@ -12,6 +12,7 @@ from torch import fx, nn
 from rq_torch import modules as rq_modules
 
 MODULE_OPS: dict[type[nn.Module], str] = {
+    rq_modules.ConvBn2d: "Conv",
     nn.Conv1d: "Conv",
     nn.Conv2d: "Conv",
     nn.ConvTranspose2d: "ConvTranspose",

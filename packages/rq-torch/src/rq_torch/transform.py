@@ -19,7 +19,7 @@ from rq_common.spec import Preset, get_preset
 from rq_common.spec.npu_rules import FUSABLE_ACTIVATIONS, FUSING_OPS, SHARED_SCALE_OPS
 from rq_common.spec.op_coverage import OWN_SCALE_OPS, PASS_THROUGH_OPS
 from rq_torch.fake_quant import check_exportable
-from rq_torch.modules import QUANT_LAYERS, QuantLayerMixin, QuantLinear
+from rq_torch.modules import QUANT_LAYERS, ConvBn2d, QuantLayerMixin, QuantLinear
 from rq_torch.ops import onnx_op
 from rq_torch.quantizer import TensorQuantizer
 from rq_torch.trace import shape_propagate, trace
@@ -72,8 +72,9 @@ def _tensor_args(node: fx.Node) -> list[fx.Node]:
     return list(dict.fromkeys(found))
 
 
-def fold_batchnorms(gm: fx.GraphModule) -> int:
-    """Conv followed by BatchNorm (the Conv's only user) -> one Conv with folded weights."""
+def fold_batchnorms(gm: fx.GraphModule, keep_for_qat: bool = False) -> int:
+    """Conv followed by BatchNorm (the Conv's only user) -> one Conv with folded weights, or, for
+    QAT with BN statistics that freeze later, one ConvBn2d."""
     folded = 0
     for node in list(gm.graph.nodes):
         if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), nn.modules.batchnorm._BatchNorm):
@@ -83,6 +84,13 @@ def fold_batchnorms(gm: fx.GraphModule) -> int:
             continue
         conv, bn = gm.get_submodule(source.target), gm.get_submodule(node.target)
         if type(conv) not in (nn.Conv1d, nn.Conv2d) or not bn.track_running_stats or bn.running_mean is None:
+            continue
+        if keep_for_qat:
+            if type(conv) is nn.Conv2d:
+                _set_submodule(gm, source.target, ConvBn2d(conv, bn))
+                node.replace_all_uses_with(source)
+                gm.graph.erase_node(node)
+                folded += 1
             continue
         gamma = bn.weight.detach().numpy() if bn.affine else torch.ones_like(bn.running_mean).numpy()
         beta = bn.bias.detach().numpy() if bn.affine else torch.zeros_like(bn.running_mean).numpy()
@@ -108,13 +116,16 @@ def quantize_model(
     leaf_modules: Sequence[type[nn.Module]] = (),
     exclude: Sequence[str] = (),
     learn_scales: bool = False,
+    freeze_bn_after: int | None = None,
     **overrides: Any,
 ) -> fx.GraphModule:
     """A traced copy of ``model`` with quantizers in place (the original is left as it is).
 
     ``example_inputs``: a tensor or a tuple of tensors the model takes. ``leaf_modules``: module
     types fx must not trace into (they run in float). ``exclude``: node names or module paths to
-    keep in float. ``learn_scales``: activation scales become parameters for QAT (LSQ for float
+    keep in float. ``freeze_bn_after``: for QAT, keep BatchNorm learning from batch statistics for
+    this many training steps, then freeze its statistics (None: fold it now, as PTQ does).
+    ``learn_scales``: activation scales become parameters for QAT (LSQ for float
     presets; TQT's log2 threshold, rounded, for power-of-two presets). ``overrides``: preset fields
     (``per_channel``, ``activation_method``, ...).
     """
@@ -125,7 +136,7 @@ def quantize_model(
     model = copy.deepcopy(model).eval()
     gm = trace(model, leaf_modules)
     shape_propagate(gm, example_inputs)
-    fold_batchnorms(gm)
+    fold_batchnorms(gm, keep_for_qat=freeze_bn_after is not None)
     decompose_gelu(gm)
     shape_propagate(gm, example_inputs)
     plan = TorchPlan(preset, input_names=[n.name for n in gm.graph.nodes if n.op == "placeholder"])
@@ -133,7 +144,7 @@ def quantize_model(
     shape_propagate(gm, example_inputs)
     quantized, groups, node_ops = _plan(gm, preset, set(exclude), plan)
     quantizer_of = _insert_quantizers(gm, quantized, groups, preset, plan, learn_scales)
-    _swap_layers(gm, node_ops, quantizer_of, preset, plan)
+    _swap_layers(gm, node_ops, quantizer_of, preset, plan, freeze_bn_after or 0)
     gm.recompile()
     gm.rq_plan = plan
     return gm
@@ -260,13 +271,14 @@ def _quantizer_after(node: fx.Node, gm: fx.GraphModule) -> TensorQuantizer | Non
     return None
 
 
-def _swap_layers(gm, node_ops, quantizer_of, preset, plan) -> None:
+def _swap_layers(gm, node_ops, quantizer_of, preset, plan, freeze_bn_after: int) -> None:
     for node, op in node_ops.items():
         if node.op == "call_module":
             module = gm.get_submodule(node.target)
             quant_type = QUANT_LAYERS.get(type(module))
             if quant_type is not None:
-                layer = quant_type.from_float(module, preset, node.target)
+                extra = {"freeze_after": freeze_bn_after} if isinstance(module, ConvBn2d) else {}
+                layer = quant_type.from_float(module, preset, node.target, **extra)
                 source = node.args[0]
                 object.__setattr__(layer, "input_quantizer", quantizer_of.get(source))
                 object.__setattr__(layer, "output_quantizer", _quantizer_after(node, gm))
