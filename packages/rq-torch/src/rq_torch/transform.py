@@ -244,13 +244,17 @@ def _insert_quantizers(gm, quantized, groups, preset, plan, learn_scales: bool) 
     """One TensorQuantizer per scale group, called after every tensor of the group."""
     modules: dict[fx.Node, str] = {}
     quantizer_of: dict[fx.Node, TensorQuantizer] = {}
+    variable = _depends_on_inputs(gm)
+    weight_spec = preset.weight.replace(granularity="per_tensor", axis=None)
     for node in quantized:
         root = groups.find(node)
         if root not in modules:
             name = f"rq_quantizer_{len(modules)}"
-            gm.add_submodule(
-                name, TensorQuantizer(preset.activation, preset.activation_method, name=node.name, learn_scale=learn_scales)
-            )
+            if node in variable:
+                quantizer = TensorQuantizer(preset.activation, preset.activation_method, name=node.name, learn_scale=learn_scales)
+            else:  # computed from constants only (torch.ones(...) * 0.125): exported as a constant, stored as a weight
+                quantizer = TensorQuantizer(weight_spec, preset.weight_method, name=node.name)
+            gm.add_submodule(name, quantizer)
             modules[root] = name
             plan.activation_quantizers.append(name)
         with gm.graph.inserting_after(node):
@@ -259,6 +263,15 @@ def _insert_quantizers(gm, quantized, groups, preset, plan, learn_scales: bool) 
         quantizer_of[node] = gm.get_submodule(modules[root])
         quantizer_of[call] = quantizer_of[node]
     return quantizer_of
+
+
+def _depends_on_inputs(gm: fx.GraphModule) -> set[fx.Node]:
+    """Nodes whose value depends on a graph input (the others are constants)."""
+    variable: set[fx.Node] = set()
+    for node in gm.graph.nodes:
+        if node.op == "placeholder" or any(a in variable for a in node.all_input_nodes):
+            variable.add(node)
+    return variable
 
 
 def _quantizer_after(node: fx.Node, gm: fx.GraphModule) -> TensorQuantizer | None:

@@ -1,0 +1,45 @@
+"""Every Quant layer and functional-op module, exported in the format and matching ONNX Runtime."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import rq_torch
+
+from conftest import output_step, run_ort
+
+
+class Layers(nn.Module):
+    """Conv1d, ConvTranspose2d, Linear on 2-d inputs and the functional-op modules."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1d = nn.Conv1d(4, 8, 3, padding=1)
+        self.up = nn.ConvTranspose2d(2, 4, 2, stride=2)
+        self.add, self.mul, self.cat, self.matmul = rq_torch.Add(), rq_torch.Mul(), rq_torch.Cat(dim=1), rq_torch.MatMul()
+        self.fc = nn.Linear(8 * 8 + 4 * 8 * 8, 6)
+
+    def forward(self, x):
+        seq = torch.relu(self.conv1d(x))  # (N, 8, 8)
+        image = self.up(x.reshape(-1, 2, 4, 4))  # (N, 4, 8, 8)
+        mixed = self.add(self.mul(seq, seq), self.matmul(seq, torch.ones(8, 8) * 0.125))
+        return self.fc(self.cat(torch.flatten(mixed, 1), torch.flatten(image, 1)))
+
+
+@pytest.mark.parametrize("preset", ["npu_cnn", "npu_transformer", "cpu"])
+def test_layers_export_and_match(tmp_path, preset):
+    model = Layers().eval()
+    example = torch.randn(1, 4, 8)
+    qmodel = rq_torch.quantize_model(model, example, preset=preset)
+    kinds = {type(m) for m in qmodel.modules()}
+    assert {rq_torch.QuantConv1d, rq_torch.QuantConvTranspose2d, rq_torch.QuantLinear} <= kinds
+    rq_torch.calibrate(qmodel, [torch.randn(1, 4, 8) for _ in range(16)], quiet=True)
+    result = rq_torch.export_onnx(qmodel, example, tmp_path / "layers.onnx")
+    assert result.violations == []
+    step = output_step(tmp_path / "layers.onnx")
+    for _ in range(8):
+        x = torch.randn(1, 4, 8)
+        with torch.no_grad():
+            expected = qmodel(x).numpy()
+        assert np.max(np.abs(run_ort(tmp_path / "layers.onnx", {"x": x.numpy()}) - expected)) <= step * 1.0001
