@@ -18,9 +18,9 @@ from rq_common.format import Violation, validate
 from rq_common.io import save_onnx
 from rq_common.qmath import QParams
 from rq_common.report import QuantReport
-from rq_common.spec import Granularity, Preset, get_preset
+from rq_common.spec import Granularity, Preset, get_preset, npu_rules
 from rq_onnx.calibrate import CalibrationDataReader, calibrate
-from rq_onnx.npu_repair import repair_bias_position, repair_positions
+from rq_onnx.npu_repair import repair_positions
 from rq_onnx.options import PRESET_SHORTHANDS, QuantizeOptions
 from rq_onnx.plan import FloatOp, Plan, make_plan, name_nodes
 from rq_onnx.prepare import load_model, prepare_model
@@ -154,7 +154,7 @@ def quantize_biases(model, plan: Plan, preset: Preset, act, weights, notes: list
         bias = constants[use.name].astype(np.float32).reshape(-1)
         qp = bias_qparams(bias, act[use.input_tensor], weights[use.weight], preset.bias, preset.bias_rule)
         if preset.target.fixed_point_rules and use.node in shifted:
-            repaired = repair_bias_position(
+            repaired = npu_rules.repair_bias_qparams(
                 qp, weights[use.weight], act[use.input_tensor], act.get(shifted[use.node].output_tensor)
             )
             if repaired is not qp:

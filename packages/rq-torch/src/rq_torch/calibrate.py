@@ -12,7 +12,6 @@ from torch import fx
 from tqdm import tqdm
 
 from rq_common.errors import CalibrationDataError
-from rq_common.qmath import QParams
 from rq_common.spec import BiasScaleRule, npu_rules
 from rq_torch.errors import NotCalibratedError
 from rq_torch.quantizer import Mode, TensorQuantizer
@@ -111,7 +110,9 @@ def finalize(model: fx.GraphModule) -> list[str]:
         if qp is None:
             continue
         if plan.preset.bias_rule is BiasScaleRule.OWN_POWER_OF_TWO and layer.output_quantizer is not None:
-            qp = _repaired_bias(qp, layer)
+            qp = npu_rules.repair_bias_qparams(
+                qp, layer.weight_quantizer.qparams(), layer.input_quantizer.qparams(), layer.output_quantizer.qparams()
+            )
         layer.set_bias_qparams(qp)
     model.rq_notes = notes
     return notes
@@ -139,14 +140,6 @@ def _repair_positions(model, quantizers, layers) -> list[str]:
         if positions[name] != npu_rules.position(q.scale.numpy()):
             q.scale = torch.tensor(float(np.ldexp(1.0, -positions[name])), dtype=torch.float32)
     return notes
-
-
-def _repaired_bias(qp: QParams, layer) -> QParams:
-    w_pos = npu_rules.position(layer.weight_quantizer.scale.numpy())
-    in_pos = npu_rules.position(layer.input_quantizer.scale.numpy())
-    out_pos = npu_rules.position(layer.output_quantizer.scale.numpy())
-    pos = npu_rules.repair_bias_position(w_pos, in_pos, out_pos, npu_rules.position(qp.scale))
-    return QParams(np.float32(np.ldexp(1.0, -pos)), qp.zero_point, qp.spec, qp.axis)
 
 
 def require_calibrated(model: fx.GraphModule) -> None:

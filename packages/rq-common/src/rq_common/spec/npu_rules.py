@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rq_common.qmath.qparams import pow2_exponent
+from rq_common.qmath.qparams import QParams, pow2_exponent
 
 SHIFT_CUT_MIN, SHIFT_CUT_MAX = 0, 16
 SHIFT_BIAS_MAX = 15
@@ -105,3 +105,17 @@ def repair_positions(
         if not changed:
             break
     return changes
+
+
+def at_position(qparams: QParams, pos: int) -> QParams:
+    """The same QParams with scale 2^-pos."""
+    return QParams(np.float32(np.ldexp(1.0, -pos)), qparams.zero_point, qparams.spec, qparams.axis)
+
+
+def repair_bias_qparams(bias: QParams, weight: QParams, source: QParams, output: QParams | None) -> QParams:
+    """The bias's QParams with its position clamped into the shift_bias range (per-tensor weights)."""
+    if output is None or weight.per_channel:
+        return bias
+    w_pos, in_pos, out_pos, bias_pos = (position(q.scale) for q in (weight, source, output, bias))
+    repaired = repair_bias_position(w_pos, in_pos, out_pos, bias_pos)
+    return bias if repaired == bias_pos else at_position(bias, repaired)
