@@ -29,9 +29,12 @@ def check_exportable(spec: QuantSpec, field: str) -> None:
 
 
 def fake_quantize(
-    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int, axis: int | None
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int, axis: int | None, fused: bool = False
 ) -> torch.Tensor:
-    if torch.onnx.is_in_onnx_export():
+    """``fused``: torch's fused kernels (fast forward and backward), for QAT steps with a fixed
+    scale; they multiply by 1/scale, which equals dividing for power-of-two scales and differs
+    from ONNX Runtime only at exact ties otherwise, which training does not notice."""
+    if fused or torch.onnx.is_in_onnx_export():
         if axis is None:
             return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)
         return torch.fake_quantize_per_channel_affine(x, scale, zero_point, axis % x.dim(), qmin, qmax)

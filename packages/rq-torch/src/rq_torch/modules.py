@@ -13,10 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rq_common.qmath import QParams, bias_qparams
-from rq_common.spec import BiasScaleRule, Granularity, Preset
+from rq_common.qmath import QParams, bias_qparams, compute_qparams
+from rq_common.spec import BiasScaleRule, CalibrationMethod, Granularity, Preset
 from rq_torch.fake_quant import check_exportable, quantize_dequantize_wide
 from rq_torch.quantizer import Mode, TensorQuantizer
+
+MINMAX_METHODS = (CalibrationMethod.MINMAX, CalibrationMethod.POT_NONOVERFLOW)
+HISTOGRAM_REFRESH_STEPS = 16
 
 
 class QuantLayerMixin:
@@ -31,6 +34,7 @@ class QuantLayerMixin:
             spec = spec.replace(axis=self.weight_axis)
         check_exportable(spec, "weight")
         self.layer_name = name
+        self.qat_steps = 0
         self.weight_quantizer = TensorQuantizer(
             spec,
             preset.weight_method,
@@ -85,9 +89,26 @@ class QuantLayerMixin:
     def set_bias_qparams(self, qparams: QParams) -> None:
         self.bias_scale = torch.as_tensor(np.asarray(qparams.scale, np.float32)).reshape(self.bias_scale.shape).clone()
 
-    def quantized_weight(self) -> torch.Tensor:
-        if self.training and self.quantizing:  # QAT: the weights move, so their scale follows
+    def refresh_weight_qparams(self) -> None:
+        """QAT: the weights move, so their scale follows. Min/max methods re-derive it every step
+        from one torch reduction; histogram methods (pot_minmse, mse, ...) every
+        HISTOGRAM_REFRESH_STEPS steps, where the weights have moved enough to matter."""
+        q = self.weight_quantizer
+        if q.method in MINMAX_METHODS:
+            weight = self.float_weight().detach()
+            if q.spec.per_channel:
+                channels = weight.movedim(q.spec.axis, 0).reshape(weight.shape[q.spec.axis], -1)
+                low, high = channels.amin(dim=1), channels.amax(dim=1)
+            else:
+                low, high = torch.aminmax(weight)
+            q.set_qparams(compute_qparams(low.double().numpy(), high.double().numpy(), q.spec))
+        elif self.qat_steps % HISTOGRAM_REFRESH_STEPS == 0:
             self.weight_qparams()
+        self.qat_steps += 1
+
+    def quantized_weight(self) -> torch.Tensor:
+        if self.training and self.quantizing:
+            self.refresh_weight_qparams()
             qp = self.bias_qparams()
             if qp is not None and self.bias_rule is BiasScaleRule.PRODUCT:
                 self.set_bias_qparams(qp)
