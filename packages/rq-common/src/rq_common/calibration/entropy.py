@@ -60,11 +60,12 @@ def kl_divergences(hist: np.ndarray, candidates: np.ndarray, num_quantized_bins:
 @register_chooser
 @dataclass(frozen=True)
 class EntropyChooser(RangeChooser):
-    """KL-optimal symmetric threshold over every candidate; ``max_bins`` caps the histogram by
-    exact merging of bin pairs (TensorRT uses 2048)."""
+    """KL-optimal symmetric threshold; ``max_bins`` caps the histogram by exact merging of bin
+    pairs (TensorRT uses 2048), ``max_candidates`` the thresholds tried."""
 
     num_quantized_bins: int = 128
     max_bins: int = 2048
+    max_candidates: int = 256  # thresholds tried, evenly spaced (the widest always included)
     method = CalibrationMethod.ENTROPY
 
     def threshold(self, observer: HistogramObserver) -> float:
@@ -76,7 +77,8 @@ class EntropyChooser(RangeChooser):
             width *= 2
         if hist.size <= self.num_quantized_bins:
             return hist.size * width
-        candidates = np.arange(self.num_quantized_bins, hist.size + 1)
+        stride = -(-(hist.size + 1 - self.num_quantized_bins) // self.max_candidates)
+        candidates = np.unique(np.append(np.arange(self.num_quantized_bins, hist.size + 1, stride), hist.size))
         divergences = kl_divergences(hist, candidates, self.num_quantized_bins)
         return int(candidates[int(np.argmin(divergences))]) * width
 
