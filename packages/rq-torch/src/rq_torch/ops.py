@@ -123,11 +123,6 @@ def onnx_op(gm: fx.GraphModule, node: fx.Node) -> str | None:
     return None
 
 
-def is_relu6_like(gm: fx.GraphModule, node: fx.Node) -> bool:
-    """Clip(0, x): the activations the NPU fuses into the op before them."""
-    return onnx_op(gm, node) in ("Relu", "Clip")
-
-
 def _pair(size) -> tuple:
     return (size, size) if isinstance(size, int) else tuple(size)
 

@@ -41,10 +41,6 @@ class HistogramObserver(Observer):
     def bin_width(self) -> float:
         return float(np.ldexp(1.0, self._exponent()))
 
-    @property
-    def half_range(self) -> float:
-        return self.bin_width * (self.num_bins // 2)
-
     def _exponent(self) -> int:
         if self.exponent is None:
             raise CalibrationDataError(f"{self.name}: no calibration data was observed; run calibration first")
