@@ -43,14 +43,19 @@ def _q_position(index: GraphIndex, q: onnx.NodeProto | None) -> int | None:
     return npu_rules.position(params.scale)
 
 
-def _applies(ctx: ValidationContext) -> bool:
-    return ctx.preset.target.fixed_point_rules
+def npu_check(fn):
+    """Register ``fn`` as a validator check that runs only for targets with fixed-point rules."""
+
+    def gated(ctx: ValidationContext) -> Iterator[Violation]:
+        if ctx.preset.target.fixed_point_rules:
+            yield from fn(ctx)
+
+    gated.__name__ = fn.__name__
+    return check(gated)
 
 
-@check
+@npu_check
 def _shifts(ctx: ValidationContext) -> Iterator[Violation]:
-    if not _applies(ctx):
-        return
     index = ctx.index
     for node in ctx.model.graph.node:
         if node.op_type not in _SHIFTED_OPS or len(node.input) < 2:
@@ -83,10 +88,8 @@ def _shifts(ctx: ValidationContext) -> Iterator[Violation]:
                 )
 
 
-@check
+@npu_check
 def _add_positions(ctx: ValidationContext) -> Iterator[Violation]:
-    if not _applies(ctx):
-        return
     for node in ctx.model.graph.node:
         if node.op_type != "Add":
             continue
@@ -102,10 +105,8 @@ def _add_positions(ctx: ValidationContext) -> Iterator[Violation]:
             )
 
 
-@check
+@npu_check
 def _fused_activations(ctx: ValidationContext) -> Iterator[Violation]:
-    if not _applies(ctx):
-        return
     index = ctx.index
     for node in ctx.model.graph.node:
         if node.op_type not in npu_rules.FUSABLE_ACTIVATIONS:
@@ -122,10 +123,8 @@ def _fused_activations(ctx: ValidationContext) -> Iterator[Violation]:
             )
 
 
-@check
+@npu_check
 def _shared_scales(ctx: ValidationContext) -> Iterator[Violation]:
-    if not _applies(ctx):
-        return
     index = ctx.index
     for node in ctx.model.graph.node:
         if node.op_type not in npu_rules.SHARED_SCALE_OPS:
@@ -145,10 +144,8 @@ def _shared_scales(ctx: ValidationContext) -> Iterator[Violation]:
             )
 
 
-@check
+@npu_check
 def _leaky_alpha(ctx: ValidationContext) -> Iterator[Violation]:
-    if not _applies(ctx):
-        return
     for node in ctx.model.graph.node:
         if node.op_type == "LeakyRelu":
             alpha = float(attribute(node, "alpha", 0.01))
