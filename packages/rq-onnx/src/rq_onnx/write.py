@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from rq_common.format import insert_qdq, make_quantized_constant, replace_initializer_with_quantized
+from rq_common.format import insert_qdq_many, make_quantized_constant, replace_initializers_with_quantized
 from rq_common.qmath import QParams
 from rq_onnx.plan import Plan
 from rq_onnx.prepare.cleanup import remove_dead_nodes
@@ -54,10 +54,7 @@ def write_quantized(
         pieces = make_quantized_constant(f"{use.node}_bias", values, qp)
         pieces.add_to(graph, 0)
         node.input[use.slot] = pieces.output
-    for name in sorted(weights):
-        replace_initializer_with_quantized(out, name, weights[name])
-    dequantized = {}
-    for tensor in plan.activations:
-        dequantized[tensor] = insert_qdq(out, tensor, act[tensor])
+    replace_initializers_with_quantized(out, {name: weights[name] for name in sorted(weights)})
+    dequantized = insert_qdq_many(out, {tensor: act[tensor] for tensor in plan.activations})
     remove_dead_nodes(out)
     return out, dequantized

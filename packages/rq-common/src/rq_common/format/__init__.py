@@ -4,10 +4,12 @@ from rq_common.format import npu_checks  # noqa: F401  (registers the NPU checks
 from rq_common.format.builder import (
     QdqPieces,
     insert_qdq,
+    insert_qdq_many,
     make_qdq,
     make_quantized_constant,
     qparams_initializers,
     replace_initializer_with_quantized,
+    replace_initializers_with_quantized,
 )
 from rq_common.format.canonicalize import MIN_OPSET, REWRITES, CanonicalizeResult, canonicalize
 from rq_common.format.graph import GraphIndex, QdqParams, qdq_params
@@ -31,11 +33,13 @@ __all__ = [
     "ViolationKind",
     "canonicalize",
     "insert_qdq",
+    "insert_qdq_many",
     "make_qdq",
     "make_quantized_constant",
     "qdq_params",
     "qparams_initializers",
     "register_op_rule",
     "replace_initializer_with_quantized",
+    "replace_initializers_with_quantized",
     "validate",
 ]

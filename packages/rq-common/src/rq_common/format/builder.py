@@ -95,37 +95,76 @@ def make_quantized_constant(name: str, values: np.ndarray, qparams: QParams, out
     )
 
 
-def insert_qdq(model: onnx.ModelProto, tensor: str, qparams: QParams) -> str:
-    """Put a Q/DQ pair on ``tensor`` in place; every consumer then reads the dequantized value.
+def _add_initializers(graph: onnx.GraphProto, pieces: list[QdqPieces]) -> None:
+    """All pieces' initializers; one of an existing name must hold the same value (then it is shared)."""
+    existing = {t.name: t for t in graph.initializer}
+    for piece in pieces:
+        for tensor in piece.initializers:
+            if tensor.name not in existing:
+                graph.initializer.append(tensor)
+                existing[tensor.name] = tensor
+            elif existing[tensor.name].SerializeToString(deterministic=True) != tensor.SerializeToString(deterministic=True):
+                raise FormatError(
+                    f"initializer '{tensor.name}' already exists with another value; is '{piece.output}' quantized twice?"
+                )
+
+
+def insert_qdq_many(model: onnx.ModelProto, qparams: dict[str, QParams]) -> dict[str, str]:
+    """Put a Q/DQ pair on every tensor of ``qparams``, in place and in one pass over the graph;
+    every consumer then reads the dequantized value. Returns tensor -> dequantized name.
 
     A graph output keeps its name: the producer is renamed to ``<tensor>_float`` and the
-    DequantizeLinear writes ``tensor``.
+    DequantizeLinear writes ``tensor``. Each pair follows its tensor's producer in the node list.
     """
     graph = model.graph
     index = GraphIndex(model)
-    if tensor in index.graph_outputs:
-        source = f"{tensor}_float"
-        producer = index.producers[tensor]
-        producer.output[list(producer.output).index(tensor)] = source
-        pieces = make_qdq(source, qparams, prefix=tensor, output=tensor)
-        position = list(graph.node).index(producer) + 1
-    else:
-        pieces = make_qdq(tensor, qparams)
-        for node, i in index.consumers_of(tensor):
-            node.input[i] = pieces.output
+    after: dict[str, list[QdqPieces]] = {}  # producer's first output ("" for graph inputs) -> pairs
+    names: dict[str, str] = {}
+    for tensor, qp in qparams.items():
         producer = index.producers.get(tensor)
-        position = list(graph.node).index(producer) + 1 if producer is not None else 0
-    pieces.add_to(graph, position)
-    return pieces.output
+        if tensor in index.graph_outputs and producer is not None:
+            source = f"{tensor}_float"
+            producer.output[list(producer.output).index(tensor)] = source
+            pieces = make_qdq(source, qp, prefix=tensor, output=tensor)
+        else:
+            pieces = make_qdq(tensor, qp)
+            for node, i in index.consumers_of(tensor):
+                node.input[i] = pieces.output
+        after.setdefault(producer.output[0] if producer is not None else "", []).append(pieces)
+        names[tensor] = pieces.output
+    _add_initializers(graph, [p for group in after.values() for p in group])
+    nodes = [n for p in after.get("", []) for n in p.nodes]
+    for node in graph.node:
+        nodes.append(node)
+        nodes.extend(n for p in after.get(node.output[0] if node.output else None, []) for n in p.nodes)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return names
+
+
+def insert_qdq(model: onnx.ModelProto, tensor: str, qparams: QParams) -> str:
+    """insert_qdq_many for one tensor; returns the name of its dequantized value."""
+    return insert_qdq_many(model, {tensor: qparams})[tensor]
+
+
+def replace_initializers_with_quantized(model: onnx.ModelProto, qparams: dict[str, QParams]) -> dict[str, str]:
+    """Quantize float initializers into integer initializers + DequantizeLinear, in place and in one
+    pass; every consumer then reads the dequantized value. Returns name -> dequantized name."""
+    graph = model.graph
+    index = GraphIndex(model)
+    pieces = []
+    for name, qp in qparams.items():
+        piece = make_quantized_constant(name, numpy_helper.to_array(index.initializers[name]), qp)
+        for node, i in index.consumers_of(name):
+            node.input[i] = piece.output
+        pieces.append(piece)
+    _add_initializers(graph, pieces)
+    nodes = [n for p in pieces for n in p.nodes] + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return {name: p.output for name, p in zip(qparams, pieces, strict=True)}
 
 
 def replace_initializer_with_quantized(model: onnx.ModelProto, name: str, qparams: QParams) -> str:
-    """Quantize float initializer ``name`` into an integer initializer + DequantizeLinear, in place."""
-    graph = model.graph
-    index = GraphIndex(model)
-    values = numpy_helper.to_array(index.initializers[name])
-    pieces = make_quantized_constant(name, values, qparams)
-    for node, i in index.consumers_of(name):
-        node.input[i] = pieces.output
-    pieces.add_to(graph, 0)
-    return pieces.output
+    """replace_initializers_with_quantized for one initializer."""
+    return replace_initializers_with_quantized(model, {name: qparams})[name]
