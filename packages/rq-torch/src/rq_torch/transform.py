@@ -205,10 +205,10 @@ def _plan(gm, preset, exclude, plan) -> tuple[list[fx.Node], _Groups, dict[fx.No
         op = onnx_op(gm, node)
         name = _target_name(node)
         if node.name in exclude or (node.op == "call_module" and node.target in exclude):
-            plan.float_ops.append(FloatOp(node.name, _target_name(node), "excluded (kept in float on request)"))
+            plan.float_ops.append(FloatOp(node.name, name, "excluded (kept in float on request)"))
             continue
         if op is None:
-            plan.float_ops.append(FloatOp(node.name, _target_name(node), f"no quantization rule for {name}: runs in float"))
+            plan.float_ops.append(FloatOp(node.name, name, f"no quantization rule for {name}: runs in float"))
             continue
         inputs = _tensor_args(node)
         if op in PASS_THROUGH_OPS:
@@ -217,12 +217,10 @@ def _plan(gm, preset, exclude, plan) -> tuple[list[fx.Node], _Groups, dict[fx.No
                 groups.union(inputs[0], node)
                 node_ops[node] = op
             else:
-                plan.float_ops.append(
-                    FloatOp(node.name, _target_name(node), "its input is not quantized, so the values pass through in float")
-                )
+                plan.float_ops.append(FloatOp(node.name, name, "its input is not quantized, so the values pass through in float"))
             continue
         if op not in OWN_SCALE_OPS:
-            plan.float_ops.append(FloatOp(node.name, _target_name(node), f"{op} is not quantized by rq"))
+            plan.float_ops.append(FloatOp(node.name, name, f"{op} is not quantized by rq"))
             continue
         node_ops[node] = op
         quantized.update(inputs)
