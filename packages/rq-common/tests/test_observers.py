@@ -119,3 +119,16 @@ def test_all_zero_batch_then_growth():
     whole = HistogramObserver(num_bins=64)
     whole.update(np.concatenate([np.zeros(10), [1e6, -5.0]]))
     np.testing.assert_array_equal(obs.counts, whole.counts)
+
+
+def test_scale_groups_union_and_deterministic_roots():
+    from rq_common.calibration import ScaleGroups
+
+    groups = ScaleGroups()
+    for key in ("a", "b", "c", "d", "e"):
+        groups.add(key)
+    groups.union("d", "b")
+    groups.union("e", "d")
+    groups.union("c", "a")
+    assert groups.members() == {"a": ["a", "c"], "b": ["b", "d", "e"]}  # the earliest member names the group
+    assert groups.find("e") == "b"

@@ -18,12 +18,12 @@ from onnx import helper
 from tqdm import tqdm
 
 from rq_common import Calibrator
+from rq_common.calibration import ScaleGroups
 from rq_common.errors import RqError
 from rq_common.io import is_over_protobuf_limit, save_with_external_data
 from rq_common.qmath import QParams
 from rq_common.spec import Preset
 from rq_onnx.errors import CalibrationReaderError
-from rq_onnx.plan import ScaleGroups
 
 
 class CalibrationDataReader(Protocol):

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from rq_common.calibration import ScaleGroups
 from rq_common.format.graph import attribute
 from rq_common.format.oprules import OP_RULES as FORMAT_RULES
 from rq_common.spec import Preset
@@ -48,37 +49,6 @@ class ShiftedOp:
     input_tensor: str
     weight: str
     output_tensor: str  # the tensor whose Q follows (after a fused activation, if any)
-
-
-class ScaleGroups:
-    """Union-find over tensor names: tensors in one group share one scale and zero point."""
-
-    def __init__(self) -> None:
-        self.parent: dict[str, str] = {}
-
-    def add(self, name: str) -> None:
-        self.parent.setdefault(name, name)
-
-    def find(self, name: str) -> str:
-        self.add(name)
-        root = name
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[name] != root:
-            self.parent[name], name = root, self.parent[name]
-        return root
-
-    def union(self, a: str, b: str) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            keep, drop = sorted((ra, rb))  # deterministic roots
-            self.parent[drop] = keep
-
-    def members(self) -> dict[str, list[str]]:
-        groups: dict[str, list[str]] = {}
-        for name in self.parent:
-            groups.setdefault(self.find(name), []).append(name)
-        return groups
 
 
 @dataclass

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from rq_common.calibration import ScaleGroups
 from rq_common.qmath import fold_batchnorm
 from rq_common.spec import Preset, get_preset
 from rq_common.spec.npu_rules import FUSABLE_ACTIVATIONS, FUSING_OPS, SHARED_SCALE_OPS
@@ -43,22 +44,6 @@ class TorchPlan:
     constants: list[tuple[str, str]] = field(default_factory=list)  # (quantizer, buffer) of lifted scalars
     float_ops: list[FloatOp] = field(default_factory=list)
     input_names: list[str] = field(default_factory=list)
-
-
-class _Groups:
-    def __init__(self) -> None:
-        self.parent: dict[fx.Node, fx.Node] = {}
-
-    def find(self, n: fx.Node) -> fx.Node:
-        self.parent.setdefault(n, n)
-        while self.parent[n] is not n:
-            n = self.parent[n]
-        return n
-
-    def union(self, a: fx.Node, b: fx.Node) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra is not rb:
-            self.parent[rb] = ra
 
 
 def _is_float_tensor(node: fx.Node) -> bool:
@@ -195,9 +180,9 @@ def _lift_scalar_operands(gm: fx.GraphModule, preset: Preset, plan: TorchPlan) -
         node.args = tuple(args)
 
 
-def _plan(gm, preset, exclude, plan) -> tuple[list[fx.Node], _Groups, dict[fx.Node, str]]:
+def _plan(gm, preset, exclude, plan) -> tuple[list[fx.Node], ScaleGroups, dict[fx.Node, str]]:
     quantized: set[fx.Node] = set()
-    groups = _Groups()
+    groups = ScaleGroups()
     node_ops: dict[fx.Node, str] = {}
     for node in gm.graph.nodes:
         if node.op in ("placeholder", "get_attr", "output") or not _is_float_tensor(node):

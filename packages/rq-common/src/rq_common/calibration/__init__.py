@@ -2,6 +2,7 @@
 
 from rq_common.calibration.base import CHOOSERS, Calibrator, RangeChooser, make_chooser, register_chooser
 from rq_common.calibration.entropy import EntropyChooser
+from rq_common.calibration.groups import ScaleGroups
 from rq_common.calibration.minmax import MinMaxChooser, Pow2NonOverflowChooser
 from rq_common.calibration.mse import MseChooser
 from rq_common.calibration.percentile import PercentileChooser
@@ -18,6 +19,7 @@ __all__ = [
     "Pow2MinMseChooser",
     "Pow2NonOverflowChooser",
     "RangeChooser",
+    "ScaleGroups",
     "expected_squared_error",
     "make_chooser",
     "pow2_candidates",
