@@ -27,16 +27,10 @@ def test_save_and_load_a_calibrated_model(tmp_path):
     assert rq_torch.export_onnx(fresh, example, tmp_path / "q.onnx").violations == []
 
 
-def test_torch_compile_runs_or_fails_clearly():
+def test_torch_compile_gives_the_same_outputs():
     qmodel = rq_torch.quantize_model(nets.ResNetStyle(), torch.randn(1, 3, 16, 16), preset="cpu")
     rq_torch.calibrate(qmodel, [torch.randn(1, 3, 16, 16)], quiet=True)
     x = torch.randn(2, 3, 16, 16)
-    try:
-        compiled = torch.compile(qmodel, backend="eager")
-        with torch.no_grad():
-            out = compiled(x)
-    except Exception as error:  # a failure must say what it is, not be silent
-        assert str(error)
-    else:
-        with torch.no_grad():
-            assert torch.allclose(out, qmodel(x))
+    compiled = torch.compile(qmodel, backend="eager")
+    with torch.no_grad():
+        assert torch.equal(compiled(x), qmodel(x))
