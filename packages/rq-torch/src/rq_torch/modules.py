@@ -49,6 +49,7 @@ class QuantLayerMixin:
         )
         self.input_quantizer: TensorQuantizer | None = None  # set by quantize_model; not a submodule
         self.output_quantizer: TensorQuantizer | None = None
+        self._bias_scale_source: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def from_float(cls, module: nn.Module, preset: Preset, name: str):
@@ -106,12 +107,22 @@ class QuantLayerMixin:
             self.weight_qparams()
         self.qat_steps += 1
 
+    def refresh_bias_scale(self) -> None:
+        """QAT: an int32 bias's scale is input scale x weight scale; re-derive it only when one of
+        them moved (power-of-two scales seldom do)."""
+        if self.bias_rule is not BiasScaleRule.PRODUCT or self.float_bias() is None or self.input_quantizer is None:
+            return
+        source = (self.input_quantizer.scale, self.weight_quantizer.scale)
+        cached = self._bias_scale_source
+        if cached is not None and all(torch.equal(a, b) for a, b in zip(source, cached)):
+            return
+        self.set_bias_qparams(self.bias_qparams())
+        self._bias_scale_source = tuple(t.clone() for t in source)
+
     def quantized_weight(self) -> torch.Tensor:
         if self.training and self.quantizing:
             self.refresh_weight_qparams()
-            qp = self.bias_qparams()
-            if qp is not None and self.bias_rule is BiasScaleRule.PRODUCT:
-                self.set_bias_qparams(qp)
+            self.refresh_bias_scale()
         return self.weight_quantizer(self.float_weight())
 
     def quantized_bias(self) -> torch.Tensor | None:

@@ -16,15 +16,15 @@ class QuantDType(Enum):
 
     @property
     def np_dtype(self) -> np.dtype:
-        return np.dtype(self.value)
+        return _NP_DTYPES[self]
 
     @property
     def min(self) -> int:
-        return int(np.iinfo(self.np_dtype).min)
+        return _RANGES[self][0]
 
     @property
     def max(self) -> int:
-        return int(np.iinfo(self.np_dtype).max)
+        return _RANGES[self][1]
 
     @property
     def bits(self) -> int:
@@ -56,3 +56,6 @@ _ONNX_TYPES = {
     QuantDType.INT16: TensorProto.INT16,
     QuantDType.INT32: TensorProto.INT32,
 }
+# looked up on every QParams: computed once
+_NP_DTYPES = {d: np.dtype(d.value) for d in QuantDType}
+_RANGES = {d: (int(np.iinfo(d.value).min), int(np.iinfo(d.value).max)) for d in QuantDType}
