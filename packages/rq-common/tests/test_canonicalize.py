@@ -138,3 +138,42 @@ def test_preset_already_canonical_is_left_alone(rng):
     assert result.log == []
     assert result.model.SerializeToString(deterministic=True) == model.SerializeToString(deterministic=True)
     assert get_preset("cpu").activation.dtype.value == "uint8"
+
+
+def test_pass_through_ops_get_the_same_qdq_on_both_sides_and_the_numbers_stay(rng):
+    """tf2onnx's layout: Q/DQ -> Transpose -> Conv, and GlobalAveragePool -> Squeeze -> Q/DQ."""
+    w = (rng.integers(-127, 128, (4, 3, 3, 3)) * S_W).astype(np.float32)
+    inits = [
+        numpy_helper.from_array(w, "W"),
+        numpy_helper.from_array(S_X, "s_x"),
+        numpy_helper.from_array(S_Y, "s_y"),
+        numpy_helper.from_array(np.int8(0), "zp"),
+        numpy_helper.from_array(np.array([2, 3], np.int64), "axes"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s_x", "zp"], ["xq"], name="x_q"),
+        helper.make_node("DequantizeLinear", ["xq", "s_x", "zp"], ["xd"], name="x_dq"),
+        helper.make_node("Transpose", ["xd"], ["xt"], name="to_nchw", perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["xt", "W"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("QuantizeLinear", ["c", "s_y", "zp"], ["cq"], name="c_q"),
+        helper.make_node("DequantizeLinear", ["cq", "s_y", "zp"], ["cd"], name="c_dq"),
+        helper.make_node("GlobalAveragePool", ["cd"], ["g"], name="gap"),
+        helper.make_node("Squeeze", ["g", "axes"], ["s"], name="squeeze"),
+        helper.make_node("QuantizeLinear", ["s", "s_y", "zp"], ["sq"], name="s_q"),
+        helper.make_node("DequantizeLinear", ["sq", "s_y", "zp"], ["y"], name="s_dq"),
+    ]
+    model = make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        inits,
+    )
+    weight_qp = QParams(np.float32(S_W), np.int8(0), get_preset("npu_transformer").weight)
+    result = canonicalize(model, "npu_transformer", weight_qparams={"W": weight_qp})
+    by_name = {n.name: n for n in result.model.graph.node}
+    producers = {o: n for n in result.model.graph.node for o in n.output}
+    assert producers[by_name["conv"].input[0]].op_type == "DequantizeLinear"  # after the Transpose now
+    assert producers[by_name["squeeze"].input[0]].op_type == "DequantizeLinear"  # before the Squeeze now
+    x = rng.standard_normal((1, 8, 8, 3)).astype(np.float32)
+    np.testing.assert_array_equal(run_ort(result.model, {"x": x})[0], run_ort(model, {"x": x})[0])
+    assert validate(result.model, "npu_transformer") == []

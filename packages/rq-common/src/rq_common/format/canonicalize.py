@@ -12,6 +12,11 @@ Rewrites run in order, each a small function registered in REWRITES:
    values are already on the grid, so they come back exactly.
 3. align_qdq_dtypes: 8-bit Q/DQ in the other signedness (uint8 zero point 128 standing for a
    symmetric int8 range, or the reverse) shift by 128 to the preset's dtype: q - z is unchanged.
+3b. quantize_around_pass_through: a pass-through op (Transpose, Reshape, Squeeze, MaxPool, ...)
+   between a DequantizeLinear and a reader that is not a QuantizeLinear gets the same Q/DQ after
+   it, and one between a float producer and a QuantizeLinear gets the same Q/DQ before it (how
+   tf2onnx leaves its layout Transposes and Squeezes). Such an op only moves or selects values on
+   the grid, so the numbers do not change, and every quantized op then reads a DequantizeLinear.
 4. merge_duplicate_qdq: Q(DQ(q)) with the same parameters is q again; twin Q or DQ nodes on the
    same tensor with the same parameters are one.
 5. quantize_float_bias: a float bias beside quantized input and weight becomes int32 at
@@ -37,6 +42,7 @@ from rq_common.qmath.bias import bias_qparams
 from rq_common.qmath.qparams import QParams
 from rq_common.qmath.reference import quantize
 from rq_common.spec.dtypes import QuantDType
+from rq_common.spec.op_coverage import PASS_THROUGH_OPS
 from rq_common.spec.presets import Preset, get_preset
 
 MIN_OPSET = 13
@@ -213,6 +219,66 @@ def align_qdq_dtypes(ctx: CanonicalizeContext) -> None:
             ctx.log.append(f"{node_label(node)}: activation {params.dtype.value} -> {target.value} (zero point shifted by 128)")
     graph.initializer.extend(new_tensors[k] for k in sorted(new_tensors))
     _remove_unused(ctx)
+
+
+@rewrite
+def quantize_around_pass_through(ctx: CanonicalizeContext) -> None:
+    while _quantize_one_pass_through(ctx):
+        pass
+    _remove_unused(ctx)
+
+
+def _quantize_one_pass_through(ctx: CanonicalizeContext) -> bool:
+    index = ctx.index()
+    for node in ctx.model.graph.node:
+        if node.op_type not in PASS_THROUGH_OPS or not node.input or index.is_constant(node.input[0]):
+            continue
+        before = index.producers.get(node.input[0])
+        readers = [r for out in node.output for r, _ in index.consumers_of(out)]
+        if before is not None and before.op_type == DEQUANTIZE:
+            params = qdq_params(index, before)
+            if params is None or params.axis is not None or any(out in index.graph_outputs for out in node.output):
+                continue
+            if readers and all(r.op_type == QUANTIZE and _same_params(index, r, before) for r in readers):
+                continue
+            for out in node.output:
+                _insert_qdq_after(ctx, index, node, out, before)
+            ctx.log.append(f"{node_label(node)}: the Q/DQ before this pass-through op repeated after it")
+            return True
+        if readers and all(r.op_type == QUANTIZE for r in readers) and (before is None or before.op_type != DEQUANTIZE):
+            params = [qdq_params(index, r) for r in readers]
+            if any(p is None or p.axis is not None or not p.same_as(params[0]) for p in params):
+                continue
+            _insert_qdq_before(ctx, index, node, readers[0])
+            ctx.log.append(f"{node_label(node)}: the Q/DQ after this pass-through op repeated before it")
+            return True
+    return False
+
+
+def _qdq_nodes(source: str, like: onnx.NodeProto, name: str) -> tuple[onnx.NodeProto, onnx.NodeProto, str]:
+    """Q and DQ of ``source`` that read ``like``'s scale and zero point."""
+    params = list(like.input[1:3])
+    q = onnx.helper.make_node(QUANTIZE, [source, *params], [f"{name}_q"], name=f"{name}_QuantizeLinear")
+    dq = onnx.helper.make_node(DEQUANTIZE, [q.output[0], *params], [f"{name}_dq"], name=f"{name}_DequantizeLinear")
+    return q, dq, dq.output[0]
+
+
+def _insert_qdq_after(ctx: CanonicalizeContext, index: GraphIndex, node: onnx.NodeProto, out: str, like: onnx.NodeProto) -> None:
+    consumers = index.consumers_of(out)
+    q, dq, new = _qdq_nodes(out, like, f"{node.name or out}_{out}_requantized")
+    for consumer, slot in consumers:
+        consumer.input[slot] = new
+    position = index.position(node) + 1
+    ctx.model.graph.node.insert(position, dq)
+    ctx.model.graph.node.insert(position, q)
+
+
+def _insert_qdq_before(ctx: CanonicalizeContext, index: GraphIndex, node: onnx.NodeProto, like: onnx.NodeProto) -> None:
+    q, dq, new = _qdq_nodes(node.input[0], like, f"{node.name or node.output[0]}_input_requantized")
+    node.input[0] = new
+    position = index.position(node)
+    ctx.model.graph.node.insert(position, dq)
+    ctx.model.graph.node.insert(position, q)
 
 
 def _same_params(index: GraphIndex, a: onnx.NodeProto, b: onnx.NodeProto) -> bool:

@@ -4,6 +4,7 @@ from rq_common.spec.dtypes import QuantDType
 from rq_common.spec.methods import BiasScaleRule, CalibrationMethod
 from rq_common.spec.presets import ALIASES, PRESETS, Preset, Target, get_preset
 from rq_common.spec.quant_spec import Granularity, QuantSpec, RoundMode, ScaleType
+from rq_common.spec.serialize import preset_from_config, preset_to_config, spec_from_config, spec_to_config
 
 __all__ = [
     "ALIASES",
@@ -18,4 +19,8 @@ __all__ = [
     "ScaleType",
     "Target",
     "get_preset",
+    "preset_from_config",
+    "preset_to_config",
+    "spec_from_config",
+    "spec_to_config",
 ]

@@ -1,0 +1,126 @@
+"""Where quantizers go in a graph of ops: one algorithm for every framework package.
+
+A framework package describes its graph as OpNodes (the ONNX op type each node exports to, and
+the run-time float tensors it reads and writes) and gets back which tensors to quantize, which of
+them share a scale, and which ops stay in float, with the reason. The rules are rq's op coverage
+and the NPU's rules (rq_common.spec.op_coverage, rq_common.spec.npu_rules):
+- an own-scale op (Conv, Gemm, MatMul, Add, Concat, pooling, activations, ...) has its inputs and
+  its output quantized, the output with its own scale;
+- a pass-through op (Reshape, Transpose, MaxPool, ...) is quantized when its input is, and its
+  output shares the input's scale;
+- on fixed-point targets Concat and pooling share one scale across inputs and output;
+- a Relu / Clip(0, x) right after a Conv / ConvTranspose / Gemm / MatMul / Add that is the only
+  reader of that op's output fuses into it: no quantizer between them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+
+from rq_common.calibration.groups import ScaleGroups
+from rq_common.spec.npu_rules import FUSABLE_ACTIVATIONS, FUSING_OPS, SHARED_SCALE_OPS
+from rq_common.spec.op_coverage import OWN_SCALE_OPS, PASS_THROUGH_OPS
+
+
+@dataclass(frozen=True)
+class OpNode:
+    """One op of the framework's graph.
+
+    ``op``: the ONNX op type it exports to (None: rq has no rule for it). ``inputs``/``outputs``:
+    keys of the run-time float tensors it reads and writes (constants and weights left out).
+    ``float_reason``: set when the package already knows the op must stay in float (excluded by
+    the user, an activation the exporter cannot write, ...). ``fusable``: False for an activation
+    that cannot fuse although its op type could (a Clip whose lower bound is not 0).
+    """
+
+    name: str
+    op: str | None
+    inputs: tuple[Hashable, ...]
+    outputs: tuple[Hashable, ...]
+    float_reason: str | None = None
+    fusable: bool = True
+
+
+@dataclass(frozen=True)
+class FloatOp:
+    node: str
+    op: str | None
+    reason: str
+
+
+@dataclass
+class Placement:
+    quantized: list[Hashable] = field(default_factory=list)  # tensors to quantize, in graph order
+    groups: ScaleGroups = field(default_factory=ScaleGroups)  # tensors that share a scale
+    quantized_ops: list[str] = field(default_factory=list)
+    fused: list[Hashable] = field(default_factory=list)  # tensors left alone because an activation fuses
+    float_ops: list[FloatOp] = field(default_factory=list)
+
+    def group_of(self, tensor: Hashable) -> Hashable:
+        """The key that names ``tensor``'s scale group (its earliest member)."""
+        return self.groups.find(tensor)
+
+
+def place_quantizers(
+    nodes: Sequence[OpNode],
+    graph_inputs: Sequence[Hashable],
+    graph_outputs: Sequence[Hashable],
+    fixed_point_rules: bool,
+) -> Placement:
+    """``nodes`` in topological order; see the module docstring for the rules."""
+    placement = Placement()
+    quantized: set[Hashable] = set()
+    by_name: dict[str, OpNode] = {}
+    shared: list[tuple[Hashable, Hashable]] = []
+    for node in nodes:
+        reason = _float_reason(node, quantized)
+        if reason:
+            placement.float_ops.append(FloatOp(node.name, node.op, reason))
+            continue
+        by_name[node.name] = node
+        placement.quantized_ops.append(node.name)
+        quantized.update(node.inputs if node.op in OWN_SCALE_OPS else node.inputs[:1])
+        quantized.update(node.outputs)
+        if node.op in PASS_THROUGH_OPS:
+            shared += [(node.inputs[0], out) for out in node.outputs]
+        elif fixed_point_rules and node.op in SHARED_SCALE_OPS:
+            shared += [(node.outputs[0], source) for source in node.inputs]
+    _fuse_activations(nodes, by_name, quantized, set(graph_outputs), placement)
+    order = [*graph_inputs, *(t for node in nodes for t in (*node.inputs, *node.outputs))]
+    placement.quantized = [t for t in dict.fromkeys(order) if t in quantized]
+    for tensor in placement.quantized:  # added in graph order: the earliest member names a group
+        placement.groups.add(tensor)
+    for a, b in shared:
+        placement.groups.union(a, b)
+    return placement
+
+
+def _float_reason(node: OpNode, quantized: set[Hashable]) -> str | None:
+    if node.float_reason:
+        return node.float_reason
+    if node.op is None:
+        return f"no quantization rule for {node.name}: runs in float"
+    if not node.inputs or not node.outputs:
+        return "it reads or writes no run-time float tensor"
+    if node.op in PASS_THROUGH_OPS:
+        return None if node.inputs[0] in quantized else "its input is not quantized, so the values pass through in float"
+    if node.op not in OWN_SCALE_OPS:
+        return f"{node.op} is not quantized by rq"
+    return None
+
+
+def _fuse_activations(nodes, by_name, quantized, graph_outputs, placement) -> None:
+    producer = {t: node for node in nodes if node.name in by_name for t in node.outputs}
+    readers: dict[Hashable, int] = {}
+    for node in nodes:
+        for t in node.inputs:
+            readers[t] = readers.get(t, 0) + 1
+    for node in nodes:
+        if node.name not in by_name or node.op not in FUSABLE_ACTIVATIONS or not node.fusable:
+            continue
+        source = node.inputs[0]
+        before = producer.get(source)
+        if before is not None and before.op in FUSING_OPS and readers.get(source) == 1 and source not in graph_outputs:
+            quantized.discard(source)
+            placement.fused.append(source)
