@@ -7,6 +7,9 @@ Rewrites run in order, each a small function registered in REWRITES:
    (quantized with the reference that matches ONNX Runtime bit for bit).
 1b. transpose_quantized_weights: Transpose(DequantizeLinear(constant)) (how the TorchScript exporter
    writes a Linear on 3-d inputs) becomes DequantizeLinear(transposed constant), axis permuted.
+1c. hoist_layout_ops_out_of_qdq: QuantizeLinear -> Transpose/Reshape/... -> DequantizeLinear (tf2onnx
+   pushes layout Transposes through Q/DQ pairs) becomes the layout op, then the pair: a layout op
+   commutes with per-tensor quantization, so the numbers stay.
 2. quantize_known_float_weights: float weights that an exporter constant-folded (tf2onnx does this
    with fake-quantized weights) are quantized again with the QParams the framework used; the
    values are already on the grid, so they come back exactly.
@@ -159,6 +162,45 @@ def transpose_quantized_weights(ctx: CanonicalizeContext) -> None:
         ctx.log.append(f"{node_label(node)}: transpose of quantized weight '{dq.input[0]}' stored transposed")
         index = ctx.index()
     _remove_unused(ctx)
+
+
+LAYOUT_OPS = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
+
+
+@rewrite
+def hoist_layout_ops_out_of_qdq(ctx: CanonicalizeContext) -> None:
+    while _hoist_one_layout_op(ctx):
+        pass
+
+
+def _hoist_one_layout_op(ctx: CanonicalizeContext) -> bool:
+    index = ctx.index()
+    graph = ctx.model.graph
+    for q in graph.node:
+        if q.op_type != QUANTIZE or index.is_constant(q.input[0]):
+            continue
+        readers = index.consumers_of(q.output[0])
+        if len(readers) != 1 or readers[0][1] != 0 or readers[0][0].op_type not in LAYOUT_OPS:
+            continue
+        layout = readers[0][0]
+        after = index.consumers_of(layout.output[0])
+        params = qdq_params(index, q)
+        if not after or any(r.op_type != DEQUANTIZE for r, _ in after) or params is None or params.axis is not None:
+            continue
+        if layout.output[0] in index.graph_outputs:
+            continue
+        layout.input[0], q.input[0] = q.input[0], layout.output[0]
+        for reader, slot in after:
+            reader.input[slot] = q.output[0]
+        graph.node.remove(q)
+        graph.node.insert(list(graph.node).index(layout) + 1, q)
+        stale = {layout.output[0], q.output[0]}
+        kept = [v for v in graph.value_info if v.name not in stale]
+        del graph.value_info[:]
+        graph.value_info.extend(kept)
+        ctx.log.append(f"{node_label(layout)}: moved before {node_label(q)} (a layout op between Q and DQ)")
+        return True
+    return False
 
 
 @rewrite

@@ -1,0 +1,46 @@
+"""rq-tf2: quantize Keras 3 models (PTQ, and QAT with compile()/fit()) and export rq's int8 ONNX.
+
+qmodel = rq_tf2.quantize_model(model, preset="npu_cnn")
+rq_tf2.calibrate(qmodel, calib_dataset)
+rq_tf2.export_onnx(qmodel, "model_int8.onnx")
+"""
+
+from rq_tf2.calibrate import calibrate, finalize
+from rq_tf2.errors import NotCalibratedError, UnsupportedModelError
+from rq_tf2.export import ExportResult, export_onnx
+from rq_tf2.layers import (
+    BiasAdd,
+    MatMul,
+    QuantConv1D,
+    QuantConv2D,
+    QuantConv2DTranspose,
+    QuantDense,
+    QuantDepthwiseConv2D,
+)
+from rq_tf2.quantizer import ActivationQuantizer, Mode
+from rq_tf2.serialization import custom_objects, load_model
+from rq_tf2.transform import LayerConfig, quantize_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActivationQuantizer",
+    "BiasAdd",
+    "ExportResult",
+    "LayerConfig",
+    "MatMul",
+    "Mode",
+    "NotCalibratedError",
+    "QuantConv1D",
+    "QuantConv2D",
+    "QuantConv2DTranspose",
+    "QuantDense",
+    "QuantDepthwiseConv2D",
+    "UnsupportedModelError",
+    "calibrate",
+    "custom_objects",
+    "export_onnx",
+    "finalize",
+    "load_model",
+    "quantize_model",
+]

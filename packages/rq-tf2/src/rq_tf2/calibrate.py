@@ -1,0 +1,221 @@
+"""calibrate(): observe activations over batches, then fix every scale (rq_common decides).
+
+Which quantizer feeds which twin (for the int32 bias scale and the NPU's shift rules) is read from
+the quantized model's graph, so a model loaded from a .keras file calibrates and exports the same
+as the one quantize_model returned.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from rq_common.errors import CalibrationDataError
+from rq_common.spec import BiasScaleRule, npu_rules
+from rq_tf2.errors import NotCalibratedError
+from rq_tf2.graph import functional_graph
+from rq_tf2.layers import BiasAdd, ExportableLayerNormalization, QuantWeightedMixin
+from rq_tf2.quantizer import ActivationQuantizer, Mode
+from rq_tf2.rules import is_add, is_fusable_activation
+
+
+@dataclass
+class Links:
+    """The quantized model's wiring, read from its graph."""
+
+    quantizers: list[ActivationQuantizer] = field(default_factory=list)
+    twins: list[QuantWeightedMixin] = field(default_factory=list)
+    layer_norms: list[ExportableLayerNormalization] = field(default_factory=list)
+    input_of: dict[str, ActivationQuantizer] = field(default_factory=dict)  # twin name -> quantizer of its input
+    output_of: dict[str, ActivationQuantizer] = field(default_factory=dict)  # through a fused activation
+    adds: list[list[ActivationQuantizer]] = field(default_factory=list)
+
+
+def links(model: keras.Model) -> Links:
+    graph = functional_graph(model)
+    producer = {t: node for node in graph.nodes for t in node.outputs}
+    found = Links()
+    seen: set[int] = set()
+    for node in graph.nodes:
+        layer = node.operation
+        if isinstance(layer, ActivationQuantizer) and id(layer) not in seen:
+            found.quantizers.append(layer)
+            seen.add(id(layer))
+        if isinstance(layer, ExportableLayerNormalization) and id(layer) not in seen:
+            found.layer_norms.append(layer)
+            seen.add(id(layer))
+        if isinstance(layer, QuantWeightedMixin) and id(layer) not in seen:
+            found.twins.append(layer)
+            seen.add(id(layer))
+            source = producer.get(node.inputs[0])
+            if source is not None and isinstance(source.operation, ActivationQuantizer):
+                found.input_of[layer.name] = source.operation
+            after = _quantizer_after(graph, node.outputs[0])
+            if after is not None:
+                found.output_of[layer.name] = after
+        if is_add(layer) and len(node.inputs) == 2:
+            sources = [producer.get(t) for t in node.inputs]
+            found.adds.append([s.operation for s in sources if s is not None and isinstance(s.operation, ActivationQuantizer)])
+    if not found.quantizers:
+        raise NotCalibratedError(f"'{model.name}' has no rq quantizers: make it with rq_tf2.quantize_model first")
+    return found
+
+
+def _quantizer_after(graph, tensor) -> ActivationQuantizer | None:
+    readers = graph.readers(tensor)
+    if len(readers) != 1:
+        return None
+    reader = readers[0].operation
+    if isinstance(reader, ActivationQuantizer):
+        return reader
+    if is_fusable_activation(reader):
+        return _quantizer_after(graph, readers[0].outputs[0])
+    return None
+
+
+# -- data ------------------------------------------------------------------------------------------
+def _batches(data, batch_size: int, input_count: int) -> Iterator:
+    """Batches from a tf.data.Dataset (of x, (x, y...) or dicts), numpy arrays (split into
+    batches), a list of arrays (one per input), a keras PyDataset, or any iterable of batches."""
+    if isinstance(data, (np.ndarray, tf.Tensor)):
+        array = np.asarray(data)
+        for start in range(0, len(array), batch_size):
+            yield array[start : start + batch_size]
+        return
+    if (
+        isinstance(data, (list, tuple))
+        and input_count > 1
+        and len(data) == input_count
+        and all(isinstance(a, np.ndarray) for a in data)
+    ):
+        for start in range(0, len(data[0]), batch_size):
+            yield [a[start : start + batch_size] for a in data]
+        return
+    if isinstance(data, keras.utils.PyDataset):
+        for index in range(len(data)):
+            yield data[index]
+        return
+    yield from data
+
+
+def _inputs(batch, model: keras.Model) -> list[np.ndarray]:
+    """The model's inputs from one batch (labels after the inputs are dropped)."""
+    names = [t.name for t in model.inputs]
+    if isinstance(batch, (tuple, list)):  # (inputs, targets[, weights]), as fit() takes them
+        batch = batch[0] if len(names) == 1 or isinstance(batch[0], (tuple, list, dict)) else batch[: len(names)]
+    if isinstance(batch, dict):
+        missing = [n for n in names if n not in batch]
+        if missing:
+            raise CalibrationDataError(f"a calibration batch is a dict with keys {sorted(batch)}; the model's inputs are {names}")
+        values = [batch[n] for n in names]
+    else:
+        values = list(batch) if isinstance(batch, (tuple, list)) else [batch]
+    if len(values) != len(names):
+        raise CalibrationDataError(f"a calibration batch holds {len(values)} input(s); the model takes {len(names)}: {names}")
+    arrays = [np.asarray(v, dtype=np.float32) for v in values]
+    for array, tensor in zip(arrays, model.inputs):
+        expected = tuple(tensor.shape)
+        if len(array.shape) != len(expected) or any(e is not None and e != a for e, a in zip(expected, array.shape)):
+            raise CalibrationDataError(
+                f"a calibration batch for input '{tensor.name}' has shape {array.shape}, but the model takes "
+                f"{expected} (None: any size); batch the data and give it the model's input shape"
+            )
+    return arrays
+
+
+def calibrate(
+    model: keras.Model, data: Iterable, steps: int | None = None, batch_size: int = 32, quiet: bool = False
+) -> keras.Model:
+    """Run ``data`` through the model with observers on (weights in float), then give every
+    quantizer its scale. ``steps``: at most this many batches."""
+    wiring = links(model)
+    for q in wiring.quantizers:
+        q.reset()
+        q.mode = Mode.OBSERVE
+    for twin in wiring.twins:
+        twin.mode = Mode.OFF
+    total = steps if steps is not None else (len(data) if hasattr(data, "__len__") and not isinstance(data, np.ndarray) else None)
+    count = 0
+    try:
+        batches = itertools.islice(_batches(data, batch_size, len(model.inputs)), steps)
+        for batch in tqdm(batches, total=total, desc="calibrating", disable=quiet, file=sys.stderr):
+            arrays = _inputs(batch, model)
+            model(arrays if len(arrays) > 1 else arrays[0], training=False)
+            count += 1
+    except Exception:
+        for q in wiring.quantizers:
+            q.mode = Mode.QUANTIZE if q.is_calibrated else Mode.OFF
+        raise
+    if count == 0:
+        for q in wiring.quantizers:
+            q.mode = Mode.OFF
+        raise CalibrationDataError("calibration got no batches; pass a dataset or arrays with at least one sample")
+    finalize(model, wiring)
+    return model
+
+
+def finalize(model: keras.Model, wiring: Links | None = None) -> list[str]:
+    """Fix activation, weight and bias scales and apply the NPU's position rules. Returns notes."""
+    wiring = wiring or links(model)
+    preset = wiring.quantizers[0].preset
+    for q in wiring.quantizers:
+        q.finalize()
+    for twin in wiring.twins:
+        twin.derive_weight_qparams()
+    notes = _repair_positions(wiring) if preset.target.fixed_point_rules else []
+    for twin in wiring.twins:
+        twin.mode = Mode.QUANTIZE
+        if isinstance(twin, BiasAdd) or twin.float_bias() is None:
+            continue
+        source = wiring.input_of.get(twin.name)
+        if source is None:
+            raise NotCalibratedError(f"layer '{twin.name}' has a bias but no quantized input; this model was not made by rq_tf2")
+        qp = twin.derive_bias_qparams(source.qparams())
+        output = wiring.output_of.get(twin.name)
+        if twin.preset.bias_rule is BiasScaleRule.OWN_POWER_OF_TWO and output is not None:
+            qp = npu_rules.repair_bias_qparams(qp, twin.weight_qparams(), source.qparams(), output.qparams())
+            twin.set_bias_qparams(qp)
+    _forget_traced_functions(model)
+    model.rq_notes = notes
+    return notes
+
+
+def _repair_positions(wiring: Links) -> list[str]:
+    key = {id(q): q.name for q in wiring.quantizers}
+    positions = {q.name: npu_rules.position(q.scale.numpy()) for q in wiring.quantizers}
+    shifted = []
+    for twin in wiring.twins:
+        source, target = wiring.input_of.get(twin.name), wiring.output_of.get(twin.name)
+        if source is not None and target is not None and not isinstance(twin, BiasAdd) and not twin.weight_spec.per_channel:
+            shifted.append((npu_rules.position(twin.weight_scale.numpy()), key[id(source)], key[id(target)]))
+    adds = [[key[id(q)] for q in add] for add in wiring.adds]
+    notes = npu_rules.repair_positions(shifted, adds, positions)
+    for q in wiring.quantizers:
+        if positions[q.name] != npu_rules.position(q.scale.numpy()):
+            q.scale.assign(np.float32(np.ldexp(1.0, -positions[q.name])))
+    return notes
+
+
+def _forget_traced_functions(model: keras.Model) -> None:
+    """Modes are Python state: functions Keras traced before (predict, fit) must be traced again."""
+    for name in ("train_function", "test_function", "predict_function"):
+        if hasattr(model, name):
+            setattr(model, name, None)
+
+
+def require_calibrated(model: keras.Model) -> Links:
+    wiring = links(model)
+    missing = [q.name for q in wiring.quantizers if not q.is_calibrated]
+    if missing:
+        raise NotCalibratedError(
+            f"{len(missing)} quantizer(s) have no scale yet ({', '.join(missing[:3])}...): "
+            "run rq_tf2.calibrate(qmodel, data) before exporting"
+        )
+    return wiring

@@ -1,0 +1,193 @@
+"""export_onnx: tf2onnx (from_function; its from_keras does not take Keras 3), then the exact
+parameters, rq_common's canonicalizer and validator.
+
+tf2onnx writes each quantizer's FakeQuantWithMinMaxVars as a uint8 QuantizeLinear/DequantizeLinear
+pair with parameters it derives from the op's range, and grappler folds fake-quantized kernels into
+float constants. Every quantizer and twin runs inside a name scope that marks it while exporting,
+so here each Q/DQ pair gets the quantizer's exact scale and zero point, and each folded kernel and
+bias (found through the ONNX node that reads it) gets the QParams the layer used: the canonicalizer
+then stores them as int8 / int32 exactly, with the values the Keras model computes with.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+import onnx
+import tensorflow as tf
+from onnx import numpy_helper
+
+from rq_common.format import Violation, canonicalize, validate
+from rq_common.format.oprules import OP_RULES
+from rq_common.io import save_onnx
+from rq_common.qmath import QParams
+from rq_tf2.calibrate import Links, require_calibrated
+from rq_tf2.fake_quant import exporting
+from rq_tf2.layers import ExportableLayerNormalization, QuantWeightedMixin
+from rq_tf2.quantizer import ActivationQuantizer
+
+MARKER = "rqexport{}x"
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    model: onnx.ModelProto
+    violations: list[Violation]
+    log: list[str] = field(default_factory=list)
+
+
+def export_onnx(model: keras.Model, path: str | Path, opset: int = 17) -> ExportResult:
+    """Write the int8 format of ``model`` (calibrated by rq_tf2.calibrate) to ``path``."""
+    import tf2onnx
+
+    wiring = require_calibrated(model)
+    preset = wiring.quantizers[0].preset
+    markers = _mark(wiring)
+    spec = [tf.TensorSpec(t.shape, t.dtype, name=t.name) for t in model.inputs]
+
+    @tf.function(input_signature=spec)
+    def forward(*inputs):
+        return model(list(inputs) if len(inputs) > 1 else inputs[0], training=False)
+
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    try:
+        with exporting():
+            exported, _ = tf2onnx.convert.from_function(forward, input_signature=spec, opset=opset)
+    finally:
+        for layer in markers.values():
+            layer.export_marker = None
+    _exact_activation_params(exported, markers)
+    _collapse_layer_norms(exported, markers)
+    del exported.graph.value_info[:]  # tensor types changed (uint8 -> the preset's); inferred again
+    exported = onnx.shape_inference.infer_shapes(exported)
+    known = _known_constants(exported, markers)
+    result = canonicalize(exported, preset, weight_qparams=known)
+    float_ops = getattr(model, "rq_float_ops", None)
+    violations = validate(result.model, preset, required_ops=() if float_ops else None)
+    path = save_onnx(result.model, path)
+    return ExportResult(path, result.model, violations, result.log)
+
+
+def _mark(wiring: Links) -> dict[str, keras.layers.Layer]:
+    markers: dict[str, keras.layers.Layer] = {}
+    for layer in [*wiring.quantizers, *wiring.twins, *wiring.layer_norms]:
+        marker = MARKER.format(len(markers))
+        layer.export_marker = marker
+        markers[marker] = layer
+    return markers
+
+
+def _marker(node: onnx.NodeProto, markers: dict[str, keras.layers.Layer], constants=frozenset()) -> str | None:
+    """The marker in the node's name (the scope of the layer that made it), or else in the name of
+    one of its constant inputs (tf2onnx renames some nodes it rewrites: a Conv with its bias folded in)."""
+    for name in (node.name, *(i for i in node.input if i in constants)):
+        found = next((part for part in name.replace(":", "/").split("/") if part in markers), None)
+        if found:
+            return found
+    return None
+
+
+def _owner(node: onnx.NodeProto, markers: dict[str, keras.layers.Layer], constants=frozenset()):
+    marker = _marker(node, markers, constants)
+    return markers[marker] if marker else None
+
+
+def _exact_activation_params(model: onnx.ModelProto, markers) -> None:
+    """Every marked QuantizeLinear / DequantizeLinear takes its quantizer's own scale and zero point
+    (in the preset's integer type)."""
+    graph = model.graph
+    added: set[str] = set()
+    for node in list(graph.node):
+        quantizer = _owner(node, markers)
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or not isinstance(quantizer, ActivationQuantizer):
+            continue
+        qparams = quantizer.qparams()
+        marker = _marker(node, markers)
+        scale_name, zero_name = f"{quantizer.name}_{marker}_scale", f"{quantizer.name}_{marker}_zero_point"
+        if scale_name not in added:
+            graph.initializer.append(numpy_helper.from_array(np.asarray(qparams.scale, np.float32), scale_name))
+            graph.initializer.append(
+                numpy_helper.from_array(np.asarray(qparams.zero_point, qparams.spec.dtype.np_dtype), zero_name)
+            )
+            added.add(scale_name)
+        node.input[1], node.input[2] = scale_name, zero_name
+
+
+def _collapse_layer_norms(model: onnx.ModelProto, markers) -> None:
+    """The ops each marked LayerNormalization became -> one ONNX LayerNormalization over the last axis."""
+    graph = model.graph
+    initializers = {t.name for t in graph.initializer}
+    for marker, layer in markers.items():
+        if not isinstance(layer, ExportableLayerNormalization):
+            continue
+        group = [n for n in graph.node if marker in n.name.split("/")]
+        made = {o for n in group for o in n.output}
+        sources = {i for n in group for i in n.input if i and i not in made and i not in initializers}
+        read_outside = {i for n in graph.node if n not in group for i in n.input} | {o.name for o in graph.output}
+        results = [o for o in made if o in read_outside]
+        if len(sources) != 1 or len(results) != 1:
+            raise RuntimeError(f"tf2onnx wrote LayerNormalization '{layer.name}' in an unexpected form; please report it")
+        gamma = np.asarray(layer.gamma if layer.scale else np.ones(layer.beta.shape), np.float32)
+        beta = np.asarray(layer.beta if layer.center else np.zeros(gamma.shape), np.float32)
+        graph.initializer.extend(
+            [numpy_helper.from_array(gamma, f"{marker}_gamma"), numpy_helper.from_array(beta, f"{marker}_beta")]
+        )
+        node = onnx.helper.make_node(
+            "LayerNormalization",
+            [sources.pop(), f"{marker}_gamma", f"{marker}_beta"],
+            results,
+            name=f"{layer.name}/LayerNormalization",
+            axis=-1,
+            epsilon=float(layer.epsilon),
+        )
+        position = list(graph.node).index(group[0])
+        for n in group:
+            graph.node.remove(n)
+        graph.node.insert(position, node)
+
+
+def _known_constants(model: onnx.ModelProto, markers) -> dict[str, QParams]:
+    """Folded kernel / bias initializer name -> the QParams its layer quantized it with."""
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    known: dict[str, QParams] = {}
+    for node in graph.node:
+        twin = _owner(node, markers, initializers)
+        if not isinstance(twin, QuantWeightedMixin) or node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add"):
+            continue
+        slots = [i for i, name in enumerate(node.input) if name in initializers]
+        if not slots:
+            continue
+        weight_slot = 1 if node.op_type in OP_RULES and 1 in slots else slots[0]
+        rank = len(initializers[node.input[weight_slot]].dims)
+        weight_qp = twin.weight_qparams()
+        if weight_qp.per_channel:
+            axis = OP_RULES[node.op_type].weight_axis(node) % rank
+            weight_qp = QParams(weight_qp.scale, weight_qp.zero_point, weight_qp.spec.replace(axis=axis), axis=axis)
+        _claim(graph, node, weight_slot, weight_qp, known)
+        rule = OP_RULES.get(node.op_type)
+        bias_slot = rule.bias_input if rule is not None else None
+        if bias_slot is not None and bias_slot in slots:
+            _claim(graph, node, bias_slot, twin.bias_qparams(), known)
+    return known
+
+
+def _claim(graph: onnx.GraphProto, node: onnx.NodeProto, slot: int, qparams: QParams | None, known: dict) -> None:
+    """Record ``qparams`` for the initializer in ``slot``; one that another node already claimed
+    with other QParams (tf2onnx shares equal constants) gets a copy of its own."""
+    if qparams is None:
+        return
+    name = node.input[slot]
+    if name in known and known[name] != qparams:
+        source = next(t for t in graph.initializer if t.name == name)
+        copy = onnx.TensorProto()
+        copy.CopyFrom(source)
+        copy.name = f"{name}_{node.name.replace('/', '_')}"
+        graph.initializer.append(copy)
+        node.input[slot] = name = copy.name
+    known[name] = qparams

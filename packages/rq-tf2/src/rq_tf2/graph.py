@@ -1,0 +1,113 @@
+"""A read-only view of a Functional (or built Sequential) Keras model's graph, and its rebuild.
+
+Keras 3 keeps the graph in ``_nodes_by_depth``; Functional._run_through_graph walks it the same way
+(deepest first). This module is the one place that reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import keras
+from keras import tree
+
+from rq_tf2.errors import UnsupportedModelError
+
+
+@dataclass(frozen=True)
+class GraphNode:
+    operation: object  # a keras Layer, or a keras Operation (keras.ops called on symbolic tensors)
+    inputs: tuple[int, ...]  # keys (ids) of the KerasTensors it reads
+    outputs: tuple[int, ...]
+    keras_node: object
+
+    @property
+    def name(self) -> str:
+        return self.operation.name
+
+
+@dataclass
+class FunctionalGraph:
+    model: keras.Model
+    nodes: list[GraphNode]
+    inputs: list[int]
+    outputs: list[int]
+    ranks: dict[int, int]  # tensor key -> rank (batch included)
+
+    def producer(self, tensor: int) -> GraphNode | None:
+        return next((n for n in self.nodes if tensor in n.outputs), None)
+
+    def readers(self, tensor: int) -> list[GraphNode]:
+        return [n for n in self.nodes if tensor in n.inputs]
+
+
+def functional_of(model: keras.Model) -> keras.Model:
+    """The Functional model behind ``model``; a clear error for models rq cannot see into."""
+    if isinstance(model, keras.Sequential):
+        functional = getattr(model, "_functional", None)
+        if functional is None:
+            raise UnsupportedModelError(
+                f"Sequential model '{model.name}' is not built: give it a keras.Input(shape=...) first, "
+                "or call it once on data, so that its inputs are known"
+            )
+        return functional
+    if not hasattr(model, "_nodes_by_depth") or not getattr(model, "inputs", None):
+        raise UnsupportedModelError(
+            f"'{model.name}' is a subclassed model ({type(model).__name__} defines its own call()), so rq cannot see "
+            "where its tensors flow and where quantizers belong. Build it with the Functional API "
+            "(keras.Model(inputs, outputs)) or as a keras.Sequential, or quantize the Functional / Sequential "
+            "sub-models it calls and keep the rest in float"
+        )
+    return model
+
+
+def functional_graph(model: keras.Model) -> FunctionalGraph:
+    functional = functional_of(model)
+    nodes: list[GraphNode] = []
+    ranks: dict[int, int] = {}
+    for depth in sorted(functional._nodes_by_depth, reverse=True):
+        for node in functional._nodes_by_depth[depth]:
+            for tensor in (*node.input_tensors, *node.output_tensors):
+                ranks[id(tensor)] = len(tensor.shape)
+            if not node.operation or node.is_input:
+                continue
+            nodes.append(
+                GraphNode(
+                    node.operation,
+                    tuple(id(t) for t in node.input_tensors),
+                    tuple(id(t) for t in node.output_tensors),
+                    node,
+                )
+            )
+    for tensor in functional.inputs:
+        ranks[id(tensor)] = len(tensor.shape)
+    return FunctionalGraph(
+        functional, nodes, [id(t) for t in functional.inputs], [id(t) for t in tree.flatten(functional.outputs)], ranks
+    )
+
+
+def rebuild(
+    graph: FunctionalGraph,
+    on_inputs: Callable[[list], list],
+    on_node: Callable[[GraphNode, tuple, dict], object],
+) -> keras.Model:
+    """A new Functional model: fresh Inputs (passed through ``on_inputs``), then for every node
+    ``on_node(node, args, kwargs)`` with the node's arguments filled with the new tensors."""
+    model = graph.model
+    fresh = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=_input_name(t)) for t in model.inputs]
+    tensors: dict[int, object] = dict(zip(graph.inputs, on_inputs(fresh)))
+    for node in graph.nodes:
+        args, kwargs = node.keras_node.arguments.fill_in(tensors)
+        outputs = on_node(node, args, kwargs)
+        for key, value in zip(node.outputs, tree.flatten(outputs)):
+            tensors[key] = value
+    outputs = tree.pack_sequence_as(model.outputs, [tensors[key] for key in graph.outputs])
+    inputs = fresh if isinstance(model.input, (list, tuple)) else fresh[0]  # the structure calls used
+    outputs = outputs if isinstance(model.output, (list, tuple)) else outputs[0]
+    return keras.Model(inputs, outputs, name=model.name)
+
+
+def _input_name(tensor) -> str:
+    history = getattr(tensor, "_keras_history", None)
+    return history.operation.name if history is not None else tensor.name

@@ -1,0 +1,213 @@
+"""quantize_model: expand the Keras graph into ops by layer rules, place quantizers with rq_common's
+placement (the same rules as rq-onnx and rq-torch), and rebuild the model with quantized twins
+and ActivationQuantizer layers where the placement says."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+from keras import tree
+
+from rq_common.spec import Preset, get_preset
+from rq_common.spec.placement import FloatOp, OpNode, place_quantizers
+from rq_tf2.graph import FunctionalGraph, GraphNode, functional_graph, rebuild
+from rq_tf2.layers import QUANT_TWINS, QuantWeightedMixin
+from rq_tf2.quantizer import ActivationQuantizer, Mode
+from rq_tf2.rules import RuleContext, Step, steps_for
+
+EXCLUDED = "excluded (kept in float on request)"
+
+
+@dataclass(frozen=True)
+class LayerConfig:
+    """Per-layer settings: keep the layer in float, or change the preset for its weights and its
+    output (``overrides``: preset fields such as weight_method="minmax", per_channel=False)."""
+
+    exclude: bool = False
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Expanded:
+    steps: list[Step]
+    keys: list[tuple[tuple, tuple]]  # per step: its input and output tensor keys
+    preset: Preset
+
+
+def quantize_model(
+    model: keras.Model,
+    preset: str | Preset = "npu_cnn",
+    *,
+    exclude: Sequence[str] = (),
+    layer_configs: Mapping[str, LayerConfig] | None = None,
+    freeze_bn_after: int | None = None,
+    calib_dataset: Any = None,
+    calib_steps: int | None = None,
+    calib_batch_size: int = 32,
+    quiet: bool = False,
+    **overrides: Any,
+) -> keras.Model:
+    """A quantized copy of a Sequential or Functional ``model`` (layer names and weights kept; the
+    original is not changed).
+
+    ``exclude``: layer names to keep in float; ``layer_configs``: name -> LayerConfig.
+    ``freeze_bn_after``: for QAT, keep each BatchNormalization after a Conv apart and learning from
+    batch statistics for this many training steps, then frozen (None: fold it now, as PTQ does).
+    ``calib_dataset`` / ``calib_steps`` / ``calib_batch_size``: calibrate at once (the one-call
+    form of Vitis AI's quantizer). ``overrides``: preset fields (``per_channel``, ``activation_method``...).
+    """
+    preset = get_preset(preset, **overrides)
+    configs = dict(layer_configs or {})
+    for name in exclude:
+        configs[name] = LayerConfig(exclude=True)
+    graph = functional_graph(model)
+    _check_names(graph, configs)
+    expanded, op_nodes, aliases = _expand(graph, preset, configs, freeze_bn_after)
+    outputs = [aliases.get(key, key) for key in graph.outputs]
+    placement = place_quantizers(op_nodes, graph.inputs, outputs, preset.target.fixed_point_rules)
+    _warn_float(placement.float_ops)
+
+    quantizers: dict[Any, ActivationQuantizer] = {}
+    producers = {
+        key: (step, exp.preset) for exp in expanded.values() for step, (_, outs) in zip(exp.steps, exp.keys) for key in outs
+    }
+    input_names = {key: t.name for key, t in zip(graph.inputs, graph.model.inputs)}
+    quantized = set(placement.quantized)
+
+    def quantize(key, tensor):
+        if key not in quantized:
+            return tensor
+        root = placement.group_of(key)
+        if root not in quantizers:
+            step, layer_preset = producers.get(root, (None, preset))
+            name = f"{step.name if step else _input_layer_name(input_names[root])}_quant"
+            quantizers[root] = ActivationQuantizer(layer_preset, name=name)
+        return quantizers[root](tensor)
+
+    built: dict[tuple[int, int], keras.layers.Layer] = {}
+
+    def on_node(node: GraphNode, args, kwargs):
+        exp = expanded[id(node.keras_node)]
+        if not exp.steps:  # a BatchNormalization folded into the Conv before it
+            return args[0]
+        x = None
+        for i, (step, (_, outs)) in enumerate(zip(exp.steps, exp.keys)):
+            key = (id(node.operation), i)
+            fresh = key not in built
+            if fresh:
+                built[key] = step.build()
+            layer = built[key]
+            out = layer(*args, **kwargs) if i == 0 else layer(x)
+            if fresh and step.load is not None:
+                step.load(layer)
+            flat = tree.flatten(out)
+            flat = [quantize(k, t) for k, t in zip(outs, flat)]
+            x = tree.pack_sequence_as(out, flat)
+        return x
+
+    qmodel = rebuild(graph, lambda fresh: [quantize(k, t) for k, t in zip(graph.inputs, fresh)], on_node)
+    qmodel.rq_float_ops = list(placement.float_ops)
+    if calib_dataset is not None:
+        from rq_tf2.calibrate import calibrate
+
+        calibrate(qmodel, calib_dataset, steps=calib_steps, batch_size=calib_batch_size, quiet=quiet)
+    return qmodel
+
+
+def _check_names(graph: FunctionalGraph, configs: Mapping[str, LayerConfig]) -> None:
+    names = {node.name for node in graph.nodes}
+    unknown = sorted(set(configs) - names)
+    if unknown:
+        raise ValueError(f"layer_configs / exclude name {unknown}, which the model does not have; its layers: {sorted(names)}")
+
+
+def _foldable_batchnorms(graph: FunctionalGraph, configs) -> dict[int, GraphNode]:
+    """Conv / Dense node id -> the BatchNormalization node that folds into it (its only reader)."""
+    folds: dict[int, GraphNode] = {}
+    for node in graph.nodes:
+        bn = node.operation
+        if not isinstance(bn, keras.layers.BatchNormalization) or configs.get(bn.name, LayerConfig()).exclude:
+            continue
+        source = graph.producer(node.inputs[0])
+        if source is None or len(graph.readers(node.inputs[0])) != 1 or len(source.outputs) != 1:
+            continue
+        layer = source.operation
+        twin_base = next((c for c in type(layer).__mro__ if c in QUANT_TWINS), None)
+        if twin_base is None or isinstance(layer, QuantWeightedMixin) or configs.get(layer.name, LayerConfig()).exclude:
+            continue
+        if keras.activations.serialize(layer.activation) != "linear" or bn.axis not in (-1, graph.ranks[node.inputs[0]] - 1):
+            continue
+        folds[id(source.keras_node)] = node
+    return folds
+
+
+def _expand(graph: FunctionalGraph, preset: Preset, configs, freeze_bn_after):
+    folds = _foldable_batchnorms(graph, configs)
+    folded_bn = {id(bn.keras_node) for bn in folds.values()}
+    aliases: dict[Any, Any] = {}
+    expanded: dict[int, _Expanded] = {}
+    op_nodes: list[OpNode] = []
+    for node in graph.nodes:
+        inputs = tuple(aliases.get(k, k) for k in node.inputs)
+        config = configs.get(node.name, LayerConfig())
+        layer_preset = preset.override(**config.overrides) if config.overrides else preset
+        if id(node.keras_node) in folded_bn:
+            aliases[node.outputs[0]] = inputs[0]
+            expanded[id(node.keras_node)] = _Expanded([], [], layer_preset)
+            continue
+        if config.exclude:
+            steps = [_float_copy(node.operation)]
+        else:
+            bn = folds.get(id(node.keras_node))
+            ctx = RuleContext(
+                layer_preset,
+                graph.ranks.get(node.inputs[0], 0) if node.inputs else 0,
+                bn.operation if bn else None,
+                freeze_bn_after,
+            )
+            steps = steps_for(node.operation, ctx)
+        keys = []
+        for i, step in enumerate(steps):
+            step_in = inputs if i == 0 else ((id(node.keras_node), i - 1),)
+            step_out = node.outputs if i == len(steps) - 1 else ((id(node.keras_node), i),)
+            keys.append((step_in, step_out))
+            reason = step.float_reason
+            if step.op in ("Add", "Mul", "MatMul", "Concat") and len(step_in) < 2 and not step.constant_operand:
+                reason = reason or f"{step.op} with a constant operand is not quantized by rq-tf2 (use a layer for the constant)"
+            op_nodes.append(OpNode(step.name, step.op, step_in, step_out, reason, step.fusable))
+        expanded[id(node.keras_node)] = _Expanded(steps, keys, layer_preset)
+    return expanded, op_nodes, aliases
+
+
+def _float_copy(operation) -> Step:
+    if not isinstance(operation, keras.layers.Layer):
+        return Step(operation.name, None, lambda: operation, float_reason=EXCLUDED)
+    values = [w.numpy() for w in operation.weights]
+    return Step(
+        operation.name,
+        None,
+        lambda: type(operation).from_config(operation.get_config()),
+        (lambda new: new.set_weights(values)) if values else None,
+        float_reason=EXCLUDED,
+    )
+
+
+def _warn_float(float_ops: list[FloatOp]) -> None:
+    for op in float_ops:
+        if op.reason == EXCLUDED or "pass through" in op.reason:
+            continue
+        warnings.warn(f"rq_tf2: '{op.node}' stays in float: {op.reason}", stacklevel=3)
+
+
+def _input_layer_name(name: str) -> str:
+    return name.split(":")[0]
+
+
+def set_mode(model: keras.Model, mode: Mode) -> None:
+    for layer in model.layers:
+        if isinstance(layer, (ActivationQuantizer, QuantWeightedMixin)):
+            layer.mode = mode
