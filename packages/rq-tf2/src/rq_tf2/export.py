@@ -12,6 +12,7 @@ then stores them as int8 / int32 exactly, with the values the Keras model comput
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +62,8 @@ def export_onnx(model: keras.Model, path: str | Path, opset: int = 17) -> Export
     finally:
         for layer in markers.values():
             layer.export_marker = None
+    _renumber_generated_names(exported)
+    exported.graph.doc_string = f"rq_tf2 export of Keras model '{model.name}'"  # not TF's numbered function name
     _exact_activation_params(exported, markers)
     _collapse_layer_norms(exported, markers)
     del exported.graph.value_info[:]  # tensor types changed (uint8 -> the preset's); inferred again
@@ -71,6 +74,51 @@ def export_onnx(model: keras.Model, path: str | Path, opset: int = 17) -> Export
     violations = validate(result.model, preset, required_ops=() if float_ops else None)
     path = save_onnx(result.model, path)
     return ExportResult(path, result.model, violations, result.log)
+
+
+_GENERATED = re.compile(r"__(\d+)")
+
+
+def _renumber_generated_names(model: onnx.ModelProto) -> None:
+    """tf2onnx numbers the names it makes ("Conv__134") with a process-wide counter, so a second
+    export in one process would differ; numbered again in graph order, the same model gives the
+    same bytes."""
+    numbers: dict[str, str] = {}
+
+    def rename(name: str) -> str:
+        return _GENERATED.sub(lambda m: "__" + numbers.setdefault(m.group(1), str(len(numbers) + 1)), name)
+
+    graph = model.graph
+    for node in graph.node:
+        node.name = rename(node.name)
+        node.input[:] = [rename(n) for n in node.input]
+        node.output[:] = [rename(n) for n in node.output]
+    for item in (*graph.initializer, *graph.input, *graph.output, *graph.value_info):
+        item.name = rename(item.name)
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param:
+                dim.dim_param = rename(dim.dim_param)  # "unk__339": tf2onnx's name for an unknown size
+    _name_constants_by_first_reader(model)
+
+
+def _name_constants_by_first_reader(model: onnx.ModelProto) -> None:
+    """tf2onnx keeps one of several equal constants under whichever name it meets first, which
+    varies from run to run; a constant named after the first node that reads it does not."""
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    new: dict[str, str] = {}
+    for node in graph.node:
+        for slot, name in enumerate(node.input):
+            if name in initializers and name not in new:
+                new[name] = f"{node.name}:in{slot}"
+            if name in new:
+                node.input[slot] = new[name]
+    for tensor in graph.initializer:
+        tensor.name = new.get(tensor.name, tensor.name)
+    ordered = sorted(graph.initializer, key=lambda t: t.name)
+    del graph.initializer[:]
+    graph.initializer.extend(ordered)
 
 
 def _mark(wiring: Links) -> dict[str, keras.layers.Layer]:

@@ -82,8 +82,8 @@ class QuantWeightedMixin:
         self.qat_steps = state_weight(self, "qat_steps", dtype="int64")
         self.calibrated = state_weight(self, "calibrated")
         if self.batchnorm is not None:
-            self.bn_gamma = state_weight(self, "bn_gamma", (channels,), initializer="ones")
-            self.bn_beta = state_weight(self, "bn_beta", (channels,))
+            self.bn_gamma = self.add_weight(name="bn_gamma", shape=(channels,), initializer="ones")
+            self.bn_beta = self.add_weight(name="bn_beta", shape=(channels,), initializer="zeros")
             self.bn_moving_mean = self.add_weight(
                 name="bn_moving_mean", shape=(channels,), initializer="zeros", trainable=False, aggregation="mean"
             )
@@ -91,7 +91,6 @@ class QuantWeightedMixin:
                 name="bn_moving_variance", shape=(channels,), initializer="ones", trainable=False, aggregation="mean"
             )
             self.bn_steps = state_weight(self, "bn_steps", dtype="int64")
-            self.bn_gamma.trainable = self.bn_beta.trainable = True
 
     @property
     def quantizing(self) -> bool:
@@ -101,8 +100,13 @@ class QuantWeightedMixin:
     def is_calibrated(self) -> bool:
         return float(self.calibrated.numpy()) > 0
 
+    # Keras's Conv and Dense save only kernel and bias (their own quantization modes aside); a twin
+    # saves every variable it has, in creation order, as a plain Layer does
+    def save_own_variables(self, store) -> None:
+        keras.layers.Layer.save_own_variables(self, store)
+
     def load_own_variables(self, store) -> None:
-        super().load_own_variables(store)
+        keras.layers.Layer.load_own_variables(self, store)
         self.mode = Mode.QUANTIZE if self.is_calibrated else Mode.OFF
 
     # -- BatchNorm kept apart for QAT -------------------------------------------------------------
