@@ -177,3 +177,29 @@ def test_pass_through_ops_get_the_same_qdq_on_both_sides_and_the_numbers_stay(rn
     x = rng.standard_normal((1, 8, 8, 3)).astype(np.float32)
     np.testing.assert_array_equal(run_ort(result.model, {"x": x})[0], run_ort(model, {"x": x})[0])
     assert validate(result.model, "npu_transformer") == []
+
+
+def test_matmul_and_bias_add_on_a_2d_input_become_one_gemm(rng):
+    w = rng.standard_normal((6, 4)).astype(np.float32)
+    b = rng.standard_normal(4).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["m"], name="dense"),
+        helper.make_node("Add", ["m", "B"], ["y"], name="bias"),
+        helper.make_node("MatMul", ["x3", "W"], ["m3"], name="dense3d"),  # 3-d input: stays MatMul + Add
+        helper.make_node("Add", ["m3", "B"], ["y3"], name="bias3d"),
+    ]
+    model = make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6]), helper.make_tensor_value_info("x3", TensorProto.FLOAT, [2, 3, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4]), helper.make_tensor_value_info("y3", TensorProto.FLOAT, [2, 3, 4])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")],
+    )
+    fused = onnx.ModelProto()
+    fused.CopyFrom(model)
+    from rq_common.format import fuse_matmul_bias
+
+    assert len(fuse_matmul_bias(fused)) == 1
+    assert [n.op_type for n in fused.graph.node] == ["Gemm", "MatMul", "Add"]
+    feeds = {"x": rng.standard_normal((2, 6)).astype(np.float32), "x3": rng.standard_normal((2, 3, 6)).astype(np.float32)}
+    for got, expected in zip(run_ort(fused, feeds), run_ort(model, feeds)):
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)

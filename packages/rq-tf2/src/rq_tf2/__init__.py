@@ -6,7 +6,7 @@ rq_tf2.export_onnx(qmodel, "model_int8.onnx")
 """
 
 from rq_tf2.calibrate import calibrate, finalize
-from rq_tf2.errors import NotCalibratedError, UnsupportedModelError
+from rq_tf2.errors import ExportError, NotCalibratedError, UnsupportedModelError
 from rq_tf2.export import ExportResult, export_onnx
 from rq_tf2.layers import (
     BiasAdd,
@@ -26,6 +26,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ActivationQuantizer",
     "BiasAdd",
+    "ExportError",
     "ExportResult",
     "LayerConfig",
     "MatMul",

@@ -9,3 +9,7 @@ class UnsupportedModelError(RqError, TypeError):
 
 class NotCalibratedError(RqError, RuntimeError):
     """A quantized model was exported before calibrate() gave it scales."""
+
+
+class ExportError(RqError, RuntimeError):
+    """The model cannot be written as ONNX (tf2onnx cannot convert one of its ops)."""

@@ -22,13 +22,14 @@ import onnx
 import tensorflow as tf
 from onnx import numpy_helper
 
-from rq_common.format import Violation, canonicalize, validate
+from rq_common.format import Violation, canonicalize, fuse_matmul_bias, validate
 from rq_common.format.oprules import OP_RULES
 from rq_common.io import save_onnx
 from rq_common.qmath import QParams
 from rq_tf2.calibrate import Links, require_calibrated
+from rq_tf2.errors import ExportError
 from rq_tf2.fake_quant import exporting
-from rq_tf2.layers import ExportableLayerNormalization, QuantWeightedMixin
+from rq_tf2.layers import BiasAdd, ExportableLayerNormalization, QuantWeightedMixin
 from rq_tf2.quantizer import ActivationQuantizer
 
 MARKER = "rqexport{}x"
@@ -62,16 +63,20 @@ def export_onnx(model: keras.Model, path: str | Path, opset: int = 17) -> Export
     finally:
         for layer in markers.values():
             layer.export_marker = None
+    _check_converted(exported)
     _renumber_generated_names(exported)
     exported.graph.doc_string = f"rq_tf2 export of Keras model '{model.name}'"  # not TF's numbered function name
     _exact_activation_params(exported, markers)
     _collapse_layer_norms(exported, markers)
     del exported.graph.value_info[:]  # tensor types changed (uint8 -> the preset's); inferred again
     exported = onnx.shape_inference.infer_shapes(exported)
+    fuse_matmul_bias(exported)  # before the constants are claimed: the bias goes to the Gemm's bias slot
     known = _known_constants(exported, markers)
     result = canonicalize(exported, preset, weight_qparams=known)
-    float_ops = getattr(model, "rq_float_ops", None)
-    violations = validate(result.model, preset, required_ops=() if float_ops else None)
+    _name_constants_by_first_reader(result.model)
+    float_layers = _float_layers(model)
+    float_nodes = [n.name for n in result.model.graph.node if _in_layers(n.name, float_layers)]
+    violations = validate(result.model, preset, float_nodes=float_nodes, required_ops=() if float_layers else None)
     path = save_onnx(result.model, path)
     return ExportResult(path, result.model, violations, result.log)
 
@@ -99,7 +104,6 @@ def _renumber_generated_names(model: onnx.ModelProto) -> None:
         for dim in value.type.tensor_type.shape.dim:
             if dim.dim_param:
                 dim.dim_param = rename(dim.dim_param)  # "unk__339": tf2onnx's name for an unknown size
-    _name_constants_by_first_reader(model)
 
 
 def _name_constants_by_first_reader(model: onnx.ModelProto) -> None:
@@ -119,6 +123,31 @@ def _name_constants_by_first_reader(model: onnx.ModelProto) -> None:
     ordered = sorted(graph.initializer, key=lambda t: t.name)
     del graph.initializer[:]
     graph.initializer.extend(ordered)
+
+
+def _check_converted(model: onnx.ModelProto) -> None:
+    """tf2onnx leaves a TF op it cannot convert in the graph under its TF name; say which, before
+    anything is written."""
+    unknown = sorted({n.op_type for n in model.graph.node if not onnx.defs.has(n.op_type, n.domain or "")})
+    if unknown:
+        raise ExportError(
+            f"tf2onnx cannot convert the TensorFlow op(s) {unknown} (for example Erfc, which Keras's exact "
+            "'gelu' uses): use an activation it converts (gelu(approximate=True), relu, silu) or exclude nothing else"
+        )
+
+
+def _float_layers(model: keras.Model) -> set[str]:
+    """Names of the layers that run in float: what quantize_model recorded, or, for a loaded model,
+    every weighted Keras layer that is not a quantized twin."""
+    recorded = getattr(model, "rq_float_ops", None)
+    if recorded is not None:
+        return {op.node for op in recorded}
+    return {layer.name for layer in model.layers if hasattr(layer, "kernel") and not isinstance(layer, QuantWeightedMixin)}
+
+
+def _in_layers(node_name: str, layers: set[str]) -> bool:
+    """Whether an ONNX node came from one of ``layers`` (TF scopes them "<layer>" or "<layer>_<n>")."""
+    return any(re.sub(r"_\d+$", "", part) in layers or part in layers for part in node_name.split("/"))
 
 
 def _mark(wiring: Links) -> dict[str, keras.layers.Layer]:
@@ -208,6 +237,8 @@ def _known_constants(model: onnx.ModelProto, markers) -> dict[str, QParams]:
         twin = _owner(node, markers, initializers)
         if not isinstance(twin, QuantWeightedMixin) or node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add"):
             continue
+        if node.op_type == "Add" and not isinstance(twin, BiasAdd):
+            continue  # the bias Add of a MatMul that did not become a Gemm: quantize_float_bias cannot help it
         slots = [i for i, name in enumerate(node.input) if name in initializers]
         if not slots:
             continue

@@ -227,31 +227,29 @@ class QuantWeightedMixin:
 
     def _forward(self, inputs, training: bool):
         kernel, bias = self.float_kernel(), self.float_bias()
-        if not self.quantizing:
-            if self.batchnorm is not None and training:
-                return self._batch_norm_step(inputs, kernel)
-            return self._with_bias(self.linear(inputs, kernel), bias)
-        if training:
-            self._refresh(kernel, bias)
+        if self.quantizing:
+            if training:
+                self._refresh(kernel, bias)
+            kernel, bias = self.quantized_kernel(kernel), self.quantized_bias(bias)
+        y = self.linear(inputs, kernel)
         if self.batchnorm is not None and training:
-            return ops.cond(
-                self.bn_steps < self.freeze_bn_after,
-                lambda: self._batch_norm_step(inputs, self.quantized_kernel(kernel)),
-                lambda: self._with_bias(self.linear(inputs, self.quantized_kernel(kernel)), self.quantized_bias(bias)),
-            )
-        return self._with_bias(self.linear(inputs, self.quantized_kernel(kernel)), self.quantized_bias(bias))
+            learning = self.bn_steps < self.freeze_bn_after
+            return tf.where(learning, self._batch_norm_step(y, learning), self._with_bias(y, bias))
+        return self._with_bias(y, bias)
 
-    def _batch_norm_step(self, inputs, folded_kernel):
-        """The conv with the (quantized) folded kernel, unfolded again, then BatchNorm on batch statistics."""
-        y = self.linear(inputs, folded_kernel) / self._bn_factor()
+    def _batch_norm_step(self, y, learning):
+        """The conv output (with the folded kernel) unfolded again, then BatchNorm on batch
+        statistics, whose moving averages move while ``learning``. No tf.cond around the updates:
+        under MirroredStrategy they are a cross-replica mean, which control flow cannot hold."""
+        y = y / self._bn_factor()
         if self.bias is not None:
             y = y + self.bias
         axes = list(range(len(y.shape) - 1))
         mean, variance = tf.nn.moments(y, axes)
         momentum = self.batchnorm["momentum"]
-        self.bn_moving_mean.assign(self.bn_moving_mean * momentum + mean * (1 - momentum))
-        self.bn_moving_variance.assign(self.bn_moving_variance * momentum + variance * (1 - momentum))
-        self.bn_steps.assign_add(1)
+        for moving, batch in ((self.bn_moving_mean, mean), (self.bn_moving_variance, variance)):
+            moving.assign(tf.where(learning, moving * momentum + batch * (1 - momentum), moving))
+        self.bn_steps.assign_add(tf.cast(learning, tf.int64))
         return (y - mean) / tf.sqrt(variance + self.batchnorm["epsilon"]) * self.bn_gamma + self.bn_beta
 
     # -- saving ---------------------------------------------------------------------------------

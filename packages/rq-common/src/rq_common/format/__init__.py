@@ -12,6 +12,7 @@ from rq_common.format.builder import (
     replace_initializers_with_quantized,
 )
 from rq_common.format.canonicalize import MIN_OPSET, REWRITES, CanonicalizeResult, canonicalize
+from rq_common.format.gemm import fuse_matmul_bias
 from rq_common.format.graph import GraphIndex, QdqParams, qdq_params
 from rq_common.format.oprules import OP_RULES, OpRule, register_op_rule
 from rq_common.format.validate import CHECKS, Violation, ViolationKind, validate
@@ -32,6 +33,7 @@ __all__ = [
     "Violation",
     "ViolationKind",
     "canonicalize",
+    "fuse_matmul_bias",
     "insert_qdq",
     "insert_qdq_many",
     "make_qdq",

@@ -1,6 +1,8 @@
 """Bring what any exporter wrote into the rq int8 format, without changing the numbers.
 
 Rewrites run in order, each a small function registered in REWRITES:
+00. fuse_matmul_bias: MatMul(2-d input, constant weight) + Add(constant bias) becomes one Gemm
+   (rq_common.format.gemm).
 0. bypass_constant_identities: Identity nodes on constants (the TorchScript exporter shares
    equal constants that way) are bypassed, so every Q/DQ reads its parameters directly.
 1. fold_runtime_weight_quantize: float constant -> QuantizeLinear becomes an integer initializer
@@ -39,6 +41,7 @@ from onnx import numpy_helper
 
 from rq_common.errors import FormatError
 from rq_common.format.builder import make_quantized_constant, replace_initializer_with_quantized
+from rq_common.format.gemm import fuse_matmul_bias
 from rq_common.format.graph import DEQUANTIZE, QUANTIZE, GraphIndex, QdqParams, attribute, node_label, qdq_params
 from rq_common.format.oprules import OP_RULES, constant_role
 from rq_common.qmath.bias import bias_qparams
@@ -100,6 +103,11 @@ def canonicalize(
     for step in REWRITES:
         step(ctx)
     return CanonicalizeResult(out, ctx.log)
+
+
+@rewrite
+def fuse_matmul_bias_into_gemm(ctx: CanonicalizeContext) -> None:
+    ctx.log.extend(fuse_matmul_bias(ctx.model))
 
 
 @rewrite

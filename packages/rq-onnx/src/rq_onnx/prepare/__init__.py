@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import onnx
 
+from rq_common.format import fuse_matmul_bias
 from rq_common.spec import Preset
 from rq_common.spec.npu_rules import is_leaky_alpha_exact, round_leaky_alpha
 from rq_onnx.errors import ModelLoadError
@@ -57,6 +58,7 @@ def prepare_model(model: onnx.ModelProto, preset: Preset, notes: list[str]) -> o
     fold_constants(model, notes)
     model = infer_shapes(model)
     fold_batchnorm(model, notes, lone_to_depthwise=preset.target.fixed_point_rules)
+    notes.extend(fuse_matmul_bias(model))  # a Dense written as MatMul + Add quantizes as one Gemm with an int bias
     if preset.target.fixed_point_rules:
         round_leaky_alphas(model, notes)
     remove_dead_nodes(model)

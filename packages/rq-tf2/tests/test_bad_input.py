@@ -1,0 +1,99 @@
+"""Bad input: each a clear error (or, for an unsupported layer, a warning that names it)."""
+
+import keras
+import nets
+import numpy as np
+import pytest
+
+import rq_tf2
+from rq_common.errors import CalibrationDataError, RqError
+
+L = keras.layers
+
+
+def small_model():
+    inputs = keras.Input((8, 8, 3), name="x")
+    x = L.Conv2D(4, 3, activation="relu", name="conv")(inputs)
+    return keras.Model(inputs, L.Dense(2, name="fc")(L.Flatten(name="flat")(x)))
+
+
+def test_unsupported_layer_stays_float_with_a_warning_that_names_it(tmp_path):
+    inputs = keras.Input((8, 8, 3), name="x")
+    x = L.Conv2D(4, 3, activation="silu", name="conv")(inputs)
+    model = keras.Model(inputs, L.Dense(2, name="fc")(L.Flatten(name="flat")(x)))
+    with pytest.warns(UserWarning, match="'conv_activation' stays in float: activation 'silu'"):
+        qmodel = rq_tf2.quantize_model(model, preset="cpu")
+    rq_tf2.calibrate(qmodel, np.random.default_rng(0).standard_normal((8, 8, 8, 3)).astype(np.float32), quiet=True)
+    assert rq_tf2.export_onnx(qmodel, tmp_path / "q.onnx").violations == []
+
+
+def test_an_op_tf2onnx_cannot_convert_is_a_clear_error(tmp_path):
+    inputs = keras.Input((4,), name="x")
+    model = keras.Model(inputs, L.Dense(2, activation="gelu", name="fc")(inputs))
+    with pytest.warns(UserWarning, match="gelu"):
+        qmodel = rq_tf2.quantize_model(model, preset="cpu")
+    rq_tf2.calibrate(qmodel, np.ones((4, 4), np.float32), quiet=True)
+    with pytest.raises(rq_tf2.ExportError, match="Erfc"):
+        rq_tf2.export_onnx(qmodel, tmp_path / "q.onnx")
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_subclassed_model_is_a_clear_error():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = L.Dense(2)
+
+        def call(self, x):
+            return self.dense(x) * 2.0
+
+    model = Net()
+    model(np.zeros((1, 3), np.float32))
+    with pytest.raises(rq_tf2.UnsupportedModelError, match="subclassed model.*Functional API"):
+        rq_tf2.quantize_model(model)
+
+
+def test_unbuilt_sequential_is_a_clear_error():
+    with pytest.raises(rq_tf2.UnsupportedModelError, match="not built"):
+        rq_tf2.quantize_model(keras.Sequential([L.Dense(2)]))
+
+
+def test_dataset_whose_shape_does_not_match():
+    qmodel = rq_tf2.quantize_model(small_model())
+    with pytest.raises(CalibrationDataError, match=r"input 'x' has shape \(4, 9, 9, 3\).*\(None, 8, 8, 3\)"):
+        rq_tf2.calibrate(qmodel, np.zeros((4, 9, 9, 3), np.float32), quiet=True)
+
+
+def test_calibration_without_batches_and_with_nan():
+    qmodel = rq_tf2.quantize_model(small_model())
+    with pytest.raises(CalibrationDataError, match="no batches"):
+        rq_tf2.calibrate(qmodel, np.zeros((0, 8, 8, 3), np.float32), quiet=True)
+    bad = np.zeros((4, 8, 8, 3), np.float32)
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(CalibrationDataError, match="NaN"):
+        rq_tf2.calibrate(qmodel, bad, quiet=True)
+
+
+def test_export_before_calibration(tmp_path):
+    qmodel = rq_tf2.quantize_model(small_model())
+    with pytest.raises(rq_tf2.NotCalibratedError, match="run rq_tf2.calibrate"):
+        rq_tf2.export_onnx(qmodel, tmp_path / "q.onnx")
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_exclude_names_a_layer_the_model_lacks():
+    with pytest.raises(ValueError, match="does not have"):
+        rq_tf2.quantize_model(small_model(), exclude=["conv2"])
+
+
+def test_excluded_layer_runs_in_float(tmp_path):
+    model = nets.resnet_style()
+    qmodel = rq_tf2.quantize_model(model, preset="cpu", exclude=["fc"], layer_configs={"head_conv": rq_tf2.LayerConfig(overrides={"per_channel": False})})
+    assert type(qmodel.get_layer("fc")) is L.Dense
+    assert not qmodel.get_layer("head_conv").weight_spec.per_channel and qmodel.get_layer("stem_conv").weight_spec.per_channel
+    rq_tf2.calibrate(qmodel, np.random.default_rng(0).standard_normal((8, 16, 16, 3)).astype(np.float32), quiet=True)
+    assert rq_tf2.export_onnx(qmodel, tmp_path / "q.onnx").violations == []
+
+
+def test_errors_are_rq_errors():
+    assert issubclass(rq_tf2.NotCalibratedError, RqError) and issubclass(rq_tf2.UnsupportedModelError, RqError)
