@@ -190,8 +190,14 @@ def test_matmul_and_bias_add_on_a_2d_input_become_one_gemm(rng):
     ]
     model = make_model(
         nodes,
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6]), helper.make_tensor_value_info("x3", TensorProto.FLOAT, [2, 3, 6])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4]), helper.make_tensor_value_info("y3", TensorProto.FLOAT, [2, 3, 4])],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6]),
+            helper.make_tensor_value_info("x3", TensorProto.FLOAT, [2, 3, 6]),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4]),
+            helper.make_tensor_value_info("y3", TensorProto.FLOAT, [2, 3, 4]),
+        ],
         [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")],
     )
     fused = onnx.ModelProto()

@@ -88,7 +88,9 @@ def test_exclude_names_a_layer_the_model_lacks():
 
 def test_excluded_layer_runs_in_float(tmp_path):
     model = nets.resnet_style()
-    qmodel = rq_tf2.quantize_model(model, preset="cpu", exclude=["fc"], layer_configs={"head_conv": rq_tf2.LayerConfig(overrides={"per_channel": False})})
+    qmodel = rq_tf2.quantize_model(
+        model, preset="cpu", exclude=["fc"], layer_configs={"head_conv": rq_tf2.LayerConfig(overrides={"per_channel": False})}
+    )
     assert type(qmodel.get_layer("fc")) is L.Dense
     assert not qmodel.get_layer("head_conv").weight_spec.per_channel and qmodel.get_layer("stem_conv").weight_spec.per_channel
     rq_tf2.calibrate(qmodel, np.random.default_rng(0).standard_normal((8, 16, 16, 3)).astype(np.float32), quiet=True)

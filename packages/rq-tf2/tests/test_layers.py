@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 
 import rq_tf2
-from rq_common import QParams, QuantSpec, fake_quantize as reference_fake_quantize
+from rq_common import QParams, QuantSpec
+from rq_common import fake_quantize as reference_fake_quantize
 from rq_common.format import validate
 from rq_tf2.fake_quant import fake_quantize
 
