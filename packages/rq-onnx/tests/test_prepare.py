@@ -99,3 +99,35 @@ def test_leaky_relu_alpha_rounded_for_the_npu(rng):
     assert any("0.1 -> 0.101562 (26/256)" in n for n in notes)
     cpu, _ = prepared(model, "cpu")
     assert cpu.graph.node[0].attribute[0].f == np.float32(0.1)
+
+
+def test_batchnorm_written_as_mul_and_add_folds_into_the_conv(rng):
+    """What TensorFlow writes for a Keras BatchNormalization after a depthwise conv."""
+    c = 4
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((c, 1, 3, 3)).astype(np.float32), "W"),
+        numpy_helper.from_array(rng.uniform(0.5, 2, (c, 1, 1)).astype(np.float32), "scale"),
+        numpy_helper.from_array(rng.standard_normal((1, c, 1, 1)).astype(np.float32), "shift"),
+        numpy_helper.from_array(rng.standard_normal((1, 1, 1, 5)).astype(np.float32), "not_per_channel"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["c"], group=c, pads=[1, 1, 1, 1]),
+        helper.make_node("Mul", ["c", "scale"], ["m"]),
+        helper.make_node("Add", ["shift", "m"], ["a"]),
+        helper.make_node("Mul", ["a", "not_per_channel"], ["y"]),  # broadcasts along W: stays
+    ]
+    model = helper.make_model(
+        helper.make_graph(
+            nodes,
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 5, 5])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 5, 5])],
+            inits,
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    out, notes = prepared(model)
+    assert [n.op_type for n in out.graph.node] == ["Conv", "Mul"]
+    assert any("folded 2 per-channel Mul/Add" in n for n in notes)
+    x = rng.standard_normal((1, c, 5, 5)).astype(np.float32)
+    np.testing.assert_allclose(run(out, {"x": x})[0], run(model, {"x": x})[0], rtol=1e-5, atol=1e-5)

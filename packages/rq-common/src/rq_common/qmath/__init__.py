@@ -1,6 +1,6 @@
 """Scale math: ranges to scales and zero points, bias scales, reference (de)quantization."""
 
-from rq_common.qmath.batchnorm import fold_batchnorm
+from rq_common.qmath.batchnorm import fold_batchnorm, fold_scale_shift
 from rq_common.qmath.bias import bias_qparams
 from rq_common.qmath.qparams import (
     QParams,
@@ -20,6 +20,7 @@ __all__ = [
     "compute_qparams",
     "dequantize",
     "fold_batchnorm",
+    "fold_scale_shift",
     "fake_quantize",
     "is_power_of_two",
     "pow2_ceil",

@@ -9,7 +9,7 @@ from rq_common.spec import Preset
 from rq_common.spec.npu_rules import is_leaky_alpha_exact, round_leaky_alpha
 from rq_onnx.errors import ModelLoadError
 from rq_onnx.prepare.cleanup import remove_dead_nodes, remove_training_nodes
-from rq_onnx.prepare.fold_batchnorm import fold_batchnorm
+from rq_onnx.prepare.fold_batchnorm import fold_batchnorm, fold_scale_shift_into_conv
 from rq_onnx.prepare.fold_constants import fold_constants
 from rq_onnx.prepare.load import load_model
 from rq_onnx.prepare.opset import TARGET_OPSET, default_opset, upgrade_opset
@@ -58,6 +58,7 @@ def prepare_model(model: onnx.ModelProto, preset: Preset, notes: list[str]) -> o
     fold_constants(model, notes)
     model = infer_shapes(model)
     fold_batchnorm(model, notes, lone_to_depthwise=preset.target.fixed_point_rules)
+    fold_scale_shift_into_conv(model, notes)
     notes.extend(fuse_matmul_bias(model))  # a Dense written as MatMul + Add quantizes as one Gemm with an int bias
     if preset.target.fixed_point_rules:
         round_leaky_alphas(model, notes)

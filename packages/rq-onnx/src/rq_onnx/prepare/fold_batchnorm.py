@@ -10,6 +10,7 @@ import onnx
 from onnx import helper
 
 from rq_common.qmath import fold_batchnorm as fold_batchnorm_arrays
+from rq_common.qmath import fold_scale_shift
 from rq_onnx.prepare.graph_edit import constant_value, consumers, graph_output_names, set_initializer, unique_name
 
 
@@ -91,3 +92,57 @@ def _is_rank4(graph: onnx.GraphProto, name: str) -> bool:
         if value.name == name and value.type.tensor_type.HasField("shape"):
             return len(value.type.tensor_type.shape.dim) == 4
     return False
+
+
+def fold_scale_shift_into_conv(model: onnx.ModelProto, notes: list[str]) -> None:
+    """Conv -> Mul(per-channel constant) / Add(per-channel constant): folded into the Conv's weight
+    and bias. This is how TensorFlow writes a Keras BatchNormalization it did not fuse (after a
+    depthwise conv), and what tf2onnx leaves of it."""
+    graph = model.graph
+    folded = 0
+    while _fold_one_scale_shift(graph):
+        folded += 1
+    if folded:
+        notes.append(f"folded {folded} per-channel Mul/Add node(s) (BatchNorm written out) into the preceding Conv")
+
+
+def _fold_one_scale_shift(graph: onnx.GraphProto) -> bool:
+    for conv in graph.node:
+        if conv.op_type != "Conv" or conv.output[0] in graph_output_names(graph):
+            continue
+        readers = [node for node, _ in consumers(graph, conv.output[0])]
+        weight = constant_value(graph, conv.input[1])
+        if len(readers) != 1 or readers[0].op_type not in ("Mul", "Add") or weight is None:
+            continue
+        op = readers[0]
+        other = op.input[1] if op.input[0] == conv.output[0] else op.input[0]
+        per_channel = _per_output_channel(constant_value(graph, other), weight.shape[0], weight.ndim)
+        has_bias = len(conv.input) > 2 and conv.input[2]
+        bias = constant_value(graph, conv.input[2]) if has_bias else None
+        if per_channel is None or (has_bias and bias is None):
+            continue
+        scale, shift = (per_channel, 0.0) if op.op_type == "Mul" else (1.0, per_channel)
+        new_weight, new_bias = fold_scale_shift(weight, bias, scale, shift)
+        weight_name = unique_name(graph, f"{conv.input[1]}_{op.op_type.lower()}_folded")
+        bias_name = unique_name(graph, f"{conv.name or conv.output[0]}_bias_{op.op_type.lower()}_folded")
+        set_initializer(graph, weight_name, new_weight)
+        set_initializer(graph, bias_name, new_bias)
+        del conv.input[1:]
+        conv.input.extend([weight_name, bias_name])
+        conv.output[0] = op.output[0]
+        graph.node.remove(op)
+        return True
+    return False
+
+
+def _per_output_channel(value: np.ndarray | None, channels: int, rank: int) -> np.ndarray | None:
+    """``value`` as one number per output channel, when it broadcasts over a Conv output
+    (N, C, ...) that way: a scalar, or (C, 1, ...) aligned to the right; else None."""
+    if value is None or not np.issubdtype(value.dtype, np.floating) or value.ndim > rank:
+        return None
+    if value.size == 1:
+        return np.full(channels, float(value.reshape(-1)[0]))
+    shape = (1,) * (rank - value.ndim) + value.shape
+    if shape[1] == channels and all(d == 1 for i, d in enumerate(shape) if i != 1):
+        return value.reshape(channels)
+    return None

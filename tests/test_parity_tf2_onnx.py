@@ -1,0 +1,49 @@
+"""Parity of rq-tf2 and rq-onnx: a Keras model quantized by rq-tf2, and the same model written as
+float ONNX by tf2onnx and quantized by rq-onnx, with the same calibration data and preset, give the
+same int8 model: the same power-of-two scales (float scales within 1e-5 relative: TensorFlow and
+ONNX Runtime sum in another order), the same int8 weights and biases.
+
+The transformer is not here: tf2onnx writes a float Keras LayerNormalization as a dozen elementwise
+ops, which rq-onnx quantizes one by one, while rq-tf2 keeps it one LayerNormalization."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf2onnx
+from parity import assert_same_layers, package_test_module
+
+import rq_tf2
+from rq_onnx import ArrayReader, quantize_static
+
+nets = package_test_module("rq-tf2", "nets")
+
+NETWORKS = {
+    "resnet": (nets.resnet_style, (16, 16, 3)),
+    "mobilenet_v2": (nets.mobilenet_v2_style, (32, 32, 3)),
+}
+
+
+def float_onnx(model, shape, path) -> None:
+    spec = [tf.TensorSpec((None, *shape), tf.float32, name="x")]
+    forward = tf.function(lambda x: model(x, training=False), input_signature=spec)
+    exported, _ = tf2onnx.convert.from_function(forward, input_signature=spec, opset=17)
+    path.write_bytes(exported.SerializeToString())
+
+
+@pytest.mark.parametrize("preset", ["npu_cnn", "npu_transformer", "cpu"])
+@pytest.mark.parametrize("network", list(NETWORKS))
+def test_rq_tf2_and_rq_onnx_write_the_same_int8_model(tmp_path, network, preset):
+    build, shape = NETWORKS[network]
+    tf.keras.utils.set_random_seed(0)
+    model = nets.randomize_batchnorm(build())
+    calibration = np.random.default_rng(0).standard_normal((16, *shape)).astype(np.float32)
+
+    qmodel = rq_tf2.quantize_model(model, preset=preset)
+    rq_tf2.calibrate(qmodel, calibration, batch_size=4, quiet=True)
+    from_tf2 = rq_tf2.export_onnx(qmodel, tmp_path / "tf2.onnx")
+
+    float_onnx(model, shape, tmp_path / "float.onnx")
+    reader = ArrayReader({"x": calibration}, batch_size=1)
+    from_onnx = quantize_static(tmp_path / "float.onnx", tmp_path / "onnx.onnx", reader, preset=preset, quiet=True)
+    assert from_tf2.violations == [] and from_onnx.violations == []
+    assert_same_layers(from_tf2.model, from_onnx.model, preset)
