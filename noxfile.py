@@ -109,3 +109,5 @@ def bench(session: nox.Session) -> None:
     session.run("python", str(ROOT / "bench" / "bench_onnx.py"))
     if "rq-torch" in EXISTING.values():
         session.run("python", str(ROOT / "bench" / "bench_torch.py"))
+    if "rq-tf2" in EXISTING.values():
+        session.run("python", str(ROOT / "bench" / "bench_tf2.py"))

@@ -13,7 +13,7 @@ from rq_common.calibration import ScaleGroups
 from rq_common.format.graph import attribute
 from rq_common.format.oprules import OP_RULES as FORMAT_RULES
 from rq_common.spec import Preset
-from rq_common.spec.npu_rules import FUSABLE_ACTIVATIONS, FUSING_OPS, SHARED_SCALE_OPS
+from rq_common.spec.placement import OpNode, place_quantizers
 from rq_onnx.rules import RuleContext, rule_for
 
 
@@ -83,66 +83,54 @@ def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def make_plan(model: onnx.ModelProto, preset: Preset, exclude_op_types=(), exclude_nodes=()) -> Plan:
+    """rq_common's placement (the same for every rq package) over the graph's run-time tensors;
+    then the constants of the quantized nodes: weights, biases, the NPU's shifted ops."""
     graph = model.graph
     constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     ctx = RuleContext(constants)
     types = tensor_types(model)
-    outputs = {o.name for o in graph.output}
+    op_nodes = []
+    for node in graph.node:
+        rule = rule_for(node.op_type)
+        reason = _float_reason(node, rule, ctx, types, exclude_op_types, exclude_nodes)
+        slots = rule.slots(node) if rule is not None and not reason else range(len(node.input))
+        inputs = tuple(node.input[i] for i in slots if node.input[i] and node.input[i] not in constants)
+        outputs = tuple(o for o in node.output if o and types.get(o, TensorProto.FLOAT) == TensorProto.FLOAT)
+        fusable = node.op_type != "Clip" or _clip_starts_at_zero(node, graph)
+        op_nodes.append(OpNode(node.name, node.op_type if rule is not None else None, inputs, outputs, reason, fusable))
+    graph_inputs = [v.name for v in graph.input if v.name not in constants]
+    placement = place_quantizers(op_nodes, graph_inputs, [o.name for o in graph.output], preset.target.fixed_point_rules)
+
+    plan = Plan(groups=placement.groups, fused=list(placement.fused), activations=list(placement.quantized))
+    plan.float_ops = [FloatOp(f.node, _op_type(graph, f.node), f.reason) for f in placement.float_ops]
+    plan.quantized_nodes = list(placement.quantized_ops)
+    quantized_nodes, activations = set(placement.quantized_ops), set(placement.quantized)
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
             readers.setdefault(name, []).append(node)
-    plan = Plan()
-    quantized: set[str] = set()
-    producer_of: dict[str, onnx.NodeProto] = {}
-    node_quantized: set[str] = set()
-
     for node in graph.node:
-        for out in node.output:
-            producer_of[out] = node
-        rule = rule_for(node.op_type)
-        reason = _float_reason(node, rule, ctx, types, quantized, exclude_op_types, exclude_nodes)
-        if reason:
-            plan.float_ops.append(FloatOp(node.name, node.op_type, reason))
+        if node.name not in quantized_nodes:
             continue
-        node_quantized.add(node.name)
-        plan.quantized_nodes.append(node.name)
+        rule = rule_for(node.op_type)
         for slot in rule.slots(node):
             name = node.input[slot]
-            if name in constants:
-                if np.issubdtype(constants[name].dtype, np.floating) and name not in plan.weights:
-                    plan.weights[name] = WeightUse(name, _weight_axis(node, slot, constants[name]))
-            else:
-                quantized.add(name)
+            if name in constants and np.issubdtype(constants[name].dtype, np.floating) and name not in plan.weights:
+                plan.weights[name] = WeightUse(name, _weight_axis(node, slot, constants[name]))
         if rule.bias_input is not None and rule.bias_input < len(node.input) and node.input[rule.bias_input]:
             plan.biases.append(BiasUse(node.name, rule.bias_input, node.input[rule.bias_input], node.input[0], node.input[1]))
-        for out in node.output:
-            if out and types.get(out, TensorProto.FLOAT) == TensorProto.FLOAT:
-                quantized.add(out)
-                if rule.pass_through:
-                    plan.groups.union(out, node.input[0])
-        if preset.target.fixed_point_rules and node.op_type in SHARED_SCALE_OPS:
-            for slot in rule.slots(node):
-                if node.input[slot] not in constants:
-                    plan.groups.union(node.output[0], node.input[slot])
-
-    _fuse_activations(graph, plan, quantized, producer_of, readers, outputs, node_quantized)
-    for node in graph.node:
-        if node.name not in node_quantized:
-            continue
         if node.op_type in FORMAT_RULES and FORMAT_RULES[node.op_type].weight_input == 1 and node.input[1] in plan.weights:
             plan.shifted.append(ShiftedOp(node.name, node.input[0], node.input[1], _output_after_fusion(node, plan, readers)))
         if node.op_type == "Add":
-            plan.adds.append((node.name, [x for x in node.input if x in quantized]))
-
-    order = [v.name for v in graph.input] + [o for n in graph.node for o in n.output]
-    plan.activations = [name for name in order if name in quantized]
-    for name in plan.activations:
-        plan.groups.add(name)
+            plan.adds.append((node.name, [x for x in node.input if x in activations]))
     return plan
 
 
-def _float_reason(node, rule, ctx, types, quantized, exclude_op_types, exclude_nodes) -> str | None:
+def _op_type(graph: onnx.GraphProto, name: str) -> str:
+    return next(n.op_type for n in graph.node if n.name == name)
+
+
+def _float_reason(node, rule, ctx, types, exclude_op_types, exclude_nodes) -> str | None:
     if node.name in exclude_nodes:
         return "excluded by name (kept in float on request)"
     if node.op_type in exclude_op_types:
@@ -161,8 +149,6 @@ def _float_reason(node, rule, ctx, types, quantized, exclude_op_types, exclude_n
         reason = rule.float_reason(node, ctx)
         if reason:
             return reason
-    if rule.pass_through and node.input[0] not in quantized:
-        return "its input is not quantized, so the values pass through in float"
     return None
 
 
@@ -171,26 +157,6 @@ def _weight_axis(node: onnx.NodeProto, slot: int, value: np.ndarray) -> int | No
     if rule is None or rule.weight_input != slot or rule.weight_axis is None or value.ndim < 2:
         return None
     return rule.weight_axis(node) % value.ndim
-
-
-def _fuse_activations(graph, plan, quantized, producer_of, readers, outputs, node_quantized) -> None:
-    """Relu / Clip(0, x) right after a quantized Conv/Gemm/MatMul/Add: no Q/DQ between them."""
-    for node in graph.node:
-        if node.op_type not in FUSABLE_ACTIVATIONS or node.name not in node_quantized:
-            continue
-        if node.op_type == "Clip" and not _clip_starts_at_zero(node, graph):
-            continue
-        source = node.input[0]
-        producer = producer_of.get(source)
-        if (
-            producer is not None
-            and producer.op_type in FUSING_OPS
-            and producer.name in node_quantized
-            and len(readers.get(source, [])) == 1
-            and source not in outputs
-        ):
-            quantized.discard(source)
-            plan.fused.append(source)
 
 
 def _clip_starts_at_zero(node: onnx.NodeProto, graph: onnx.GraphProto) -> bool:

@@ -17,8 +17,8 @@ from torch import fx, nn
 from rq_common.calibration import ScaleGroups
 from rq_common.qmath import fold_batchnorm
 from rq_common.spec import Preset, get_preset
-from rq_common.spec.npu_rules import FUSABLE_ACTIVATIONS, FUSING_OPS, SHARED_SCALE_OPS
-from rq_common.spec.op_coverage import OWN_SCALE_OPS, PASS_THROUGH_OPS
+from rq_common.spec.npu_rules import FUSABLE_ACTIVATIONS
+from rq_common.spec.placement import OpNode, place_quantizers
 from rq_torch.fake_quant import check_exportable
 from rq_torch.modules import QUANT_LAYERS, ConvBn2d, QuantLayerMixin, QuantLinear
 from rq_torch.ops import onnx_op
@@ -181,46 +181,27 @@ def _lift_scalar_operands(gm: fx.GraphModule, preset: Preset, plan: TorchPlan) -
 
 
 def _plan(gm, preset, exclude, plan) -> tuple[list[fx.Node], ScaleGroups, dict[fx.Node, str]]:
-    quantized: set[fx.Node] = set()
-    groups = ScaleGroups()
-    node_ops: dict[fx.Node, str] = {}
+    """rq_common's placement over the traced graph (the op types come from rq_torch.ops)."""
+    op_nodes, ops, names = [], {}, {}
     for node in gm.graph.nodes:
         if node.op in ("placeholder", "get_attr", "output") or not _is_float_tensor(node):
             continue
-        op = onnx_op(gm, node)
-        name = _target_name(node)
-        if node.name in exclude or (node.op == "call_module" and node.target in exclude):
-            plan.float_ops.append(FloatOp(node.name, name, "excluded (kept in float on request)"))
-            continue
-        if op is None:
-            plan.float_ops.append(FloatOp(node.name, name, f"no quantization rule for {name}: runs in float"))
-            continue
-        inputs = _tensor_args(node)
-        if op in PASS_THROUGH_OPS:
-            if inputs and inputs[0] in quantized:
-                quantized.add(node)
-                groups.union(inputs[0], node)
-                node_ops[node] = op
-            else:
-                plan.float_ops.append(FloatOp(node.name, name, "its input is not quantized, so the values pass through in float"))
-            continue
-        if op not in OWN_SCALE_OPS:
-            plan.float_ops.append(FloatOp(node.name, name, f"{op} is not quantized by rq"))
-            continue
-        node_ops[node] = op
-        quantized.update(inputs)
-        quantized.add(node)
-        if preset.target.fixed_point_rules and op in SHARED_SCALE_OPS:
-            for source in inputs:
-                groups.union(node, source)
-    for node, op in node_ops.items():  # ReLU / ReLU6 fused into the Conv / Gemm / Add before them
-        if op not in FUSABLE_ACTIVATIONS:
-            continue
-        source = node.args[0]
-        if isinstance(source, fx.Node) and node_ops.get(source) in FUSING_OPS and len(source.users) == 1:
-            quantized.discard(source)
-    ordered = [n for n in gm.graph.nodes if n in quantized]
-    return ordered, groups, node_ops
+        ops[node.name], names[node.name] = onnx_op(gm, node), _target_name(node)
+        excluded = node.name in exclude or (node.op == "call_module" and node.target in exclude)
+        reason = "excluded (kept in float on request)" if excluded else None
+        if ops[node.name] is None and not excluded:
+            reason = f"no quantization rule for {names[node.name]}: runs in float"
+        op_nodes.append(OpNode(node.name, ops[node.name], tuple(_tensor_args(node)), (node,), reason))
+    inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    outputs: list[fx.Node] = []
+    for node in gm.graph.nodes:
+        if node.op == "output":
+            fx.node.map_arg(node.args, outputs.append)
+    placement = place_quantizers(op_nodes, inputs, outputs, preset.target.fixed_point_rules)
+    plan.float_ops.extend(FloatOp(f.node, names[f.node], f.reason) for f in placement.float_ops)
+    by_name = {n.name: n for n in gm.graph.nodes}
+    node_ops = {by_name[name]: ops[name] for name in placement.quantized_ops}
+    return placement.quantized, placement.groups, node_ops
 
 
 def _insert_quantizers(gm, quantized, groups, preset, plan, learn_scales: bool) -> dict[fx.Node, TensorQuantizer]:
