@@ -23,9 +23,14 @@ import tensorflow as tf
 from onnx import numpy_helper
 
 from rq_common.format import Violation, canonicalize, fuse_matmul_bias, validate
-from rq_common.format.oprules import OP_RULES
+from rq_common.format.markers import (
+    LayerParams,
+    marked_constant_qparams,
+    name_constants_by_first_reader,
+    renumber_generated_names,
+    set_exact_qdq_params,
+)
 from rq_common.io import save_onnx
-from rq_common.qmath import QParams
 from rq_tf2.calibrate import Links, require_calibrated
 from rq_tf2.errors import ExportError
 from rq_tf2.fake_quant import exporting
@@ -64,65 +69,25 @@ def export_onnx(model: keras.Model, path: str | Path, opset: int = 17) -> Export
         for layer in markers.values():
             layer.export_marker = None
     _check_converted(exported)
-    _renumber_generated_names(exported)
+    renumber_generated_names(exported)
     exported.graph.doc_string = f"rq_tf2 export of Keras model '{model.name}'"  # not TF's numbered function name
-    _exact_activation_params(exported, markers)
+    set_exact_qdq_params(exported, {m: q.qparams() for m, q in markers.items() if isinstance(q, ActivationQuantizer)})
     _collapse_layer_norms(exported, markers)
     del exported.graph.value_info[:]  # tensor types changed (uint8 -> the preset's); inferred again
     exported = onnx.shape_inference.infer_shapes(exported)
     fuse_matmul_bias(exported)  # before the constants are claimed: the bias goes to the Gemm's bias slot
-    known = _known_constants(exported, markers)
-    result = canonicalize(exported, preset, weight_qparams=known)
-    _name_constants_by_first_reader(result.model)
+    layers = {
+        m: LayerParams(t.weight_qparams(), t.bias_qparams(), constant_operand=isinstance(t, BiasAdd))
+        for m, t in markers.items()
+        if isinstance(t, QuantWeightedMixin)
+    }
+    result = canonicalize(exported, preset, weight_qparams=marked_constant_qparams(exported, layers))
+    name_constants_by_first_reader(result.model)
     float_layers = _float_layers(model)
     float_nodes = [n.name for n in result.model.graph.node if _in_layers(n.name, float_layers)]
     violations = validate(result.model, preset, float_nodes=float_nodes, required_ops=() if float_layers else None)
     path = save_onnx(result.model, path)
     return ExportResult(path, result.model, violations, result.log)
-
-
-_GENERATED = re.compile(r"__(\d+)")
-
-
-def _renumber_generated_names(model: onnx.ModelProto) -> None:
-    """tf2onnx numbers the names it makes ("Conv__134") with a process-wide counter, so a second
-    export in one process would differ; numbered again in graph order, the same model gives the
-    same bytes."""
-    numbers: dict[str, str] = {}
-
-    def rename(name: str) -> str:
-        return _GENERATED.sub(lambda m: "__" + numbers.setdefault(m.group(1), str(len(numbers) + 1)), name)
-
-    graph = model.graph
-    for node in graph.node:
-        node.name = rename(node.name)
-        node.input[:] = [rename(n) for n in node.input]
-        node.output[:] = [rename(n) for n in node.output]
-    for item in (*graph.initializer, *graph.input, *graph.output, *graph.value_info):
-        item.name = rename(item.name)
-    for value in (*graph.input, *graph.output, *graph.value_info):
-        for dim in value.type.tensor_type.shape.dim:
-            if dim.dim_param:
-                dim.dim_param = rename(dim.dim_param)  # "unk__339": tf2onnx's name for an unknown size
-
-
-def _name_constants_by_first_reader(model: onnx.ModelProto) -> None:
-    """tf2onnx keeps one of several equal constants under whichever name it meets first, which
-    varies from run to run; a constant named after the first node that reads it does not."""
-    graph = model.graph
-    initializers = {t.name: t for t in graph.initializer}
-    new: dict[str, str] = {}
-    for node in graph.node:
-        for slot, name in enumerate(node.input):
-            if name in initializers and name not in new:
-                new[name] = f"{node.name}:in{slot}"
-            if name in new:
-                node.input[slot] = new[name]
-    for tensor in graph.initializer:
-        tensor.name = new.get(tensor.name, tensor.name)
-    ordered = sorted(graph.initializer, key=lambda t: t.name)
-    del graph.initializer[:]
-    graph.initializer.extend(ordered)
 
 
 def _check_converted(model: onnx.ModelProto) -> None:
@@ -159,42 +124,6 @@ def _mark(wiring: Links) -> dict[str, keras.layers.Layer]:
     return markers
 
 
-def _marker(node: onnx.NodeProto, markers: dict[str, keras.layers.Layer], constants=frozenset()) -> str | None:
-    """The marker in the node's name (the scope of the layer that made it), or else in the name of
-    one of its constant inputs (tf2onnx renames some nodes it rewrites: a Conv with its bias folded in)."""
-    for name in (node.name, *(i for i in node.input if i in constants)):
-        found = next((part for part in name.replace(":", "/").split("/") if part in markers), None)
-        if found:
-            return found
-    return None
-
-
-def _owner(node: onnx.NodeProto, markers: dict[str, keras.layers.Layer], constants=frozenset()):
-    marker = _marker(node, markers, constants)
-    return markers[marker] if marker else None
-
-
-def _exact_activation_params(model: onnx.ModelProto, markers) -> None:
-    """Every marked QuantizeLinear / DequantizeLinear takes its quantizer's own scale and zero point
-    (in the preset's integer type)."""
-    graph = model.graph
-    added: set[str] = set()
-    for node in list(graph.node):
-        quantizer = _owner(node, markers)
-        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or not isinstance(quantizer, ActivationQuantizer):
-            continue
-        qparams = quantizer.qparams()
-        marker = _marker(node, markers)
-        scale_name, zero_name = f"{quantizer.name}_{marker}_scale", f"{quantizer.name}_{marker}_zero_point"
-        if scale_name not in added:
-            graph.initializer.append(numpy_helper.from_array(np.asarray(qparams.scale, np.float32), scale_name))
-            graph.initializer.append(
-                numpy_helper.from_array(np.asarray(qparams.zero_point, qparams.spec.dtype.np_dtype), zero_name)
-            )
-            added.add(scale_name)
-        node.input[1], node.input[2] = scale_name, zero_name
-
-
 def _collapse_layer_norms(model: onnx.ModelProto, markers) -> None:
     """The ops each marked LayerNormalization became -> one ONNX LayerNormalization over the last axis."""
     graph = model.graph
@@ -226,47 +155,3 @@ def _collapse_layer_norms(model: onnx.ModelProto, markers) -> None:
         for n in group:
             graph.node.remove(n)
         graph.node.insert(position, node)
-
-
-def _known_constants(model: onnx.ModelProto, markers) -> dict[str, QParams]:
-    """Folded kernel / bias initializer name -> the QParams its layer quantized it with."""
-    graph = model.graph
-    initializers = {t.name: t for t in graph.initializer}
-    known: dict[str, QParams] = {}
-    for node in graph.node:
-        twin = _owner(node, markers, initializers)
-        if not isinstance(twin, QuantWeightedMixin) or node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add"):
-            continue
-        if node.op_type == "Add" and not isinstance(twin, BiasAdd):
-            continue  # the bias Add of a MatMul that did not become a Gemm: quantize_float_bias cannot help it
-        slots = [i for i, name in enumerate(node.input) if name in initializers]
-        if not slots:
-            continue
-        weight_slot = 1 if node.op_type in OP_RULES and 1 in slots else slots[0]
-        rank = len(initializers[node.input[weight_slot]].dims)
-        weight_qp = twin.weight_qparams()
-        if weight_qp.per_channel:
-            axis = OP_RULES[node.op_type].weight_axis(node) % rank
-            weight_qp = QParams(weight_qp.scale, weight_qp.zero_point, weight_qp.spec.replace(axis=axis), axis=axis)
-        _claim(graph, node, weight_slot, weight_qp, known)
-        rule = OP_RULES.get(node.op_type)
-        bias_slot = rule.bias_input if rule is not None else None
-        if bias_slot is not None and bias_slot in slots:
-            _claim(graph, node, bias_slot, twin.bias_qparams(), known)
-    return known
-
-
-def _claim(graph: onnx.GraphProto, node: onnx.NodeProto, slot: int, qparams: QParams | None, known: dict) -> None:
-    """Record ``qparams`` for the initializer in ``slot``; one that another node already claimed
-    with other QParams (tf2onnx shares equal constants) gets a copy of its own."""
-    if qparams is None:
-        return
-    name = node.input[slot]
-    if name in known and known[name] != qparams:
-        source = next(t for t in graph.initializer if t.name == name)
-        copy = onnx.TensorProto()
-        copy.CopyFrom(source)
-        copy.name = f"{name}_{node.name.replace('/', '_')}"
-        graph.initializer.append(copy)
-        node.input[slot] = name = copy.name
-    known[name] = qparams
