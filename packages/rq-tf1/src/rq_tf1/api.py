@@ -1,0 +1,185 @@
+"""quantize_frozen_graph: vai_q_tensorflow's flow with its arguments, as a Python call.
+
+Everything is written into a fresh folder beside ``output_dir`` and moved into place only when the
+eval model and the ONNX model are both complete: a failure leaves no partial output.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from rq_common.format import Violation
+from rq_common.io import save_onnx
+from rq_common.spec import CalibrationMethod, Preset, get_preset
+from rq_common.spec.placement import FloatOp
+from rq_tf1.calibrate import calibrate
+from rq_tf1.errors import GraphError, InputFnError
+from rq_tf1.export import to_onnx
+from rq_tf1.graphdef import GraphDef, load_frozen_graph, nodes_by_name, require_nodes, run
+from rq_tf1.plan import Tf1Plan, make_plan
+from rq_tf1.quantized_graph import quantized_graph
+from rq_tf1.transforms import prepare
+
+EVAL_MODEL = "quantize_eval_model.pb"
+ONNX_MODEL = "quantized.onnx"
+VAI_METHODS = {0: CalibrationMethod.POT_NONOVERFLOW, 1: CalibrationMethod.POT_MINMSE}  # vai_q_tensorflow's --method
+
+
+@dataclass
+class QuantizeResult:
+    output_dir: Path
+    eval_model: Path
+    onnx_model: Path
+    violations: list[Violation]
+    float_ops: list[FloatOp]
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_input_shapes(text: str | None, count: int) -> list[tuple | None]:
+    """vai_q's --input_shapes: '?,224,224,3:?,10' -> one shape per input node (? or -1: any size)."""
+    if not text:
+        return [None] * count
+    shapes = [tuple(None if d.strip() in ("?", "-1") else int(d) for d in part.split(",")) for part in text.split(":")]
+    if len(shapes) != count:
+        raise GraphError(f"--input_shapes gives {len(shapes)} shape(s) for {count} input node(s); separate shapes with ':'")
+    return shapes
+
+
+def load_input_fn(spec: str | Callable) -> Callable[[int], dict]:
+    """'package.module.function' -> the function (vai_q's --input_fn)."""
+    if callable(spec):
+        return spec
+    module_name, _, function = spec.rpartition(".")
+    if not module_name:
+        raise InputFnError(f"--input_fn '{spec}' is not 'module.function'; give the dotted path of a function")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise InputFnError(f"--input_fn: cannot import module '{module_name}' ({error}); is it on PYTHONPATH?") from None
+    fn = getattr(module, function, None)
+    if not callable(fn):
+        raise InputFnError(f"--input_fn: module '{module_name}' has no function '{function}'")
+    return fn
+
+
+def check_shapes(graph_def: GraphDef, inputs: list[str], shapes: list[tuple | None]) -> dict[str, tuple]:
+    """--input_shapes must agree with what the graph's placeholders declare."""
+    by_name = nodes_by_name(graph_def)
+    known = {}
+    for name, shape in zip(inputs, shapes):
+        node = by_name[name]
+        if node.op != "Placeholder":
+            raise GraphError(f"--input_nodes names '{name}', a {node.op} node; name the graph's Placeholder inputs")
+        declared = node.attr["shape"].shape
+        if shape is not None and not declared.unknown_rank:
+            dims = [d.size for d in declared.dim]
+            if len(dims) != len(shape) or any(d >= 0 and s is not None and d != s for d, s in zip(dims, shape)):
+                pretty = ",".join("?" if d < 0 else str(d) for d in dims)
+                raise GraphError(f"--input_shapes gives {shape} for '{name}', but the graph declares {pretty}")
+        known[name] = shape
+    return known
+
+
+def prepare_and_plan(input_frozen_graph, input_nodes, output_nodes, preset) -> tuple[GraphDef, GraphDef, Tf1Plan]:
+    graph_def = load_frozen_graph(input_frozen_graph)
+    require_nodes(graph_def, input_nodes, "--input_nodes")
+    require_nodes(graph_def, output_nodes, "--output_nodes")
+    prepared = prepare(graph_def, input_nodes, output_nodes)
+    return graph_def, prepared, make_plan(prepared, input_nodes, output_nodes, preset)
+
+
+def quantize_frozen_graph(
+    input_frozen_graph: str | Path,
+    input_nodes: list[str],
+    output_nodes: list[str],
+    input_fn: str | Callable[[int], dict],
+    calib_iter: int = 100,
+    output_dir: str | Path = "quantize_results",
+    input_shapes: str | None = None,
+    preset: str | Preset = "npu_cnn",
+    method: int | None = None,
+    quiet: bool = False,
+    **overrides,
+) -> QuantizeResult:
+    """vai_q_tensorflow's quantize: writes ``output_dir/quantize_eval_model.pb`` (runs in TF and
+    computes what the int8 model computes) and ``output_dir/quantized.onnx`` (the int8 format).
+    ``method``: 0 = power-of-two NonOverflow, 1 = power-of-two MinMSE (vai_q's numbering)."""
+    if method is not None:
+        if method not in VAI_METHODS:
+            raise ValueError(f"--method {method}: use 0 (power-of-two NonOverflow) or 1 (power-of-two MinMSE)")
+        overrides.setdefault("activation_method", VAI_METHODS[method])
+    preset = get_preset(preset, **overrides)
+    fn = load_input_fn(input_fn)
+    _, prepared, plan = prepare_and_plan(input_frozen_graph, input_nodes, output_nodes, preset)
+    shapes = check_shapes(prepared, input_nodes, parse_input_shapes(input_shapes, len(input_nodes)))
+    scales = calibrate(prepared, plan, preset, input_nodes, shapes, fn, calib_iter, quiet=quiet)
+    eval_graph, _, _ = quantized_graph(prepared, plan, scales, output_nodes, for_export=False)
+    export_graph, activation_markers, weight_markers = quantized_graph(prepared, plan, scales, output_nodes, for_export=True)
+    float_nodes = [op.node for op in plan.placement.float_ops]
+    model, violations, log = to_onnx(
+        export_graph, input_nodes, output_nodes, activation_markers, weight_markers, scales, preset, float_nodes
+    )
+    return _write(Path(output_dir), eval_graph, model, violations, plan, scales.notes + log)
+
+
+def _write(output_dir: Path, eval_graph: GraphDef, model: onnx.ModelProto, violations, plan: Tf1Plan, notes) -> QuantizeResult:
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
+    try:
+        (staging / EVAL_MODEL).write_bytes(eval_graph.SerializeToString(deterministic=True))
+        save_onnx(model, staging / ONNX_MODEL)
+        output_dir.mkdir(exist_ok=True)
+        for name in (EVAL_MODEL, ONNX_MODEL):
+            (staging / name).replace(output_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return QuantizeResult(
+        output_dir, output_dir / EVAL_MODEL, output_dir / ONNX_MODEL, violations, plan.placement.float_ops, notes
+    )
+
+
+def inspect_frozen_graph(input_frozen_graph, input_nodes=None, output_nodes=None, preset="npu_cnn") -> list[tuple[str, str, str]]:
+    """(node, op, what rq-tf1 does with it) for every node of the graph."""
+    graph_def = load_frozen_graph(input_frozen_graph)
+    inputs = input_nodes or [n.name for n in graph_def.node if n.op == "Placeholder"]
+    outputs = output_nodes or _sinks(graph_def)
+    _, prepared, plan = prepare_and_plan(input_frozen_graph, inputs, outputs, get_preset(preset))
+    kept = nodes_by_name(prepared)
+    float_reason = {f.node: f.reason for f in plan.placement.float_ops}
+    quantized_ops = set(plan.placement.quantized_ops)
+    merged = {w.bias_add: w.node for w in plan.weighted if w.bias_add}
+    rows = []
+    for node in graph_def.node:
+        if node.name not in kept:
+            rows.append((node.name, node.op, "removed or folded (training-only, constant, or BatchNorm folded into the conv)"))
+        elif node.name in quantized_ops:
+            rows.append((node.name, node.op, "quantized"))
+        elif node.name in merged:
+            rows.append((node.name, node.op, f"quantized (the bias of {merged[node.name]})"))
+        elif node.name in float_reason:
+            rows.append((node.name, node.op, f"float: {float_reason[node.name]}"))
+        else:
+            rows.append(
+                (node.name, node.op, "input" if node.op == "Placeholder" else "constant" if node.op == "Const" else "kept")
+            )
+    return rows
+
+
+def _sinks(graph_def: GraphDef) -> list[str]:
+    read = {ref.lstrip("^").split(":")[0] for n in graph_def.node for ref in n.input}
+    return [n.name for n in graph_def.node if n.name not in read and n.op not in ("Const", "NoOp", "Assert")]
+
+
+def run_eval_model(path: str | Path, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+    """Run a quantize_eval_model.pb in TensorFlow."""
+    graph_def = GraphDef()
+    graph_def.ParseFromString(Path(path).read_bytes())
+    return run(graph_def, [f"{o}:0" for o in outputs], feeds)

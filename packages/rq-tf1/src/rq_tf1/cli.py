@@ -1,0 +1,77 @@
+"""rq-tf1: vai_q_tensorflow's command line, so existing scripts change only the program name.
+
+    rq-tf1 quantize --input_frozen_graph F.pb --input_nodes a,b --input_shapes ?,224,224,3:? \\
+        --output_nodes y --input_fn pkg.mod.fn --calib_iter 100 --output_dir DIR [--preset npu_cnn] [--method 0|1]
+    rq-tf1 inspect --input_frozen_graph F.pb [--input_nodes a] [--output_nodes y] [--preset npu_cnn]
+
+Errors print one line naming the problem and the fix, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rq_common.errors import RqError
+from rq_tf1.api import inspect_frozen_graph, quantize_frozen_graph
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [n.strip() for n in text.split(",") if n.strip()] if text else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rq-tf1", description="Quantize TF1 frozen graphs to rq's int8 ONNX format")
+    commands = parser.add_subparsers(dest="command", required=True)
+    quantize = commands.add_parser("quantize", help="calibrate and write quantize_eval_model.pb and quantized.onnx")
+    quantize.add_argument("--input_frozen_graph", required=True)
+    quantize.add_argument("--input_nodes", required=True, help="comma-separated input node names")
+    quantize.add_argument("--output_nodes", required=True, help="comma-separated output node names")
+    quantize.add_argument("--input_shapes", default=None, help="e.g. ?,224,224,3 ; shapes of several inputs separated by ':'")
+    quantize.add_argument("--input_fn", required=True, help="module.function(iteration) -> {input node name: array}")
+    quantize.add_argument("--calib_iter", type=int, default=100)
+    quantize.add_argument("--output_dir", default="./quantize_results")
+    quantize.add_argument("--preset", default="npu_cnn")
+    quantize.add_argument(
+        "--method", type=int, choices=(0, 1), default=None, help="0: power-of-two NonOverflow, 1: power-of-two MinMSE"
+    )
+    quantize.add_argument("--quiet", action="store_true", help="no progress bar")
+    inspect = commands.add_parser("inspect", help="list the nodes and what rq-tf1 does with each")
+    inspect.add_argument("--input_frozen_graph", required=True)
+    inspect.add_argument("--input_nodes", default=None)
+    inspect.add_argument("--output_nodes", default=None)
+    inspect.add_argument("--preset", default="npu_cnn")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "inspect":
+            rows = inspect_frozen_graph(args.input_frozen_graph, _names(args.input_nodes), _names(args.output_nodes), args.preset)
+            width = max(len(name) for name, _, _ in rows)
+            for name, op, what in rows:
+                print(f"{name:<{width}}  {op:<22}  {what}")
+            return 0
+        result = quantize_frozen_graph(
+            args.input_frozen_graph,
+            _names(args.input_nodes),
+            _names(args.output_nodes),
+            args.input_fn,
+            calib_iter=args.calib_iter,
+            output_dir=args.output_dir,
+            input_shapes=args.input_shapes,
+            preset=args.preset,
+            method=args.method,
+            quiet=args.quiet,
+        )
+    except (RqError, ValueError) as error:
+        print(f"rq-tf1: error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {result.eval_model}")
+    print(f"wrote {result.onnx_model}")
+    for op in result.float_ops:
+        print(f"float: {op.node}: {op.reason}")
+    for violation in result.violations:
+        print(f"violation: {violation}")
+    return 1 if result.violations else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

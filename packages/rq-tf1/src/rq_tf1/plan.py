@@ -1,0 +1,147 @@
+"""What gets quantized in a prepared frozen graph: TF op rules (the ONNX op tf2onnx writes for each TF
+op) and rq_common's placement over them, the same rules as rq-onnx, rq-torch and rq-tf2.
+
+A weighted op (Conv2D, DepthwiseConv2dNative, MatMul) and the BiasAdd after it are one op, as
+tf2onnx writes them (the bias in the Conv's / Gemm's bias slot).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rq_common.spec import Preset
+from rq_common.spec.placement import OpNode, Placement, place_quantizers
+from rq_tf1.graphdef import GraphDef, NodeDef, const_value, nodes_by_name, readers, tensor_name
+from rq_tf1.transforms import WEIGHTED_OPS, _channel_view
+
+OpRule = Callable[[NodeDef, dict], "str | None"]
+TF_OP_RULES: dict[str, OpRule] = {}
+
+
+def tf_rule(*ops: str, onnx: str | None = None):
+    def register(rule: OpRule) -> OpRule:
+        for op in ops:
+            TF_OP_RULES[op] = rule
+        return rule
+
+    if onnx is not None:  # a TF op that always writes one ONNX op
+        return register(lambda node, by_name: onnx)
+    return register
+
+
+tf_rule("Conv2D", "DepthwiseConv2dNative", onnx="Conv")
+tf_rule("MatMul", onnx="Gemm")
+tf_rule("Relu", onnx="Relu")
+tf_rule("Relu6", onnx="Clip")
+tf_rule("LeakyRelu", onnx="LeakyRelu")
+tf_rule("Sigmoid", onnx="Sigmoid")
+tf_rule("Tanh", onnx="Tanh")
+tf_rule("Softmax", onnx="Softmax")
+tf_rule("ConcatV2", onnx="Concat")
+tf_rule("MaxPool", onnx="MaxPool")
+tf_rule("AvgPool", onnx="AveragePool")
+tf_rule("Reshape", onnx="Reshape")
+tf_rule("Squeeze", onnx="Squeeze")
+tf_rule("Identity", onnx="Identity")
+tf_rule("Pad", onnx="Pad")
+
+
+@tf_rule("Add", "AddV2", "Mul")
+def binary_rule(node: NodeDef, by_name: dict) -> str | None:
+    """Two run-time operands only: a constant operand would stay a float constant."""
+    if any(const_value(by_name.get(ref.split(":")[0])) is not None for ref in node.input):
+        return None
+    return "Mul" if node.op == "Mul" else "Add"
+
+
+@tf_rule("Mean")
+def mean_rule(node: NodeDef, by_name: dict) -> str | None:
+    axes = const_value(by_name.get(node.input[1].split(":")[0]))
+    return "ReduceMean" if axes is not None and sorted(np.atleast_1d(axes).tolist()) == [1, 2] else None
+
+
+@dataclass(frozen=True)
+class WeightedOp:
+    """A Conv2D / DepthwiseConv2dNative / MatMul with its constant weight, and its BiasAdd if any."""
+
+    node: str
+    op: str
+    weight: str  # the Const node
+    bias: str | None  # the bias Const node
+    bias_add: str | None
+    input_tensor: str
+    output_tensor: str  # after the BiasAdd
+
+
+@dataclass
+class Tf1Plan:
+    placement: Placement
+    weighted: list[WeightedOp] = field(default_factory=list)
+    adds: list[list[str]] = field(default_factory=list)  # the quantized input tensors of each Add
+    fused_output: dict[str, str] = field(default_factory=dict)  # weighted op -> tensor after its fused ReLU
+
+
+def weight_view(op: NodeDef, kernel: np.ndarray) -> tuple[np.ndarray, int]:
+    """The kernel with its output channels on one axis (a depthwise kernel flattens c x m)."""
+    return _channel_view(op, kernel)
+
+
+def make_plan(graph_def: GraphDef, inputs: list[str], outputs: list[str], preset: Preset) -> Tf1Plan:
+    by_name, read = nodes_by_name(graph_def), readers(graph_def)
+    bias_of: dict[str, NodeDef] = {}
+    for node in graph_def.node:
+        if node.op == "BiasAdd":
+            source = by_name[node.input[0].split(":")[0]]
+            if source.op in WEIGHTED_OPS and len(read.get(tensor_name(source.name), [])) == 1:
+                bias_of[source.name] = node
+    merged = {b.name for b in bias_of.values()}
+    op_nodes: list[OpNode] = []
+    weighted: list[WeightedOp] = []
+    for node in graph_def.node:
+        if node.op in ("Const", "Placeholder") or node.name in merged:
+            continue
+        rule = TF_OP_RULES.get(node.op)
+        op = rule(node, by_name) if rule is not None else None
+        runtime = [tensor_name(ref) for ref in node.input if const_value(by_name.get(ref.split(":")[0])) is None]
+        out = tensor_name(bias_of[node.name].name) if node.name in bias_of else tensor_name(node.name)
+        reason = None
+        if node.op in WEIGHTED_OPS:
+            weight = by_name.get(node.input[1].split(":")[0])
+            if const_value(weight) is None:
+                reason, op = "its weight is not a constant", None
+            else:
+                bias_add = bias_of.get(node.name)
+                weighted.append(
+                    WeightedOp(
+                        node.name,
+                        node.op,
+                        weight.name,
+                        bias_add.input[1].split(":")[0] if bias_add is not None else None,
+                        bias_add.name if bias_add is not None else None,
+                        runtime[0],
+                        out,
+                    )
+                )
+                runtime = runtime[:1]
+        elif op is None:
+            reason = f"no quantization rule for TF op {node.op}: runs in float"
+        op_nodes.append(OpNode(node.name, op, tuple(runtime), (out,), reason))
+    placement = place_quantizers(
+        op_nodes, [tensor_name(n) for n in inputs], [tensor_name(n) for n in outputs], preset.target.fixed_point_rules
+    )
+    plan = Tf1Plan(placement, [w for w in weighted if w.node in placement.quantized_ops])
+    quantized = set(placement.quantized)
+    for node in op_nodes:
+        if node.op == "Add" and node.name in placement.quantized_ops:
+            plan.adds.append([t for t in node.inputs if t in quantized])
+    produced = {o: n for n in op_nodes for o in n.outputs}
+    for w in plan.weighted:
+        after = w.output_tensor
+        if after in placement.fused:  # through the fused ReLU
+            after = next(n.outputs[0] for n in op_nodes if n.inputs and n.inputs[0] == after)
+        plan.fused_output[w.node] = after
+    del produced
+    return plan
