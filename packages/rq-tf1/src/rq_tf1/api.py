@@ -162,6 +162,8 @@ def inspect_frozen_graph(input_frozen_graph, input_nodes=None, output_nodes=None
             rows.append((node.name, node.op, "removed or folded (training-only, constant, or BatchNorm folded into the conv)"))
         elif node.name in quantized_ops:
             rows.append((node.name, node.op, "quantized"))
+        elif node.name in merged and kept[node.name].op != node.op:
+            rows.append((node.name, node.op, f"BatchNorm folded into {merged[node.name]} (its quantized bias now)"))
         elif node.name in merged:
             rows.append((node.name, node.op, f"quantized (the bias of {merged[node.name]})"))
         elif node.name in float_reason:

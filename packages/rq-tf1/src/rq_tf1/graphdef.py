@@ -67,11 +67,15 @@ def readers(graph_def: GraphDef) -> dict[str, list[NodeDef]]:
 
 
 def require_nodes(graph_def: GraphDef, names: list[str], flag: str) -> None:
-    """A clear error for node names the graph lacks, listing the closest ones it has."""
+    """A clear error for node names the graph lacks, listing the closest ones it has (and, for
+    inputs, its Placeholders)."""
     known = [n.name for n in graph_def.node]
+    placeholders = [n.name for n in graph_def.node if n.op == "Placeholder"]
     for name in names:
         if name not in known:
             close = difflib.get_close_matches(name, known, n=5, cutoff=0.4)
+            if flag == "--input_nodes":
+                close = list(dict.fromkeys([*close, *placeholders]))
             hint = f"; close names: {', '.join(close)}" if close else ""
             raise GraphError(f"{flag} names '{name}', which the graph does not have{hint}")
 

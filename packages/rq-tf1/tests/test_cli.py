@@ -1,0 +1,108 @@
+"""The command line: vai_q_tensorflow's flags, inspect, and errors that exit 2 with one line."""
+
+import textwrap
+
+import nets
+import numpy as np
+import pytest
+
+from rq_tf1.cli import main
+
+from conftest import run_ort
+
+INPUT_FN = textwrap.dedent(
+    """
+    import numpy as np
+
+    def input_fn(iteration):
+        rng = np.random.default_rng(iteration)
+        return {"x": rng.standard_normal((4, 16, 16, 3)).astype(np.float32)}
+
+    def wrong_keys(iteration):
+        return {"images": np.zeros((4, 16, 16, 3), np.float32)}
+    """
+)
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    (tmp_path / "calib_data.py").write_text(INPUT_FN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    build, shape = nets.NETWORKS["depthwise_residual"]
+    return nets.freeze(build, shape, tmp_path / "model.pb"), tmp_path
+
+
+def quantize_args(graph, out, **changes):
+    args = {
+        "--input_frozen_graph": str(graph),
+        "--input_nodes": "x",
+        "--input_shapes": "?,16,16,3",
+        "--output_nodes": "logits",
+        "--input_fn": "calib_data.input_fn",
+        "--calib_iter": "4",
+        "--output_dir": str(out),
+        "--method": "1",
+    }
+    args.update(changes)
+    return ["quantize", "--quiet", *[item for pair in args.items() for item in pair]]
+
+
+def test_quantize_with_vai_q_flags_writes_both_models(setup, capsys):
+    graph, tmp = setup
+    assert main(quantize_args(graph, tmp / "out")) == 0
+    assert sorted(p.name for p in (tmp / "out").iterdir()) == ["quantize_eval_model.pb", "quantized.onnx"]
+    x = np.random.default_rng(9).standard_normal((2, 16, 16, 3)).astype(np.float32)
+    from rq_tf1 import run_eval_model
+
+    (expected,) = run_eval_model(tmp / "out" / "quantize_eval_model.pb", {"x": x}, ["logits"])
+    np.testing.assert_array_equal(run_ort(tmp / "out" / "quantized.onnx", {"x:0": x}, as_written=True), expected)
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_inspect_lists_what_happens_to_each_node(setup, capsys):
+    graph, _ = setup
+    assert main(["inspect", "--input_frozen_graph", str(graph)]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert lines["expand/Conv2D"].endswith("quantized")
+    assert "BatchNorm folded" in lines["expand_bn"]
+    assert "quantized" in lines["residual"] and "removed" in lines["features"]
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"--input_nodes": "input"}, "--input_nodes names 'input'.*close names: x"),
+        ({"--output_nodes": "logit"}, "close names: logits"),
+        ({"--input_fn": "no_such_module.fn"}, "cannot import module 'no_such_module'"),
+        ({"--input_fn": "calib_data.wrong_keys"}, r"returned keys \['images'\]; the input nodes are \['x'\]"),
+        ({"--input_shapes": "?,32,32,3"}, r"--input_shapes gives \(None, 32, 32, 3\) for 'x', but the graph declares \?,16,16,3"),
+        ({"--calib_iter": "0"}, "calibrate on at least one batch"),
+    ],
+)
+def test_bad_input_is_one_line_and_no_output_directory(setup, capsys, changes, message):
+    import re
+
+    graph, tmp = setup
+    assert main(quantize_args(graph, tmp / "out", **changes)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rq-tf1: error:") and re.search(message, err), err
+    assert not (tmp / "out").exists()
+    assert not [p for p in tmp.iterdir() if p.name.startswith(".out-")]  # no staging left behind
+
+
+def test_graph_that_is_not_frozen_or_not_a_graph(tmp_path, capsys):
+    import tensorflow as tf
+
+    with tf.Graph().as_default() as graph:
+        x = tf.compat.v1.placeholder(tf.float32, (None, 3), name="x")
+        tf.identity(tf.matmul(x, tf.compat.v1.Variable(np.ones((3, 2), np.float32))), name="logits")
+    (tmp_path / "unfrozen.pb").write_bytes(graph.as_graph_def().SerializeToString())
+    (tmp_path / "junk.pb").write_bytes(b"not a graph at all")
+    for name, message in (
+        ("unfrozen.pb", "not frozen.*convert_variables_to_constants"),
+        ("junk.pb", "not a TensorFlow GraphDef"),
+    ):
+        code = main(quantize_args(tmp_path / name, tmp_path / "out", **{"--input_fn": "os.getcwd", "--input_shapes": "?,3"}))
+        import re
+
+        assert code == 2 and re.search(message, capsys.readouterr().err)

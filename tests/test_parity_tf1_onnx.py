@@ -1,0 +1,43 @@
+"""Parity of rq-tf1 and rq-onnx: a frozen TF1 graph quantized by rq-tf1, and the same graph written as
+float ONNX by tf2onnx and quantized by rq-onnx, with the same calibration data and preset, give the
+same int8 model: the same power-of-two scales (float scales within 1e-5 relative), the same int8
+weights and biases."""
+
+import numpy as np
+import onnx
+import pytest
+import tensorflow as tf
+import tf2onnx
+from parity import assert_same_layers, package_test_module
+
+import rq_tf1
+from rq_onnx import ArrayReader, quantize_static
+
+nets = package_test_module("rq-tf1", "nets")
+
+
+@pytest.mark.parametrize("preset", ["npu_cnn", "npu_transformer", "cpu"])
+@pytest.mark.parametrize("network", list(nets.NETWORKS))
+def test_rq_tf1_and_rq_onnx_write_the_same_int8_model(tmp_path, network, preset):
+    build, shape = nets.NETWORKS[network]
+    graph = nets.freeze(build, shape, tmp_path / "float.pb")
+    batches = [np.random.default_rng(i).standard_normal((4, *shape)).astype(np.float32) for i in range(4)]
+    result = rq_tf1.quantize_frozen_graph(
+        graph,
+        ["x"],
+        ["logits"],
+        lambda i: {"x": batches[i]},
+        calib_iter=4,
+        output_dir=tmp_path / "out",
+        preset=preset,
+        quiet=True,
+    )
+
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString(graph.read_bytes())
+    float_model, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=["x:0"], output_names=["logits:0"], opset=17)
+    (tmp_path / "float.onnx").write_bytes(float_model.SerializeToString())
+    reader = ArrayReader({"x:0": np.concatenate(batches)}, batch_size=1)
+    from_onnx = quantize_static(tmp_path / "float.onnx", tmp_path / "onnx.onnx", reader, preset=preset, quiet=True)
+    assert result.violations == [] and from_onnx.violations == []
+    assert_same_layers(onnx.load(str(result.onnx_model)), from_onnx.model, preset)
