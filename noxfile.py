@@ -1,6 +1,7 @@
 """One session per package, plus cross-package tests, the wheel check, the demo and benchmarks.
 
-nox                 every test session (packages, e2e, build) and the demo
+nox                 every test session (packages, e2e, parity, build) and the demo
+nox -s parity       the cross-framework parity suite: one network in PyTorch, Keras, TF1 and ONNX, one int8 model
 nox -s common       rq-common's tests
 nox -s build        build every package's wheel, install each into a clean venv, test it
 nox -s demo         the README's main job
@@ -21,7 +22,7 @@ CONSTRAINTS = str(ROOT / "constraints.txt")
 PACKAGES = {"common": "rq-common", "onnx": "rq-onnx", "torch": "rq-torch", "tf2": "rq-tf2", "tf1": "rq-tf1"}
 EXISTING = {name: dist for name, dist in PACKAGES.items() if (ROOT / "packages" / dist / "pyproject.toml").exists()}
 
-nox.options.sessions = ["lint", *EXISTING, "e2e", "build", "demo"]
+nox.options.sessions = ["lint", *EXISTING, "e2e", "parity", "build", "demo"]
 nox.options.error_on_missing_interpreters = True
 
 
@@ -60,10 +61,18 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def e2e(session: nox.Session) -> None:
-    """Cross-package and end-to-end tests in tests/."""
+    """End-to-end tests in tests/ (the demo as a test); the parity suite has its own session."""
     install_packages(session, list(EXISTING.values()))
     install(session, "pytest", "onnxruntime", "scikit-learn", "tqdm")
-    session.run("pytest", "-q", str(ROOT / "tests"), *session.posargs)
+    session.run("pytest", "-q", str(ROOT / "tests"), "--ignore-glob=*test_parity_*", *session.posargs)
+
+
+@nox.session
+def parity(session: nox.Session) -> None:
+    """The parity suite: the same network from every framework gives the same int8 model."""
+    install_packages(session, list(EXISTING.values()))
+    install(session, "pytest", "onnxruntime")
+    session.run("pytest", "-q", *sorted(str(p) for p in (ROOT / "tests").glob("test_parity_*.py")), *session.posargs)
 
 
 @nox.session

@@ -70,3 +70,103 @@ def package_test_module(package: str, name: str):
         sys.modules[module_name] = module
         spec.loader.exec_module(module)
     return sys.modules[module_name]
+
+
+LAYOUT_OPS = frozenset({"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
+
+
+def canonical_ops(model: onnx.ModelProto) -> list[dict]:
+    """The model's quantized computation with node names and layout ops (the Transposes and
+    Reshapes one exporter writes and another does not) left out: every compute op, depth first from
+    the outputs with inputs in order, as {op, attributes, inputs, output}, where each input is the
+    quantization it is read with (an activation's scale and zero point, a constant's integers and
+    scale) and output the QuantizeLinear that follows (None where an activation fuses into the op)."""
+    index = GraphIndex(model)
+    rows: list[dict] = []
+    seen: set[str] = set()
+
+    def producer(tensor: str):
+        node = index.producers.get(tensor)
+        while node is not None and node.op_type in LAYOUT_OPS:
+            node = index.producers.get(node.input[0])
+        return node
+
+    def read_as(tensor: str):
+        node = producer(tensor)
+        if node is None or node.op_type != "DequantizeLinear":
+            return ("float-constant", index.constant(tensor).tolist()) if index.is_constant(tensor) else ("float", None)
+        params = qdq_params(index, node)
+        if index.is_constant(node.input[0]):
+            return ("constant", index.constant(node.input[0]), params.scale, params.zero_point)
+        return ("activation", params.scale, params.zero_point)
+
+    def quantized_after(tensor: str):
+        readers = [r for r, _ in index.consumers_of(tensor)]
+        while len(readers) == 1 and readers[0].op_type in LAYOUT_OPS:
+            readers = [r for r, _ in index.consumers_of(readers[0].output[0])]
+        q = next((r for r in readers if r.op_type == "QuantizeLinear"), None)
+        return None if q is None else (qdq_params(index, q).scale, qdq_params(index, q).zero_point)
+
+    def visit(tensor: str) -> None:
+        node = producer(tensor)
+        if node is None or node.name in seen:
+            return
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            visit(node.input[0])
+            return
+        seen.add(node.name)
+        for name in node.input:
+            if name and not index.is_constant(name):
+                visit(name)
+        inputs = [read_as(name) for name in node.input if name]
+        if node.op_type == "Gemm" and not any(a.name == "transB" and a.i for a in node.attribute):
+            kind, values, scale, zero_point = inputs[1]
+            inputs[1] = (kind, values.T, scale, zero_point)  # (in, out) stored: compare as (out, in)
+        attributes = {
+            a.name: onnx.helper.get_attribute_value(a) for a in node.attribute if a.name in ("group", "strides", "pads", "alpha")
+        }
+        rows.append({"op": node.op_type, "attributes": attributes, "inputs": inputs, "output": quantized_after(node.output[0])})
+
+    for output in model.graph.output:
+        visit(output.name)
+    return rows
+
+
+def assert_same_computation(ours: onnx.ModelProto, reference: onnx.ModelProto, preset: str, label: str) -> None:
+    """The same ops in the same order with the same Q/DQ placement, the same integers, and the same
+    scales: identical when they are powers of two; float scales within 1e-5 relative (frameworks sum
+    the calibration activations in another order) and int32 biases within one unit (s_in x s_w of
+    scales that differ in their last place)."""
+    pot = get_preset(preset).power_of_two
+    rows, reference_rows = canonical_ops(ours), canonical_ops(reference)
+    assert [(r["op"], len(r["inputs"])) for r in rows] == [(r["op"], len(r["inputs"])) for r in reference_rows], label
+    for i, (a, b) in enumerate(zip(rows, reference_rows, strict=True)):
+        where = f"{label}: op {i} ({a['op']})"
+        pads = lambda attrs: attrs.get("pads", [0, 0, 0, 0]) if a["op"] in ("Conv",) else attrs.get("pads")  # noqa: E731
+        assert pads(a["attributes"]) == pads(b["attributes"]) and a["attributes"].get("group", 1) == b["attributes"].get(
+            "group", 1
+        ), where
+        assert (a["output"] is None) == (b["output"] is None), f"{where}: output quantized in one and not the other"
+        if a["output"] is not None:
+            _same_scale(a["output"][0], b["output"][0], pot, f"{where} output scale")
+            np.testing.assert_array_equal(a["output"][1], b["output"][1], err_msg=f"{where} output zero point")
+        for slot, (x, y) in enumerate(zip(a["inputs"], b["inputs"])):
+            assert x[0] == y[0], f"{where} input {slot}: {x[0]} vs {y[0]}"
+            if x[0] == "activation":
+                _same_scale(x[1], y[1], pot, f"{where} input {slot} scale")
+                np.testing.assert_array_equal(x[2], y[2], err_msg=f"{where} input {slot} zero point")
+            elif x[0] == "constant":
+                int32 = x[1].dtype == np.int32
+                np.testing.assert_allclose(
+                    x[1], y[1], atol=1 if int32 and not pot else 0, err_msg=f"{where} input {slot} integers"
+                )
+                _same_scale(x[2], y[2], pot, f"{where} input {slot} constant scale")
+            elif x[0] == "float-constant":
+                np.testing.assert_allclose(x[1], y[1], rtol=1e-6, err_msg=f"{where} input {slot}")
+
+
+def _same_scale(a, b, pot: bool, message: str) -> None:
+    if pot:
+        np.testing.assert_array_equal(a, b, err_msg=message)
+    else:
+        np.testing.assert_allclose(a, b, rtol=1e-5, err_msg=message)
