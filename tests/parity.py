@@ -142,10 +142,8 @@ def assert_same_computation(ours: onnx.ModelProto, reference: onnx.ModelProto, p
     assert [(r["op"], len(r["inputs"])) for r in rows] == [(r["op"], len(r["inputs"])) for r in reference_rows], label
     for i, (a, b) in enumerate(zip(rows, reference_rows, strict=True)):
         where = f"{label}: op {i} ({a['op']})"
-        pads = lambda attrs: attrs.get("pads", [0, 0, 0, 0]) if a["op"] in ("Conv",) else attrs.get("pads")  # noqa: E731
-        assert pads(a["attributes"]) == pads(b["attributes"]) and a["attributes"].get("group", 1) == b["attributes"].get(
-            "group", 1
-        ), where
+        for key, default in (("pads", [0, 0, 0, 0] if a["op"] == "Conv" else None), ("group", 1), ("strides", [1, 1])):
+            assert a["attributes"].get(key, default) == b["attributes"].get(key, default), f"{where}: {key}"
         assert (a["output"] is None) == (b["output"] is None), f"{where}: output quantized in one and not the other"
         if a["output"] is not None:
             _same_scale(a["output"][0], b["output"][0], pot, f"{where} output scale")
