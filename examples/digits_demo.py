@@ -1,9 +1,12 @@
-"""The main job, end to end on shipped data: float model -> calibrate -> int8 ONNX -> accuracy.
+"""The main job, end to end on shipped data, through every rq package.
 
-A small MLP is trained with numpy on scikit-learn's load_digits (no downloads) and written as a
-float ONNX model; rq-onnx's quantize_static calibrates it in ONNX Runtime and writes the rq int8
-format for every preset, checked by rq-common's validator; ONNX Runtime runs each int8 model on
-the test digits. It prints one table and writes an HTML report per preset.
+A small CNN is trained in PyTorch on scikit-learn's load_digits (no downloads). Its float weights
+go, with explicit layout conversions (same_network.py), into a PyTorch model, a Keras model, a
+frozen TF1 graph and a float ONNX model. Each is quantized by its rq package (rq-torch, rq-tf2,
+rq-tf1, rq-onnx) for the NPU (npu_cnn) and for the CPU (cpu), following the flow users know:
+calibrate on 256 training images (PTQ), check the accuracy, fine-tune with QAT when the drop
+exceeds --qat-threshold (in the frameworks that train: PyTorch and Keras), export int8 ONNX. ONNX
+Runtime runs every int8 model on the test digits; one table comes out, with an HTML report.
 
     python examples/digits_demo.py --out out/demo [--quiet]
 """
@@ -11,25 +14,31 @@ the test digits. It prints one table and writes an HTML report per preset.
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import onnx
-import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
-from sklearn.datasets import load_digits
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from rq_common.io import save_onnx
-from rq_onnx import ArrayReader, quantize_static
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+from sklearn.datasets import load_digits  # noqa: E402
 
-HIDDEN = 48
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import same_network  # noqa: E402
+
+NETWORK = "digits_cnn"
+PRESETS = ("npu_cnn", "cpu")
+FRAMEWORKS = ("onnx", "torch", "tf2", "tf1")
+CALIBRATION_IMAGES = 256
 
 
 @dataclass
 class Data:
-    x_train: np.ndarray
+    x_train: np.ndarray  # NCHW
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
@@ -37,125 +46,183 @@ class Data:
 
 def load_data(seed: int = 0) -> Data:
     digits = load_digits()
-    x = (digits.data / 16.0).astype(np.float32)
+    x = (digits.images / 16.0).astype(np.float32)[:, None]
     order = np.random.default_rng(seed).permutation(len(x))
     x, y = x[order], digits.target[order]
     split = int(0.7 * len(x))
     return Data(x[:split], y[:split], x[split:], y[split:])
 
 
-def train_mlp(data: Data, epochs: int = 400, seed: int = 0) -> dict[str, np.ndarray]:
-    """Full-batch gradient descent with momentum on softmax cross-entropy (float64, deterministic)."""
-    rng = np.random.default_rng(seed)
-    params = {
-        "W1": rng.standard_normal((HIDDEN, 64)) * np.sqrt(2 / 64),
-        "B1": np.zeros(HIDDEN),
-        "W2": rng.standard_normal((10, HIDDEN)) * np.sqrt(2 / HIDDEN),
-        "B2": np.zeros(10),
-    }
-    velocity = {k: np.zeros_like(v) for k, v in params.items()}
-    x, onehot = data.x_train.astype(np.float64), np.eye(10)[data.y_train]
+def train_float(data: Data, epochs: int = 15) -> dict[str, np.ndarray]:
+    """The float CNN, trained in PyTorch (deterministic on one thread); its weights in PyTorch's layout."""
+    import torch
+
+    torch.manual_seed(0)
+    model = same_network.torch_model(NETWORK, same_network.make_weights(NETWORK))
+    _fit_torch(model, model.parameters(), data, epochs, lr=3e-3)
+    model.eval()
+    return {k.removeprefix("mods."): v.detach().numpy().copy() for k, v in model.state_dict().items() if "num_batches" not in k}
+
+
+def _fit_torch(model, params, data: Data, epochs: int, lr: float) -> None:
+    import torch
+    from torch import nn
+
+    optimizer = torch.optim.Adam(params, lr=lr)
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
     for _ in range(epochs):
-        pre = x @ params["W1"].T + params["B1"]
-        hidden = np.maximum(pre, 0)
-        logits = hidden @ params["W2"].T + params["B2"]
-        prob = np.exp(logits - logits.max(1, keepdims=True))
-        prob /= prob.sum(1, keepdims=True)
-        d_logits = (prob - onehot) / len(x)
-        d_hidden = (d_logits @ params["W2"]) * (pre > 0)
-        grads = {"W2": d_logits.T @ hidden, "B2": d_logits.sum(0), "W1": d_hidden.T @ x, "B1": d_hidden.sum(0)}
-        for k in params:
-            velocity[k] = 0.9 * velocity[k] - 0.5 * grads[k]
-            params[k] += velocity[k]
-    return {k: v.astype(np.float32) for k, v in params.items()}
+        model.train()
+        order = torch.randperm(len(x), generator=generator)
+        for i in range(0, len(x), 32):
+            batch = order[i : i + 32]
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+            optimizer.step()
+    model.eval()
 
 
-def float_model(params: dict[str, np.ndarray]) -> onnx.ModelProto:
-    graph = helper.make_graph(
-        [
-            helper.make_node("Gemm", ["x", "W1", "B1"], ["pre"], name="fc1", transB=1),
-            helper.make_node("Relu", ["pre"], ["hidden"], name="relu"),
-            helper.make_node("Gemm", ["hidden", "W2", "B2"], ["logits"], name="fc2", transB=1),
-        ],
-        "digits_mlp",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
-        [numpy_helper.from_array(v, k) for k, v in params.items()],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="rq-demo")
-    model.ir_version = 8
-    return model
-
-
-def session(model) -> ort.InferenceSession:
+def evaluate(path: Path, data: Data, nhwc: bool) -> tuple[float, float]:
+    """Accuracy on the test digits and the median latency of one image (batch 1, as the NPU runs)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-
-
-def accuracy(model_path: Path, data: Data, batch_size: int) -> tuple[float, float]:
-    """Test accuracy, and the median milliseconds per batch, run in the batches the target runs."""
-    runner = session(model_path)
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    x = same_network.to_nhwc(data.x_test) if nhwc else data.x_test
     logits, times = [], []
-    for i in range(0, len(data.x_test), batch_size):
+    for i in range(len(x)):
         start = time.perf_counter()
-        logits.append(runner.run(None, {"x": data.x_test[i : i + batch_size]})[0])
+        logits.append(session.run(None, {name: x[i : i + 1]})[0])
         times.append(time.perf_counter() - start)
-    return float(np.mean(np.concatenate(logits).argmax(1) == data.y_test)), 1000 * float(np.median(times))
+    return float(np.mean(np.concatenate(logits).argmax(1) == data.y_test)), 1000 * statistics.median(times)
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+# -- one function per package: PTQ, and QAT where the framework trains --------------------------------
+def with_onnx(weights, data: Data, preset: str, out: Path, qat: bool, quiet: bool) -> Path:
+    from rq_onnx import ArrayReader, quantize_static
+
+    same_network.float_onnx(NETWORK, weights, out / "digits_float.onnx")
+    reader = ArrayReader({"x": data.x_train[:CALIBRATION_IMAGES]}, batch_size=1)
+    result = quantize_static(out / "digits_float.onnx", out / f"onnx_{preset}.onnx", reader, preset=preset, quiet=quiet)
+    result.report.to_html(out / f"report_{preset}.html")
+    return result.output_path
+
+
+def with_torch(weights, data: Data, preset: str, out: Path, qat: bool, quiet: bool) -> Path:
+    import torch
+
+    import rq_torch
+
+    example = torch.zeros(1, *same_network.INPUTS[NETWORK])
+    qmodel = rq_torch.quantize_model(same_network.torch_model(NETWORK, weights), example, preset=preset)
+    batches = [torch.from_numpy(data.x_train[i : i + 32]) for i in range(0, CALIBRATION_IMAGES, 32)]
+    rq_torch.calibrate(qmodel, batches, quiet=quiet)
+    if qat:
+        torch.manual_seed(0)
+        _fit_torch(qmodel, rq_torch.weight_parameters(qmodel), data, epochs=2, lr=5e-4)
+    return rq_torch.export_onnx(qmodel, example, out / f"torch_{preset}.onnx").path
+
+
+def with_tf2(weights, data: Data, preset: str, out: Path, qat: bool, quiet: bool) -> Path:
+    import keras
+
+    import rq_tf2
+
+    keras.utils.set_random_seed(0)
+    calibration = same_network.to_nhwc(data.x_train[:CALIBRATION_IMAGES])
+    qmodel = rq_tf2.quantize_model(
+        same_network.keras_model(NETWORK, weights), preset=preset, calib_dataset=calibration, quiet=quiet
+    )
+    if qat:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        qmodel.compile(keras.optimizers.Adam(5e-4), loss)
+        qmodel.fit(same_network.to_nhwc(data.x_train), data.y_train, batch_size=32, epochs=2, verbose=0, shuffle=False)
+    return rq_tf2.export_onnx(qmodel, out / f"tf2_{preset}.onnx").path
+
+
+def with_tf1(weights, data: Data, preset: str, out: Path, qat: bool, quiet: bool) -> Path:
+    import rq_tf1
+
+    graph = same_network.tf1_graph(NETWORK, weights, out / "digits_float.pb")
+    calibration = same_network.to_nhwc(data.x_train[:CALIBRATION_IMAGES])
+    result = rq_tf1.quantize_frozen_graph(
+        graph,
+        ["x"],
+        ["logits"],
+        lambda i: {"x": calibration[32 * i : 32 * (i + 1)]},
+        calib_iter=CALIBRATION_IMAGES // 32,
+        output_dir=out / f"tf1_{preset}",
+        preset=preset,
+        quiet=quiet,
+    )
+    return result.onnx_model
+
+
+QUANTIZERS = {"onnx": with_onnx, "torch": with_torch, "tf2": with_tf2, "tf1": with_tf1}
+TRAINS = {"torch", "tf2"}  # the packages with QAT; ONNX and TF1 graphs are PTQ only
+
+
+def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("out/demo"))
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--calib-samples", type=int, default=320)
-    args = parser.parse_args(argv)
-
-    data = load_data()
-    float_path = save_onnx(float_model(train_mlp(data)), args.out / "digits_float.onnx")
-    float_acc, float_ms = accuracy(float_path, data, 32)
-    calibration = data.x_train[: args.calib_samples]
-
-    rows = []
-    for preset in ("npu_cnn", "npu_transformer", "cpu"):
-        batch = 1 if preset == "npu_cnn" else 32  # the NPU model runs batch 1
-        result = quantize_static(
-            float_path,
-            args.out / f"digits_{preset}.onnx",
-            ArrayReader({"x": calibration}, batch),
-            preset=preset,
-            quiet=args.quiet,
-            report_path=args.out / f"report_{preset}.html",
-        )
-        if result.violations:
-            raise SystemExit("\n".join(str(v) for v in result.violations))
-        acc, ms = accuracy(result.output_path, data, batch)
-        size = result.output_path.stat().st_size
-        rows.append(
-            dict(
-                preset=preset,
-                accuracy=acc,
-                drop=float_acc - acc,
-                sqnr=result.report.tensors["logits"].sqnr_db,
-                bytes=size,
-                batch=batch,
-                ms=ms,
-            )
-        )
-
-    print(
-        f"\nfloat model: accuracy {100 * float_acc:.2f}% on {len(data.y_test)} test digits, {float_path.stat().st_size} bytes, {float_ms:.3f} ms per batch of 32"
+    parser.add_argument(
+        "--qat-threshold", type=float, default=0.1, help="fine-tune with QAT when PTQ loses more points than this"
     )
-    print(f"{'preset':<16}{'accuracy':>10}{'drop':>8}{'logit SQNR':>12}{'bytes':>8}{'batch':>7}{'ms/batch':>10}")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    torch.set_num_threads(1)  # deterministic training
+    data = load_data()
+    weights = train_float(data)
+    same_network.float_onnx(NETWORK, weights, args.out / "digits_float.onnx")
+    float_accuracy, float_ms = evaluate(args.out / "digits_float.onnx", data, nhwc=False)
+    float_size = (args.out / "digits_float.onnx").stat().st_size
+    rows = []
+    print(
+        f"float CNN (PyTorch-trained): accuracy {100 * float_accuracy:.2f}%, {float_size / 1024:.1f} KiB, {float_ms:.3f} ms/image"
+    )
+    for preset in PRESETS:
+        for framework in FRAMEWORKS:
+            path = QUANTIZERS[framework](weights, data, preset, args.out, False, args.quiet)
+            accuracy, ms = evaluate(path, data, nhwc=framework in ("tf2", "tf1"))
+            step = "PTQ"
+            if 100 * (float_accuracy - accuracy) > args.qat_threshold and framework in TRAINS:
+                path = QUANTIZERS[framework](weights, data, preset, args.out, True, args.quiet)
+                accuracy, ms = evaluate(path, data, nhwc=framework in ("tf2", "tf1"))
+                step = "PTQ + QAT"
+            rows.append(
+                {
+                    "framework": framework,
+                    "preset": preset,
+                    "step": step,
+                    "accuracy": accuracy,
+                    "drop": float_accuracy - accuracy,
+                    "size": path.stat().st_size,
+                    "ms": ms,
+                    "path": path,
+                }
+            )
+    print_table(rows, float_accuracy, float_size, float_ms, args.out)
+    return rows
+
+
+def print_table(rows, float_accuracy, float_size, float_ms, out: Path) -> None:
+    names = {"onnx": "ONNX (rq-onnx)", "torch": "PyTorch (rq-torch)", "tf2": "Keras (rq-tf2)", "tf1": "TF1 graph (rq-tf1)"}
+    print()
+    print("| framework | preset | steps | accuracy | drop (points) | size (KiB) | latency (ms/image) |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    print(f"| float | - | - | {100 * float_accuracy:.2f}% | - | {float_size / 1024:.1f} | {float_ms:.3f} |")
     for r in rows:
         print(
-            f"{r['preset']:<16}{100 * r['accuracy']:>9.2f}%{100 * r['drop']:>7.2f}p{r['sqnr']:>10.1f}dB"
-            f"{r['bytes']:>8}{r['batch']:>7}{r['ms']:>10.3f}"
+            f"| {names[r['framework']]} | {r['preset']} | {r['step']} | {100 * r['accuracy']:.2f}% | "
+            f"{100 * r['drop']:+.2f} | {r['size'] / 1024:.1f} | {r['ms']:.3f} |"
         )
-    print(
-        f"int8 models and reports: {args.out}/ (digits_<preset>.onnx, report_<preset>.html); every model passed rq's format validator"
-    )
-    return rows
+    print()
+    print(f"int8 models: {out}/  (every one in rq's format; `rq-onnx check <file> --preset <preset>`)")
+    for preset in PRESETS:
+        print(f"report ({preset}, per-tensor error, worst first): {out / f'report_{preset}.html'}")
 
 
 if __name__ == "__main__":

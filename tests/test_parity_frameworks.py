@@ -6,8 +6,8 @@ outputs within one output step of each other."""
 
 import numpy as np
 import onnx
-import parity_nets as nets
 import pytest
+import same_network as nets
 import torch
 from parity import assert_same_computation
 
@@ -19,8 +19,8 @@ from rq_onnx import ArrayReader, quantize_static
 PRESETS = ["npu_cnn", "npu_transformer", "cpu"]
 
 
-def calibration_set(count=16, seed=0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((count, *nets.INPUT)).astype(np.float32)
+def calibration_set(network: str, count=16, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((count, *nets.INPUTS[network])).astype(np.float32)
 
 
 def run_ort(path, x: np.ndarray) -> np.ndarray:
@@ -44,7 +44,7 @@ def output_step(model: onnx.ModelProto) -> float:
 def quantize_all(network: str, preset: str, folder) -> dict[str, tuple[onnx.ModelProto, bool]]:
     """framework -> (its int8 ONNX model, whether it takes NHWC input)."""
     weights = nets.make_weights(network)
-    data = calibration_set()
+    data = calibration_set(network)
     out = {}
 
     reader = ArrayReader({"x": data}, batch_size=1)
@@ -55,9 +55,9 @@ def quantize_all(network: str, preset: str, folder) -> dict[str, tuple[onnx.Mode
     out["onnx"] = (result.model, False)
 
     model = nets.torch_model(network, weights)
-    qmodel = rq_torch.quantize_model(model, torch.zeros(1, *nets.INPUT), preset=preset)
+    qmodel = rq_torch.quantize_model(model, torch.zeros(1, *nets.INPUTS[network]), preset=preset)
     rq_torch.calibrate(qmodel, [torch.from_numpy(data[i : i + 4]) for i in range(0, len(data), 4)], quiet=True)
-    result = rq_torch.export_onnx(qmodel, torch.zeros(1, *nets.INPUT), folder / "torch.onnx")
+    result = rq_torch.export_onnx(qmodel, torch.zeros(1, *nets.INPUTS[network]), folder / "torch.onnx")
     assert result.violations == []
     out["torch"] = (result.model, False)
 
@@ -91,7 +91,7 @@ def test_four_frameworks_write_the_same_int8_model(tmp_path, network, preset):
     reference, _ = models["onnx"]
     for framework, (model, _) in models.items():
         assert_same_computation(model, reference, preset, f"{framework} vs onnx")
-    x = calibration_set(8, seed=1)
+    x = calibration_set(network, 8, seed=1)
     step = output_step(reference)
     outputs = {}
     for framework, (model, nhwc) in models.items():

@@ -1,4 +1,5 @@
-"""The parity networks, one set of float weights, built in PyTorch, Keras, a frozen TF1 graph and ONNX.
+"""One network, one set of float weights, built in PyTorch, Keras, a frozen TF1 graph and ONNX: what the
+parity suite (tests/test_parity_frameworks.py) and the main demo (digits_demo.py) feed to every rq package.
 
 The weights are drawn once in PyTorch's layout (conv OIHW, depthwise (C, 1, k, k), dense (out, in))
 and each framework gets them through an explicit layout conversion:
@@ -22,7 +23,6 @@ from pathlib import Path
 import numpy as np
 
 EPS = 1e-5
-INPUT = (3, 16, 16)
 CLASSES = 10
 
 NETWORKS = {
@@ -47,7 +47,14 @@ NETWORKS = {
         ("conv", "stem", 3, 8, 3, True), ("relu", "stem_relu"), ("gap",),
         ("dense", "fc1", 8, 16), ("relu", "fc1_relu"), ("dense", "fc2", 16, CLASSES),
     ],
+    # the demo's classifier for scikit-learn's 8x8 digits
+    "digits_cnn": [
+        ("conv", "c1", 1, 16, 3, False), ("bn", "c1_bn", 16), ("relu", "c1_relu"),
+        ("conv", "c2", 16, 32, 3, False), ("bn", "c2_bn", 32), ("relu", "c2_relu"),
+        ("conv", "c3", 32, 32, 3, True), ("relu", "c3_relu"), ("gap",), ("dense", "fc", 32, CLASSES),
+    ],
 }  # fmt: skip
+INPUTS = {"resnet": (3, 16, 16), "mobilenet_v2": (3, 16, 16), "dense_head": (3, 16, 16), "digits_cnn": (1, 8, 8)}  # C, H, W
 
 
 def make_weights(network: str, seed: int = 0) -> dict[str, np.ndarray]:
@@ -155,7 +162,13 @@ def float_onnx(network: str, weights: dict, path: Path) -> Path:
 
     model = torch_model(network, weights)
     torch.onnx.export(
-        model, (torch.zeros(1, *INPUT),), str(path), dynamo=False, opset_version=17, input_names=["x"], do_constant_folding=False
+        model,
+        (torch.zeros(1, *INPUTS[network]),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["x"],
+        do_constant_folding=False,
     )
     return path
 
@@ -207,7 +220,8 @@ def keras_model(network: str, weights: dict):
                 assignments.append((dense, [weights[f"{layer[1]}.weight"].T, weights[f"{layer[1]}.bias"]]))
         return x
 
-    inputs = keras.Input((INPUT[1], INPUT[2], INPUT[0]), name="x")
+    c, h, w = INPUTS[network]
+    inputs = keras.Input((h, w, c), name="x")
     model = keras.Model(inputs, run(NETWORKS[network], inputs, {}), name=network)
     for layer, values in assignments:
         layer.set_weights(values)
@@ -255,7 +269,8 @@ def tf1_graph(network: str, weights: dict, path: Path) -> Path:
         return x
 
     with tf.Graph().as_default() as graph:
-        x = v1.placeholder(tf.float32, (None, INPUT[1], INPUT[2], INPUT[0]), name="x")
+        c, h, w = INPUTS[network]
+        x = v1.placeholder(tf.float32, (None, h, w, c), name="x")
         tf.identity(run(NETWORKS[network], x, {}), name="logits")
-    path.write_bytes(graph.as_graph_def().SerializeToString())
+    path.write_bytes(graph.as_graph_def().SerializeToString(deterministic=True))
     return path
