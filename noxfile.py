@@ -111,12 +111,7 @@ def demo(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks against ONNX Runtime: range choosers (bench_calibration.py), rq-onnx (bench_onnx.py)."""
+    """Every benchmark (against ONNX Runtime's quantizer where it has a counterpart), then bench/RESULTS.md."""
     install_packages(session, list(EXISTING.values()), extra="")
     install(session, "onnxruntime", "scikit-learn", "sympy")  # sympy: ORT's quant_pre_process
-    session.run("python", str(ROOT / "bench" / "bench_calibration.py"))
-    session.run("python", str(ROOT / "bench" / "bench_onnx.py"))
-    if "rq-torch" in EXISTING.values():
-        session.run("python", str(ROOT / "bench" / "bench_torch.py"))
-    if "rq-tf2" in EXISTING.values():
-        session.run("python", str(ROOT / "bench" / "bench_tf2.py"))
+    session.run("python", str(ROOT / "bench" / "run_all.py"))

@@ -15,6 +15,7 @@ import argparse
 import datetime
 import gc
 import platform
+import sys
 import tempfile
 import time
 import tracemalloc
@@ -30,6 +31,9 @@ from onnxruntime.quantization import calibrate as ort_calibrate
 
 import rq_common
 from rq_common import Calibrator, QuantSpec, get_preset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from headline import record, write  # noqa: E402
 
 SHAPE = [4, 16, 16, 16]
 TENSORS = ["x", "scaled", "relu", "sum"]
@@ -138,6 +142,23 @@ def main(argv: list[str] | None = None) -> str:
                 else:
                     ort_time = ort_mem = float("nan")
                 rows.append((method, batches, rq_time, ort_time, rq_mem, ort_mem))
+                if batches == max(args.batches) and ort_method is not None:
+                    record(
+                        "calibration (rq-common)",
+                        f"{method}: time, {batches} batches",
+                        f"{rq_time:.3f} s",
+                        f"{ort_time:.3f} s",
+                        f"{ort_time / rq_time:.2f}x faster",
+                        "results/calibration.md",
+                    )
+                    record(
+                        "calibration (rq-common)",
+                        f"{method}: peak memory, {batches} batches",
+                        f"{rq_mem:.1f} MiB",
+                        f"{ort_mem:.1f} MiB",
+                        f"{ort_mem / rq_mem:.1f}x less",
+                        "results/calibration.md",
+                    )
                 print(
                     f"  {method:<16}{batches:>6} batches: rq {rq_time:.3f}s {rq_mem:.1f} MiB | ORT {ort_time:.3f}s {ort_mem:.1f} MiB",
                     flush=True,
@@ -173,6 +194,7 @@ def main(argv: list[str] | None = None) -> str:
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(table)
+    write(args.out.with_suffix(".headlines.json"))
     print(f"written to {args.out}")
     return table
 

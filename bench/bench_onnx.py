@@ -41,6 +41,11 @@ import nets  # noqa: E402  (the test networks)
 import rq_onnx  # noqa: E402
 from rq_onnx import quantize_static  # noqa: E402
 
+sys.path.insert(0, str(HERE))
+from headline import record, write  # noqa: E402
+
+DETAIL = "results/onnx.md"
+
 ORT_METHODS = {
     "minmax": ortq.CalibrationMethod.MinMax,
     "entropy": ortq.CalibrationMethod.Entropy,
@@ -177,13 +182,17 @@ def main(argv=None) -> str:
         rq_quantize(path, tmp / "d_rq.onnx", "x", calib)
         rq_quantize(path, tmp / "d_rq_npu.onnx", "x", calib, preset="npu_cnn")
         lines += ["## Accuracy, load_digits test set (540 digits)", "", "| model | accuracy |", "|---|---:|"]
+        accuracies = {}
         for label, p in (
             ("float", path),
             ("ORT int8", tmp / "d_ort.onnx"),
             ("rq int8 (cpu)", tmp / "d_rq.onnx"),
             ("rq int8 (npu_cnn)", tmp / "d_rq_npu.onnx"),
         ):
-            lines.append(f"| {label} | {100 * accuracy(p, x_test, y_test):.2f}% |")
+            accuracies[label] = 100 * accuracy(p, x_test, y_test)
+            lines.append(f"| {label} | {accuracies[label]:.2f}% |")
+        rq_acc, ort_acc = accuracies["rq int8 (cpu)"], accuracies["ORT int8"]
+        record("rq-onnx", "digits accuracy, U8S8", f"{rq_acc:.2f}%", f"{ort_acc:.2f}%", f"{rq_acc - ort_acc:+.2f} points", DETAIL)
         print("\n".join(lines[-6:]), flush=True)
 
         # 2. output SQNR on the test networks
@@ -216,6 +225,15 @@ def main(argv=None) -> str:
             lines.append(
                 f"| {label} | {sqnr(outs['float'], outs['ort']):.1f} | {sqnr(outs['float'], outs['rq']):.1f} | {sqnr(outs['float'], outs['npu']):.1f} |"
             )
+            rq_db, ort_db = sqnr(outs["float"], outs["rq"]), sqnr(outs["float"], outs["ort"])
+            record(
+                "rq-onnx",
+                f"output SQNR, {label}, U8S8",
+                f"{rq_db:.1f} dB",
+                f"{ort_db:.1f} dB",
+                f"{rq_db - ort_db:+.1f} dB",
+                DETAIL,
+            )
             print(lines[-1], flush=True)
 
         # 3. calibration time and peak RSS
@@ -236,6 +254,24 @@ def main(argv=None) -> str:
                 lines.append(
                     f"| {method} | {samples} | {o_time:.2f} | {r_time:.2f} | {o_time / r_time:.2f}x | {o_rss:.0f} | {r_rss:.0f} |"
                 )
+                if samples == max(args.samples):
+                    measure = f"{method} calibration + quantization, {samples} samples"
+                    record(
+                        "rq-onnx",
+                        f"{measure}: time",
+                        f"{r_time:.2f} s",
+                        f"{o_time:.2f} s",
+                        f"{o_time / r_time:.2f}x faster",
+                        DETAIL,
+                    )
+                    record(
+                        "rq-onnx",
+                        f"{measure}: peak RSS",
+                        f"{r_rss:.0f} MiB",
+                        f"{o_rss:.0f} MiB",
+                        f"{o_rss / r_rss:.2f}x less",
+                        DETAIL,
+                    )
                 print(lines[-1], flush=True)
 
         # 4. latency
@@ -259,10 +295,19 @@ def main(argv=None) -> str:
             f"| ORT int8 without quant_pre_process (BatchNormalization left in float) | {raw_ms:.3f} | {raw_ms / ort_ms:.2f}x |",
             f"| rq int8 (cpu) | {rq_ms:.3f} | {rq_ms / ort_ms:.2f}x |",
         ]
+        record(
+            "rq-onnx",
+            "int8 latency, ResNet-style 3x64x64, batch 1",
+            f"{rq_ms:.3f} ms",
+            f"{ort_ms:.3f} ms",
+            f"{ort_ms / rq_ms:.2f}x",
+            DETAIL,
+        )
         print("\n".join(lines[-4:]), flush=True)
     text = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
+    write(args.out.with_suffix(".headlines.json"))
     print(f"\nwritten to {args.out}")
     return text
 

@@ -30,6 +30,12 @@ import nets  # noqa: E402  (rq-tf2's test networks)
 
 import rq_tf2  # noqa: E402
 
+sys.path.insert(0, str(HERE))
+from headline import record, write  # noqa: E402
+
+AREA = "rq-tf2"
+DETAIL = "results/tf2.md"
+
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
@@ -93,6 +99,12 @@ def main(argv=None) -> str:
         lines.append(
             f"| {preset} | {100 * float_acc:.2f}% | {100 * ptq:.2f}% | {100 * qat:.2f}% | {qat_ms / float_ms:.2f}x ({qat_ms:.2f} / {float_ms:.2f} ms) | {export_s:.2f} |"
         )
+        record(
+            AREA,
+            f"digits accuracy {preset}: float / PTQ / QAT",
+            f"{100 * float_acc:.2f}% / {100 * ptq:.2f}% / {100 * qat:.2f}%",
+            detail=DETAIL,
+        )
         print(lines[-1], flush=True)
     lines += [
         "",
@@ -109,10 +121,12 @@ def main(argv=None) -> str:
         float_ms = step_ms(resnet, xr, yr, repeats=20)
         qat_ms = step_ms(qmodel, xr, yr, repeats=20)
         lines.append(f"| {preset} | {float_ms:.1f} | {qat_ms:.1f} | {qat_ms / float_ms:.2f}x |")
+        record(AREA, f"QAT step / float step, ResNet-style, {preset} (goal <= 1.5x)", f"{qat_ms / float_ms:.2f}x", detail=DETAIL)
         print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
+    write(args.out.with_suffix(".headlines.json"))
     print(text)
     return text
 

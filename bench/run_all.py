@@ -1,0 +1,58 @@
+"""Run every benchmark, then write bench/RESULTS.md: one table of the headline numbers, rq beside
+ONNX Runtime's quantizer where it has a counterpart, with the machine, versions and date.
+
+    nox -s bench            (or: python bench/run_all.py)
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import multiprocessing
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from headline import read  # noqa: E402
+
+BENCHMARKS = ["bench_calibration", "bench_onnx", "bench_torch", "bench_tf2"]
+PACKAGES = ["numpy", "onnx", "onnxruntime", "torch", "tensorflow-cpu", "keras", "tf2onnx", "rq-common"]
+
+
+def version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def main() -> str:
+    for name in BENCHMARKS:
+        print(f"== {name}", flush=True)
+        subprocess.run([sys.executable, str(HERE / f"{name}.py")], check=True)
+    rows = [h for name in BENCHMARKS for h in read(HERE / "results" / f"{name.removeprefix('bench_')}.headlines.json")]
+    lines = [
+        "# rq benchmark results",
+        "",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
+        f"- machine: {platform.machine()}, {multiprocessing.cpu_count()} cores, {platform.platform()}, python {platform.python_version()}",
+        "- versions: " + ", ".join(f"{p} {version(p)}" for p in PACKAGES),
+        "- rerun: `nox -s bench` (or `python bench/run_all.py` with the packages installed); this file is written by that command",
+        "- one run: every ratio compares two numbers measured side by side in it. Times: ONNX Runtime / rq (above 1: rq is faster);",
+        "  memory: ONNX Runtime / rq (above 1: rq uses less); accuracy and SQNR: rq minus ONNX Runtime.",
+        "",
+        "| area | measure | rq | ONNX Runtime's quantizer | ratio | detail |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    lines += [f"| {h.area} | {h.measure} | {h.rq} | {h.onnx_runtime} | {h.ratio} | [{h.detail}]({h.detail}) |" for h in rows]
+    text = "\n".join(lines) + "\n"
+    (HERE / "RESULTS.md").write_text(text)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
