@@ -59,18 +59,22 @@ def train(model, params, x, y, epochs, lr):
             optimizer.step()
 
 
-def step_ms(model, params, x, y, repeats=50) -> float:
-    optimizer = torch.optim.SGD(params, lr=1e-4)
-    model.train()
-    times = []
+def paired_step_ms(float_model, qmodel, x, y, repeats=50) -> tuple[float, float]:
+    """Median training-step times of the float and the quantized model, their steps alternating so
+    that both see the same machine load (side by side, as ratios must be measured)."""
+    runs = []
+    for model, params in ((float_model, float_model.parameters()), (qmodel, rq_torch.weight_parameters(qmodel))):
+        model.train()
+        runs.append((model, torch.optim.SGD(params, lr=1e-4), []))
     for i in range(repeats + 5):
-        start = time.perf_counter()
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
-        if i >= 5:
-            times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+        for model, optimizer, times in runs:
+            start = time.perf_counter()
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            if i >= 5:
+                times.append(time.perf_counter() - start)
+    return tuple(1000 * statistics.median(times) for _, _, times in runs)
 
 
 def main(argv=None) -> str:
@@ -90,22 +94,20 @@ def main(argv=None) -> str:
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; machine: {platform.machine()}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, python {platform.python_version()}",
         f"- float accuracy {100 * float_acc:.2f}%; PTQ on 256 training images; QAT {args.qat_epochs} epochs (Adam, lr 5e-4)",
-        "- step time: median of 50 training steps on one batch of 32, the float model against the quantized one",
+        "- step time: median of 50 training steps on one batch of 32, float and quantized steps alternating",
         "- rerun: `nox -s bench` (or `python bench/bench_torch.py`)",
         "",
         "| preset | float | PTQ | QAT | QAT step / float step | export (s) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     xb, yb = x_train[:32], y_train[:32]
-    float_ms = step_ms(model, model.parameters(), xb, yb)
     for preset in ("npu_cnn", "npu_transformer", "cpu"):
         qmodel = rq_torch.quantize_model(model, x_test[:1], preset=preset)
         rq_torch.calibrate(qmodel, [x_train[i : i + 32] for i in range(0, 256, 32)], quiet=True)
         ptq = accuracy(qmodel, x_test, y_test)
         train(qmodel, rq_torch.weight_parameters(qmodel), x_train, y_train, epochs=args.qat_epochs, lr=5e-4)
         qat = accuracy(qmodel, x_test, y_test)
-        float_ms = step_ms(model, model.parameters(), xb, yb)
-        qat_ms = step_ms(qmodel, rq_torch.weight_parameters(qmodel), xb, yb)
+        float_ms, qat_ms = paired_step_ms(model, qmodel, xb, yb)
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
             rq_torch.export_onnx(qmodel, x_test[:1], Path(tmp) / "m.onnx")
@@ -132,8 +134,7 @@ def main(argv=None) -> str:
     for preset in ("npu_cnn", "npu_transformer", "cpu"):
         qmodel = rq_torch.quantize_model(resnet, xr[:1], preset=preset)
         rq_torch.calibrate(qmodel, [xr], quiet=True)
-        float_ms = step_ms(resnet, resnet.parameters(), xr, yr, repeats=20)
-        qat_ms = step_ms(qmodel, rq_torch.weight_parameters(qmodel), xr, yr, repeats=20)
+        float_ms, qat_ms = paired_step_ms(resnet, qmodel, xr, yr, repeats=20)
         lines.append(f"| {preset} | {float_ms:.1f} | {qat_ms:.1f} | {qat_ms / float_ms:.2f}x |")
         record(AREA, f"QAT step / float step, ResNet-style, {preset} (goal <= 1.5x)", f"{qat_ms / float_ms:.2f}x", detail=DETAIL)
         print(lines[-1], flush=True)
