@@ -17,8 +17,8 @@ from rq_common.errors import CalibrationDataError
 from rq_common.qmath import QParams, bias_qparams
 from rq_common.spec import BiasScaleRule, Preset, npu_rules
 from rq_tf1.errors import InputFnError
-from rq_tf1.graphdef import GraphDef, const_value, nodes_by_name, tensor_name
-from rq_tf1.plan import Tf1Plan, weight_view
+from rq_tf1.graphdef import GraphDef, const_value, nodes_by_name, tensor_name, weight_view
+from rq_tf1.plan import Tf1Plan
 
 
 @dataclass

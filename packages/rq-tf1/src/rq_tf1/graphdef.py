@@ -131,3 +131,13 @@ def run(graph_def: GraphDef, fetches: list[str], feeds: dict[str, np.ndarray]) -
         tf.graph_util.import_graph_def(graph_def, name="")
         with tf.compat.v1.Session(graph=graph) as session:
             return session.run(fetches, {tensor_name(k): v for k, v in feeds.items()})
+
+
+def weight_view(op: NodeDef, kernel: np.ndarray) -> tuple[np.ndarray, int]:
+    """The kernel with its output channels on one axis, and that axis (for folding and quantizing)."""
+    if op.op == "DepthwiseConv2dNative":
+        h, w, c, m = kernel.shape
+        return kernel.reshape(h, w, c * m), 2
+    if op.op == "MatMul" and op.attr["transpose_b"].b:
+        return kernel, 0
+    return kernel, kernel.ndim - 1

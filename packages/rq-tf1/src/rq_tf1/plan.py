@@ -15,7 +15,7 @@ import numpy as np
 from rq_common.spec import Preset
 from rq_common.spec.placement import OpNode, Placement, place_quantizers
 from rq_tf1.graphdef import GraphDef, NodeDef, const_value, nodes_by_name, readers, tensor_name
-from rq_tf1.transforms import WEIGHTED_OPS, _channel_view
+from rq_tf1.transforms import WEIGHTED_OPS
 
 OpRule = Callable[[NodeDef, dict], "str | None"]
 TF_OP_RULES: dict[str, OpRule] = {}
@@ -84,11 +84,6 @@ class Tf1Plan:
     fused_output: dict[str, str] = field(default_factory=dict)  # weighted op -> tensor after its fused ReLU
 
 
-def weight_view(op: NodeDef, kernel: np.ndarray) -> tuple[np.ndarray, int]:
-    """The kernel with its output channels on one axis (a depthwise kernel flattens c x m)."""
-    return _channel_view(op, kernel)
-
-
 def make_plan(graph_def: GraphDef, inputs: list[str], outputs: list[str], preset: Preset) -> Tf1Plan:
     by_name, read = nodes_by_name(graph_def), readers(graph_def)
     bias_of: dict[str, NodeDef] = {}
@@ -137,11 +132,9 @@ def make_plan(graph_def: GraphDef, inputs: list[str], outputs: list[str], preset
     for node in op_nodes:
         if node.op == "Add" and node.name in placement.quantized_ops:
             plan.adds.append([t for t in node.inputs if t in quantized])
-    produced = {o: n for n in op_nodes for o in n.outputs}
     for w in plan.weighted:
         after = w.output_tensor
         if after in placement.fused:  # through the fused ReLU
             after = next(n.outputs[0] for n in op_nodes if n.inputs and n.inputs[0] == after)
         plan.fused_output[w.node] = after
-    del produced
     return plan

@@ -17,8 +17,18 @@ import tensorflow as tf
 
 from rq_common.qmath import QParams, fake_quantize
 from rq_tf1.calibrate import Scales
-from rq_tf1.graphdef import GraphDef, const_value, copy, make_const, make_node, nodes_by_name, replace_reads, tensor_name
-from rq_tf1.plan import Tf1Plan, weight_view
+from rq_tf1.graphdef import (
+    GraphDef,
+    const_value,
+    copy,
+    make_const,
+    make_node,
+    nodes_by_name,
+    replace_reads,
+    tensor_name,
+    weight_view,
+)
+from rq_tf1.plan import Tf1Plan
 
 QUANT_MARKER = "rqq{}x"
 WEIGHT_MARKER = "rqw{}x"

@@ -15,7 +15,18 @@ import numpy as np
 import tensorflow as tf
 
 from rq_common.qmath import fold_batchnorm, fold_scale_shift
-from rq_tf1.graphdef import GraphDef, NodeDef, const_value, copy, make_const, nodes_by_name, readers, replace_reads, tensor_name
+from rq_tf1.graphdef import (
+    GraphDef,
+    NodeDef,
+    const_value,
+    copy,
+    make_const,
+    nodes_by_name,
+    readers,
+    replace_reads,
+    tensor_name,
+    weight_view,
+)
 
 BYPASSED_OPS = frozenset({"Identity", "CheckNumerics", "StopGradient", "PreventGradient", "Snapshot"})
 WEIGHTED_OPS = frozenset({"Conv2D", "DepthwiseConv2dNative", "MatMul"})
@@ -71,16 +82,6 @@ def fold_constants(graph_def: GraphDef, outputs: list[str]) -> GraphDef:
     return tf.compat.v1.graph_util.extract_sub_graph(out, outputs)
 
 
-def _channel_view(op: NodeDef, kernel: np.ndarray) -> tuple[np.ndarray, int]:
-    """The kernel with its output channels on one axis, and that axis (for folding and quantizing)."""
-    if op.op == "DepthwiseConv2dNative":
-        h, w, c, m = kernel.shape
-        return kernel.reshape(h, w, c * m), 2
-    if op.op == "MatMul" and op.attr["transpose_b"].b:
-        return kernel, 0
-    return kernel, kernel.ndim - 1
-
-
 def _single_reader(read, tensor: str) -> NodeDef | None:
     found = read.get(tensor_name(tensor), [])
     return found[0] if len(found) == 1 else None
@@ -122,7 +123,7 @@ def _set_folded(
 
 
 def _fold(op: NodeDef, weight: np.ndarray, bias: np.ndarray | None, fold) -> tuple[np.ndarray, np.ndarray]:
-    view, axis = _channel_view(op, weight)
+    view, axis = weight_view(op, weight)
     folded, new_bias = fold(view, bias, axis)
     return folded.reshape(weight.shape), new_bias
 
@@ -166,7 +167,8 @@ def _fold_one(node, by_name, read, op, weight, bias):
         eps = node.attr["epsilon"].f
         w, b = _fold(op, weight, bias, lambda v, bb, axis: fold_batchnorm(v, bb, gamma, beta, mean, var, eps, channel_axis=axis))
         return node, w, b
-    channels = _channel_view(op, weight)[0].shape[_channel_view(op, weight)[1]]
+    view, axis = weight_view(op, weight)
+    channels = view.shape[axis]
     scale = _per_channel_constant(by_name, node, channels) if node.op == "Mul" else None
     if scale is None:
         return None
@@ -213,7 +215,7 @@ def normalize_bias_adds(graph_def: GraphDef) -> GraphDef:
         weight = const_value(by_name.get(source.input[1].split(":")[0]))
         if weight is None or constant is None or constant.ndim != 1:
             continue
-        view, axis = _channel_view(source, weight)
+        view, axis = weight_view(source, weight)
         if constant.shape[0] != view.shape[axis]:
             continue
         node.op = "BiasAdd"
