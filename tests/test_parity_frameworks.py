@@ -14,6 +14,7 @@ from parity import assert_same_computation
 import rq_tf1
 import rq_tf2
 import rq_torch
+from rq_common.format import output_qdq_params
 from rq_onnx import ArrayReader, quantize_static
 
 PRESETS = ["npu_cnn", "npu_transformer", "cpu"]
@@ -32,13 +33,7 @@ def run_ort(path, x: np.ndarray) -> np.ndarray:
 
 
 def output_step(model: onnx.ModelProto) -> float:
-    from rq_common.format import GraphIndex, qdq_params
-
-    index = GraphIndex(model)
-    node = index.producers[model.graph.output[0].name]
-    while node.op_type != "DequantizeLinear":
-        node = index.producers[node.input[0]]
-    return float(qdq_params(index, node).scale.reshape(-1)[0])
+    return float(output_qdq_params(model).scale.reshape(-1)[0])
 
 
 def quantize_all(network: str, preset: str, folder) -> dict[str, tuple[onnx.ModelProto, bool]]:

@@ -21,14 +21,10 @@ def run_ort(path, feeds: dict, as_written: bool = False) -> np.ndarray:
 
 
 def output_step(path) -> float:
-    from rq_common.format import GraphIndex, qdq_params
+    """One step of the graph output: the scale of the DequantizeLinear that produces it."""
+    from rq_common.format import output_qdq_params
 
-    model = onnx.load(str(path))
-    index = GraphIndex(model)
-    producer = index.producers[model.graph.output[0].name]
-    while producer.op_type != "DequantizeLinear":  # through an Identity tf2onnx may keep
-        producer = index.producers[producer.input[0]]
-    return float(qdq_params(index, producer).scale.reshape(-1)[0])
+    return float(output_qdq_params(onnx.load(str(path))).scale.reshape(-1)[0])
 
 
 class Calibration:

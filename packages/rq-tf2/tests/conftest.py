@@ -25,10 +25,7 @@ def run_ort(path, feeds: dict, as_written: bool = False) -> np.ndarray:
 
 
 def output_step(path) -> float:
-    """The scale of the DequantizeLinear that produces the graph output (one output step)."""
-    from rq_common.format import GraphIndex, qdq_params
+    """One step of the graph output: the scale of the DequantizeLinear that produces it."""
+    from rq_common.format import output_qdq_params
 
-    model = onnx.load(str(path))
-    index = GraphIndex(model)
-    dq = index.producers[model.graph.output[0].name]
-    return float(qdq_params(index, dq).scale.reshape(-1)[0])
+    return float(output_qdq_params(onnx.load(str(path))).scale.reshape(-1)[0])

@@ -13,7 +13,7 @@ from rq_common.format.builder import (
 )
 from rq_common.format.canonicalize import MIN_OPSET, REWRITES, CanonicalizeResult, canonicalize
 from rq_common.format.gemm import fuse_matmul_bias
-from rq_common.format.graph import GraphIndex, QdqParams, qdq_params
+from rq_common.format.graph import GraphIndex, QdqParams, output_qdq_params, qdq_params
 from rq_common.format.oprules import OP_RULES, OpRule, register_op_rule
 from rq_common.format.validate import CHECKS, Violation, ViolationKind, validate
 
@@ -38,6 +38,7 @@ __all__ = [
     "insert_qdq_many",
     "make_qdq",
     "make_quantized_constant",
+    "output_qdq_params",
     "qdq_params",
     "qparams_initializers",
     "register_op_rule",

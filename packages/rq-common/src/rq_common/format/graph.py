@@ -145,3 +145,15 @@ def qdq_params(index: GraphIndex, node: onnx.NodeProto) -> QdqParams | None:
         dtype=dtype,
         axis=axis,
     )
+
+
+def output_qdq_params(model: onnx.ModelProto, output: int = 0) -> QdqParams:
+    """The parameters of the DequantizeLinear that produces graph output ``output`` (through any
+    Identity an exporter leaves): one step of that output is its scale."""
+    index = GraphIndex(model)
+    node = index.producers.get(model.graph.output[output].name)
+    while node is not None and node.op_type == "Identity":
+        node = index.producers.get(node.input[0])
+    if node is None or node.op_type != DEQUANTIZE:
+        raise ValueError(f"graph output {model.graph.output[output].name!r} does not come from a DequantizeLinear")
+    return qdq_params(index, node)
