@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> str:
                         f"{method}: time, {batches} batches",
                         f"{rq_time:.3f} s",
                         f"{ort_time:.3f} s",
-                        f"{ort_time / rq_time:.2f}x faster",
+                        f"{ort_time / rq_time:.2f}x",
                         "results/calibration.md",
                     )
                     record(
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> str:
                         f"{method}: peak memory, {batches} batches",
                         f"{rq_mem:.1f} MiB",
                         f"{ort_mem:.1f} MiB",
-                        f"{ort_mem / rq_mem:.1f}x less",
+                        f"{ort_mem / rq_mem:.1f}x",
                         "results/calibration.md",
                     )
                 print(

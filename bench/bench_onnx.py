@@ -261,7 +261,7 @@ def main(argv=None) -> str:
                         f"{measure}: time",
                         f"{r_time:.2f} s",
                         f"{o_time:.2f} s",
-                        f"{o_time / r_time:.2f}x faster",
+                        f"{o_time / r_time:.2f}x",
                         DETAIL,
                     )
                     record(
@@ -269,7 +269,7 @@ def main(argv=None) -> str:
                         f"{measure}: peak RSS",
                         f"{r_rss:.0f} MiB",
                         f"{o_rss:.0f} MiB",
-                        f"{o_rss / r_rss:.2f}x less",
+                        f"{o_rss / r_rss:.2f}x",
                         DETAIL,
                     )
                 print(lines[-1], flush=True)
