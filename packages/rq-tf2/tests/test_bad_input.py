@@ -8,6 +8,8 @@ import pytest
 import rq_tf2
 from rq_common.errors import CalibrationDataError, RqError
 
+from conftest import run_ort
+
 L = keras.layers
 
 
@@ -38,19 +40,50 @@ def test_an_op_tf2onnx_cannot_convert_is_a_clear_error(tmp_path):
     assert not (tmp_path / "q.onnx").exists()
 
 
-def test_subclassed_model_is_a_clear_error():
-    class Net(keras.Model):
+class SubclassedNet(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.conv = L.Conv2D(4, 3, padding="same", name="conv")
+        self.bn = L.BatchNormalization(name="bn")
+        self.pool = L.GlobalAveragePooling2D(name="pool")
+        self.dense = L.Dense(3, name="dense")
+
+    def call(self, x):
+        return self.dense(self.pool(keras.ops.relu(self.bn(self.conv(x)))))
+
+
+def test_subclassed_model_is_traced_and_its_layers_quantized(tmp_path):
+    model = SubclassedNet()
+    x = np.random.default_rng(0).standard_normal((16, 8, 8, 3)).astype(np.float32)
+    model(x)
+    qmodel = rq_tf2.quantize_model(model, preset="npu_cnn")
+    assert isinstance(qmodel.get_layer("conv"), rq_tf2.QuantConv2D) and isinstance(qmodel.get_layer("dense"), rq_tf2.QuantDense)
+    rq_tf2.calibrate(qmodel, x, batch_size=4, quiet=True)
+    result = rq_tf2.export_onnx(qmodel, tmp_path / "sub.onnx")
+    assert result.violations == []
+    expected, float_out = np.asarray(qmodel(x)), np.asarray(model(x))
+    np.testing.assert_array_equal(run_ort(tmp_path / "sub.onnx", {"input": x}, as_written=True), expected)
+    assert 10 * np.log10(np.sum(float_out**2) / np.sum((expected - float_out) ** 2)) > 20
+
+
+def test_subclassed_model_that_cannot_be_traced_is_a_clear_error():
+    import tensorflow as tf
+
+    class Branchy(keras.Model):
         def __init__(self):
             super().__init__()
             self.dense = L.Dense(2)
 
         def call(self, x):
-            return self.dense(x) * 2.0
+            return self.dense(tf.math.reduce_max(x, axis=-1, keepdims=True))  # a tf.* op on a Keras tensor
 
-    model = Net()
+    model = Branchy()
     model(np.zeros((1, 3), np.float32))
-    with pytest.raises(rq_tf2.UnsupportedModelError, match="subclassed model.*Functional API"):
+    with pytest.raises(rq_tf2.UnsupportedModelError, match="cannot be traced.*keras.ops only"):
         rq_tf2.quantize_model(model)
+    unbuilt = Branchy()
+    with pytest.raises(rq_tf2.UnsupportedModelError, match="call it once"):
+        rq_tf2.quantize_model(unbuilt)
 
 
 def test_unbuilt_sequential_is_a_clear_error():

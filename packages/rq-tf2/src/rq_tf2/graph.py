@@ -53,13 +53,32 @@ def functional_of(model: keras.Model) -> keras.Model:
             )
         return functional
     if not hasattr(model, "_nodes_by_depth") or not getattr(model, "inputs", None):
-        raise UnsupportedModelError(
-            f"'{model.name}' is a subclassed model ({type(model).__name__} defines its own call()), so rq cannot see "
-            "where its tensors flow and where quantizers belong. Build it with the Functional API "
-            "(keras.Model(inputs, outputs)) or as a keras.Sequential, or quantize the Functional / Sequential "
-            "sub-models it calls and keep the rest in float"
-        )
+        return _trace_subclassed(model)
     return model
+
+
+def _trace_subclassed(model: keras.Model) -> keras.Model:
+    """A subclassed model's call() run once on a symbolic Input: when it uses only Keras layers and
+    keras.ops, that records the same computation, over the same layers, as a Functional graph."""
+    name = f"'{model.name}' ({type(model).__name__} defines its own call())"
+    shapes = getattr(model, "_build_shapes_dict", None) or {}
+    shape = next(iter(shapes.values()), None)
+    if shape is None or not all(isinstance(d, int) or d is None for d in shape):
+        raise UnsupportedModelError(
+            f"subclassed model {name} has no known input shape: call it once on a batch (model(x)) before quantizing; "
+            "rq traces one tensor input"
+        )
+    inputs = keras.Input(batch_shape=(None, *shape[1:]), name="input")
+    try:
+        outputs = model.call(inputs)
+    except Exception as error:
+        raise UnsupportedModelError(
+            f"subclassed model {name} cannot be traced with Keras tensors ({type(error).__name__}: "
+            f"{str(error).strip().splitlines()[0]}). rq needs "
+            "to see where its tensors flow: write call() with Keras layers and keras.ops only (no tf.* ops, no Python "
+            "branches on tensor values), or build it with the Functional API"
+        ) from None
+    return keras.Model(inputs, outputs, name=model.name)
 
 
 def functional_graph(model: keras.Model) -> FunctionalGraph:
