@@ -1,5 +1,6 @@
 """The command line: vai_q_tensorflow's flags, inspect, and errors that exit 2 with one line."""
 
+import re
 import textwrap
 
 import nets
@@ -80,8 +81,6 @@ def test_inspect_lists_what_happens_to_each_node(setup, capsys):
     ],
 )
 def test_bad_input_is_one_line_and_no_output_directory(setup, capsys, changes, message):
-    import re
-
     graph, tmp = setup
     assert main(quantize_args(graph, tmp / "out", **changes)) == 2
     err = capsys.readouterr().err
@@ -103,6 +102,4 @@ def test_graph_that_is_not_frozen_or_not_a_graph(tmp_path, capsys):
         ("junk.pb", "not a TensorFlow GraphDef"),
     ):
         code = main(quantize_args(tmp_path / name, tmp_path / "out", **{"--input_fn": "os.getcwd", "--input_shapes": "?,3"}))
-        import re
-
         assert code == 2 and re.search(message, capsys.readouterr().err)

@@ -24,6 +24,7 @@ from rq_tf1.graphdef import (
     nodes_by_name,
     readers,
     replace_reads,
+    run,
     tensor_name,
     weight_view,
 )
@@ -72,8 +73,6 @@ def fold_constants(graph_def: GraphDef, outputs: list[str]) -> GraphDef:
     ]
     if not frontier:
         return copy(graph_def)
-    from rq_tf1.graphdef import run
-
     values = run(graph_def, [f"{name}:0" for name in frontier], {})
     out = copy(graph_def)
     for name, value in zip(frontier, values):

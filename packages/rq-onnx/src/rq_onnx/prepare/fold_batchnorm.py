@@ -50,23 +50,33 @@ def fold_batchnorm(model: onnx.ModelProto, notes: list[str], lone_to_depthwise: 
 def _fold_into_conv(graph, conv, bn, bn_values, eps) -> bool:
     if conv.op_type != "Conv" or len(consumers(graph, conv.output[0])) != 1 or conv.output[0] in graph_output_names(graph):
         return False
-    weight = constant_value(graph, conv.input[1])
-    if weight is None:
+    constants = _conv_constants(graph, conv)
+    if constants is None:
         return False
+    _absorb(graph, conv, bn, *fold_batchnorm_arrays(*constants, *bn_values, eps), "bn")
+    return True
+
+
+def _conv_constants(graph, conv) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """The Conv's constant weight and bias (None for no bias); None when either is not constant."""
+    weight = constant_value(graph, conv.input[1])
     has_bias = len(conv.input) > 2 and conv.input[2]
     bias = constant_value(graph, conv.input[2]) if has_bias else None
-    if has_bias and bias is None:
-        return False
-    new_weight, new_bias = fold_batchnorm_arrays(weight, bias, *bn_values, eps)
-    weight_name = unique_name(graph, f"{conv.input[1]}_bn_folded")
-    bias_name = unique_name(graph, f"{conv.name or conv.output[0]}_bias_bn_folded")
-    set_initializer(graph, weight_name, new_weight)
-    set_initializer(graph, bias_name, new_bias)
+    if weight is None or (has_bias and bias is None):
+        return None
+    return weight, bias
+
+
+def _absorb(graph, conv, after, weight: np.ndarray, bias: np.ndarray, what: str) -> None:
+    """The Conv takes the folded weight and bias and the output of ``after``, which goes."""
+    weight_name = unique_name(graph, f"{conv.input[1]}_{what}_folded")
+    bias_name = unique_name(graph, f"{conv.name or conv.output[0]}_bias_{what}_folded")
+    set_initializer(graph, weight_name, weight)
+    set_initializer(graph, bias_name, bias)
     del conv.input[1:]
     conv.input.extend([weight_name, bias_name])
-    conv.output[0] = bn.output[0]
-    graph.node.remove(bn)
-    return True
+    conv.output[0] = after.output[0]
+    graph.node.remove(after)
 
 
 def _to_depthwise_conv(graph, bn, bn_values, eps) -> bool:
@@ -111,26 +121,17 @@ def _fold_one_scale_shift(graph: onnx.GraphProto) -> bool:
         if conv.op_type != "Conv" or conv.output[0] in graph_output_names(graph):
             continue
         readers = [node for node, _ in consumers(graph, conv.output[0])]
-        weight = constant_value(graph, conv.input[1])
-        if len(readers) != 1 or readers[0].op_type not in ("Mul", "Add") or weight is None:
+        constants = _conv_constants(graph, conv)
+        if len(readers) != 1 or readers[0].op_type not in ("Mul", "Add") or constants is None:
             continue
         op = readers[0]
+        weight, bias = constants
         other = op.input[1] if op.input[0] == conv.output[0] else op.input[0]
         per_channel = _per_output_channel(constant_value(graph, other), weight.shape[0], weight.ndim)
-        has_bias = len(conv.input) > 2 and conv.input[2]
-        bias = constant_value(graph, conv.input[2]) if has_bias else None
-        if per_channel is None or (has_bias and bias is None):
+        if per_channel is None:
             continue
         scale, shift = (per_channel, 0.0) if op.op_type == "Mul" else (1.0, per_channel)
-        new_weight, new_bias = fold_scale_shift(weight, bias, scale, shift)
-        weight_name = unique_name(graph, f"{conv.input[1]}_{op.op_type.lower()}_folded")
-        bias_name = unique_name(graph, f"{conv.name or conv.output[0]}_bias_{op.op_type.lower()}_folded")
-        set_initializer(graph, weight_name, new_weight)
-        set_initializer(graph, bias_name, new_bias)
-        del conv.input[1:]
-        conv.input.extend([weight_name, bias_name])
-        conv.output[0] = op.output[0]
-        graph.node.remove(op)
+        _absorb(graph, conv, op, *fold_scale_shift(weight, bias, scale, shift), op.op_type.lower())
         return True
     return False
 
