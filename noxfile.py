@@ -6,11 +6,18 @@ nox -s common       rq-common's tests
 nox -s build        build every package's wheel, install each into a clean venv, test it
 nox -s demo         the README's main job
 nox -s bench        benchmarks (not part of plain `nox`: they measure, they do not test)
+
+Each session removes its virtualenv when it ends: most of them hold torch or TensorFlow (1.3 to 2.7 GB
+each), and a full run kept all of them would need about 22 GB of disk at once; this way it needs about
+3 GB. Set RQ_KEEP_VENVS=1 to keep them (for `nox -r`, which reuses them).
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import nox
@@ -25,6 +32,25 @@ EXISTING = {name: dist for name, dist in PACKAGES.items() if (ROOT / "packages" 
 nox.options.sessions = ["lint", *EXISTING, "e2e", "parity", "build", "demo"]
 nox.options.error_on_missing_interpreters = True
 
+KEEP_VENVS = os.environ.get("RQ_KEEP_VENVS") == "1"
+
+
+def session(func: Callable[[nox.Session], None] | None = None, **kwargs):
+    """`nox.session` whose virtualenv is removed when the session ends, passed or failed (see above)."""
+
+    def decorate(func: Callable[[nox.Session], None]):
+        @functools.wraps(func)
+        def run_then_discard_venv(session: nox.Session) -> None:
+            try:
+                func(session)
+            finally:
+                if not KEEP_VENVS:
+                    shutil.rmtree(session.virtualenv.location, ignore_errors=True)
+
+        return nox.session(run_then_discard_venv, **kwargs)
+
+    return decorate(func) if func is not None else decorate
+
 
 def install(session: nox.Session, *args: str) -> None:
     session.install("-c", CONSTRAINTS, *args)
@@ -38,7 +64,7 @@ def install_packages(session: nox.Session, dists: list[str], extra: str = "test"
 
 
 def _package_session(name: str, dist: str) -> None:
-    @nox.session(name=name)
+    @session(name=name)
     def run_tests(session: nox.Session) -> None:
         deps = [dist] if dist == "rq-common" else ["rq-common", dist]
         install_packages(session, deps)
@@ -51,7 +77,7 @@ for _name, _dist in EXISTING.items():
     _package_session(_name, _dist)
 
 
-@nox.session
+@session
 def lint(session: nox.Session) -> None:
     """ruff: lint and formatting (ruff.toml)."""
     session.install("ruff==0.17.*")
@@ -59,7 +85,7 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", str(ROOT))
 
 
-@nox.session
+@session
 def e2e(session: nox.Session) -> None:
     """End-to-end tests in tests/ (the demo as a test); the parity suite has its own session."""
     install_packages(session, list(EXISTING.values()))
@@ -67,7 +93,7 @@ def e2e(session: nox.Session) -> None:
     session.run("pytest", "-q", str(ROOT / "tests"), "--ignore-glob=*test_parity_*", *session.posargs)
 
 
-@nox.session
+@session
 def parity(session: nox.Session) -> None:
     """The parity suite: the same network from every framework gives the same int8 model."""
     install_packages(session, list(EXISTING.values()))
@@ -75,7 +101,7 @@ def parity(session: nox.Session) -> None:
     session.run("pytest", "-q", *sorted(str(p) for p in (ROOT / "tests").glob("test_parity_*.py")), *session.posargs)
 
 
-@nox.session
+@session
 def build(session: nox.Session) -> None:
     """Build every wheel; install each from the wheels alone into a clean venv and test it there."""
     install(session, "build")
@@ -99,9 +125,10 @@ def build(session: nox.Session) -> None:
         session.run(
             python, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "packages" / dist / "tests"), external=True
         )
+        shutil.rmtree(venv)  # one wheel venv on disk at a time
 
 
-@nox.session
+@session
 def demo(session: nox.Session) -> None:
     """The main job: quantize a real model end to end and print the table."""
     install_packages(session, list(EXISTING.values()), extra="")
@@ -109,7 +136,7 @@ def demo(session: nox.Session) -> None:
     session.run("python", str(ROOT / "examples" / "digits_demo.py"), "--out", str(ROOT / "out" / "demo"), *session.posargs)
 
 
-@nox.session
+@session
 def bench(session: nox.Session) -> None:
     """Every benchmark (against ONNX Runtime's quantizer where it has a counterpart), then bench/RESULTS.md."""
     install_packages(session, list(EXISTING.values()), extra="")
