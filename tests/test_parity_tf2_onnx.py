@@ -3,8 +3,9 @@ float ONNX by tf2onnx and quantized by rq-onnx, with the same calibration data a
 same int8 model: the same power-of-two scales (float scales within 1e-5 relative: TensorFlow and
 ONNX Runtime sum in another order), the same int8 weights and biases.
 
-The transformer is not here: tf2onnx writes a float Keras LayerNormalization as a dozen elementwise
-ops, which rq-onnx quantizes one by one, while rq-tf2 keeps it one LayerNormalization."""
+tf2onnx writes a Keras LayerNormalization as a dozen elementwise ops in the float model; rq-onnx
+fuses them back into one LayerNormalization (rq_common.format.fuse_layer_norms), as rq-tf2's export
+does, so the transformer quantizes the same way on both paths."""
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ nets = package_test_module("rq-tf2", "nets")
 NETWORKS = {
     "resnet": (nets.resnet_style, (16, 16, 3)),
     "mobilenet_v2": (nets.mobilenet_v2_style, (32, 32, 3)),
+    "transformer": (nets.transformer_encoder, (8, 32)),
 }
 
 

@@ -102,19 +102,25 @@ def mobilenet_v2_net(seed: int = 0, classes: int = 10) -> onnx.ModelProto:
     )
 
 
-def layer_norm(g: GraphBuilder, x: str, d: int) -> str:
-    return g.op(
-        "LayerNormalization",
-        [x, g.const(g.rng.uniform(0.8, 1.2, d), "ln_g"), g.const(g.rng.standard_normal(d) * 0.05, "ln_b")],
-        axis=-1,
-    )
+def layer_norm(g: GraphBuilder, x: str, d: int, written_out: bool = False) -> str:
+    """One LayerNormalization op, or (written_out) the textbook ops older exporters write for it."""
+    gamma, beta = g.const(g.rng.uniform(0.8, 1.2, d), "ln_g"), g.const(g.rng.standard_normal(d) * 0.05, "ln_b")
+    if not written_out:
+        return g.op("LayerNormalization", [x, gamma, beta], axis=-1, epsilon=1e-5)
+    mean = g.op("ReduceMean", [x], axes=[-1])
+    centered = g.op("Sub", [x, mean])
+    variance = g.op("ReduceMean", [g.op("Pow", [centered, g.const(np.float32(2), "two")])], axes=[-1])
+    std = g.op("Sqrt", [g.op("Add", [variance, g.const(np.float32(1e-5), "eps")])])
+    return g.op("Add", [g.op("Mul", [g.op("Div", [centered, std]), gamma]), beta])
 
 
-def transformer_encoder_net(seed: int = 0, tokens: int = 8, d: int = 32, heads: int = 4) -> onnx.ModelProto:
+def transformer_encoder_net(
+    seed: int = 0, tokens: int = 8, d: int = 32, heads: int = 4, written_out_layer_norm: bool = False
+) -> onnx.ModelProto:
     g = GraphBuilder(seed)
     hd = d // heads
     x = "tokens"
-    h = layer_norm(g, x, d)
+    h = layer_norm(g, x, d, written_out_layer_norm)
     split_shape = g.const(np.array([0, tokens, heads, hd], np.int64), "split")
 
     def project(t):
@@ -127,7 +133,7 @@ def transformer_encoder_net(seed: int = 0, tokens: int = 8, d: int = 32, heads: 
     attn = g.op("MatMul", [g.op("Softmax", [scores], axis=-1), v])
     merged = g.op("Reshape", [g.op("Transpose", [attn], perm=[0, 2, 1, 3]), g.const(np.array([0, tokens, d], np.int64), "merge")])
     x = g.op("Add", [x, g.linear(merged, d, d)])
-    h = g.linear(layer_norm(g, x, d), d, 2 * d)
+    h = g.linear(layer_norm(g, x, d, written_out_layer_norm), d, 2 * d)
     gelu = g.op(
         "Mul",
         [

@@ -6,6 +6,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from rq_common import get_preset
+from rq_onnx import ArrayReader, quantize_static
 from rq_onnx.prepare import prepare_model
 
 from conftest import run
@@ -131,3 +132,24 @@ def test_batchnorm_written_as_mul_and_add_folds_into_the_conv(rng):
     assert any("folded 2 per-channel Mul/Add" in n for n in notes)
     x = rng.standard_normal((1, c, 5, 5)).astype(np.float32)
     np.testing.assert_allclose(run(out, {"x": x})[0], run(model, {"x": x})[0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_written_out_layer_norm_quantizes_as_the_one_op(rng):
+    """The same encoder with LayerNormalization ops and with them written out as ReduceMean/Sub/Pow/
+    Sqrt/Div/Mul/Add gives the same int8 model: the ops are fused back before calibration."""
+    tokens = rng.standard_normal((16, 8, 32)).astype(np.float32)
+    results = [
+        quantize_static(
+            nets.transformer_encoder_net(written_out_layer_norm=written_out),
+            None,
+            ArrayReader({"tokens": tokens}, batch_size=4),
+            preset="npu_transformer",
+            quiet=True,
+        )
+        for written_out in (False, True)
+    ]
+    ops = [[n.op_type for n in r.model.graph.node] for r in results]
+    assert ops[0] == ops[1] and ops[0].count("LayerNormalization") == 2
+    assert results[1].violations == []
+    x = rng.standard_normal((4, 8, 32)).astype(np.float32)
+    np.testing.assert_array_equal(run(results[1].model, {"tokens": x})[0], run(results[0].model, {"tokens": x})[0])

@@ -17,12 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
-import numpy as np
 import onnx
 import tensorflow as tf
-from onnx import numpy_helper
 
-from rq_common.format import Violation, canonicalize, fuse_matmul_bias, validate
+from rq_common.format import Violation, canonicalize, fuse_layer_norms, fuse_matmul_bias, validate
 from rq_common.format.markers import (
     LayerParams,
     marked_constant_qparams,
@@ -72,7 +70,7 @@ def export_onnx(model: keras.Model, path: str | Path, opset: int = 17) -> Export
     renumber_generated_names(exported)
     exported.graph.doc_string = f"rq_tf2 export of Keras model '{model.name}'"  # not TF's numbered function name
     set_exact_qdq_params(exported, {m: q.qparams() for m, q in markers.items() if isinstance(q, ActivationQuantizer)})
-    _collapse_layer_norms(exported, markers)
+    _fuse_layer_norms(exported, markers)
     del exported.graph.value_info[:]  # tensor types changed (uint8 -> the preset's); inferred again
     exported = onnx.shape_inference.infer_shapes(exported)
     fuse_matmul_bias(exported)  # before the constants are claimed: the bias goes to the Gemm's bias slot
@@ -124,34 +122,11 @@ def _mark(wiring: Links) -> dict[str, keras.layers.Layer]:
     return markers
 
 
-def _collapse_layer_norms(model: onnx.ModelProto, markers) -> None:
-    """The ops each marked LayerNormalization became -> one ONNX LayerNormalization over the last axis."""
-    graph = model.graph
-    initializers = {t.name for t in graph.initializer}
+def _fuse_layer_norms(model: onnx.ModelProto, markers) -> None:
+    """The dozen ops tf2onnx writes for each LayerNormalization -> one ONNX LayerNormalization
+    (rq_common's fusion); every marked one must have been found."""
+    fuse_layer_norms(model)
+    fused = {part for n in model.graph.node if n.op_type == "LayerNormalization" for part in n.name.split("/")}
     for marker, layer in markers.items():
-        if not isinstance(layer, ExportableLayerNormalization):
-            continue
-        group = [n for n in graph.node if marker in n.name.split("/")]
-        made = {o for n in group for o in n.output}
-        sources = {i for n in group for i in n.input if i and i not in made and i not in initializers}
-        read_outside = {i for n in graph.node if n not in group for i in n.input} | {o.name for o in graph.output}
-        results = [o for o in made if o in read_outside]
-        if len(sources) != 1 or len(results) != 1:
-            raise RuntimeError(f"tf2onnx wrote LayerNormalization '{layer.name}' in an unexpected form; please report it")
-        gamma = np.asarray(layer.gamma if layer.scale else np.ones(layer.beta.shape), np.float32)
-        beta = np.asarray(layer.beta if layer.center else np.zeros(gamma.shape), np.float32)
-        graph.initializer.extend(
-            [numpy_helper.from_array(gamma, f"{marker}_gamma"), numpy_helper.from_array(beta, f"{marker}_beta")]
-        )
-        node = onnx.helper.make_node(
-            "LayerNormalization",
-            [sources.pop(), f"{marker}_gamma", f"{marker}_beta"],
-            results,
-            name=f"{layer.name}/LayerNormalization",
-            axis=-1,
-            epsilon=float(layer.epsilon),
-        )
-        position = list(graph.node).index(group[0])
-        for n in group:
-            graph.node.remove(n)
-        graph.node.insert(position, node)
+        if isinstance(layer, ExportableLayerNormalization) and marker not in fused:
+            raise ExportError(f"tf2onnx wrote LayerNormalization '{layer.name}' in an unexpected form; please report it")

@@ -14,6 +14,7 @@ from rq_common.format.builder import (
 from rq_common.format.canonicalize import MIN_OPSET, REWRITES, CanonicalizeResult, canonicalize
 from rq_common.format.gemm import fuse_matmul_bias
 from rq_common.format.graph import GraphIndex, QdqParams, output_qdq_params, qdq_params
+from rq_common.format.layernorm import fuse_layer_norms
 from rq_common.format.oprules import OP_RULES, OpRule, register_op_rule
 from rq_common.format.validate import CHECKS, Violation, ViolationKind, validate
 
@@ -33,6 +34,7 @@ __all__ = [
     "Violation",
     "ViolationKind",
     "canonicalize",
+    "fuse_layer_norms",
     "fuse_matmul_bias",
     "insert_qdq",
     "insert_qdq_many",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx
 
-from rq_common.format import fuse_matmul_bias
+from rq_common.format import fuse_layer_norms, fuse_matmul_bias
 from rq_common.spec import Preset
 from rq_common.spec.npu_rules import is_leaky_alpha_exact, round_leaky_alpha
 from rq_onnx.errors import ModelLoadError
@@ -51,7 +51,8 @@ def round_leaky_alphas(model: onnx.ModelProto, notes: list[str]) -> None:
 
 
 def prepare_model(model: onnx.ModelProto, preset: Preset, notes: list[str]) -> onnx.ModelProto:
-    """The float model ready to calibrate: opset 17, no training nodes, constants folded, BN folded."""
+    """The float model ready to calibrate: opset 17, no training nodes, constants folded, BN folded,
+    written-out LayerNormalization and MatMul + bias fused."""
     reject_quantized(model)
     model = upgrade_opset(model, notes)
     remove_training_nodes(model, notes)
@@ -59,6 +60,7 @@ def prepare_model(model: onnx.ModelProto, preset: Preset, notes: list[str]) -> o
     model = infer_shapes(model)
     fold_batchnorm(model, notes, lone_to_depthwise=preset.target.fixed_point_rules)
     fold_scale_shift_into_conv(model, notes)
+    notes.extend(fuse_layer_norms(model))  # LayerNormalization written out as a dozen ops quantizes as one op
     notes.extend(fuse_matmul_bias(model))  # a Dense written as MatMul + Add quantizes as one Gemm with an int bias
     if preset.target.fixed_point_rules:
         round_leaky_alphas(model, notes)
