@@ -119,8 +119,7 @@ class TensorQuantizer(nn.Module):
             return x
         axis = self.spec.axis if self.spec.per_channel else None
         scale = self.scale if torch.onnx.is_in_onnx_export() else self.current_scale()
-        fused = self.training and self.log2_scale is None  # QAT with a fixed scale: the fast kernels
-        return fake_quantize(x, scale, self.zero_point, self.spec.qmin, self.spec.qmax, axis, fused=fused)
+        return fake_quantize(x, scale, self.zero_point, self.spec.qmin, self.spec.qmax, axis)
 
     # -- state: observer <-> buffers around state_dict ------------------------------------------
     def _save_to_state_dict(self, destination, prefix, keep_vars):
