@@ -47,6 +47,7 @@ class TensorQuantizer(nn.Module):
         self.register_buffer("calibrated", torch.tensor(False))
         self.register_buffer("mode_code", torch.tensor(Mode.OFF.value, dtype=torch.int8))
         self._mode = Mode.OFF
+        self._qparams: tuple[tuple, QParams] | None = None  # (what it was read from, QParams): see qparams()
         self.calibrator = Calibrator(spec, self.method, name=name)
         self.persist_observer = persist_observer
         # QAT with a learned scale: log2 of the scale is the parameter (TQT); for power-of-two specs
@@ -103,12 +104,20 @@ class TensorQuantizer(nn.Module):
         return qparams
 
     def qparams(self) -> QParams:
+        """The scale and zero point as rq_common QParams. QAT asks for them every step (the int32
+        bias scale), so they are read again only when a buffer was replaced or changed in place."""
         if not bool(self.calibrated):
             raise NotCalibratedError(
                 f"quantizer '{self.tensor_name}' has no scale yet: run rq_torch.calibrate(qmodel, data) first"
             )
-        axis = self.spec.axis if self.spec.per_channel else None
-        return QParams(self.scale.numpy().copy(), self.zero_point.numpy().copy(), self.spec, axis=axis)
+        # the buffers themselves (held, so that their ids cannot be reused) and their in-place versions
+        source = (self.scale, self.zero_point, self.scale._version, self.zero_point._version)
+        cached = self._qparams
+        if cached is None or cached[0][0] is not source[0] or cached[0][1] is not source[1] or cached[0][2:] != source[2:]:
+            axis = self.spec.axis if self.spec.per_channel else None
+            qparams = QParams(self.scale.numpy().copy(), self.zero_point.numpy().copy(), self.spec, axis=axis)
+            cached = self._qparams = (source, qparams)
+        return cached[1]
 
     # -- forward --------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -118,7 +127,7 @@ class TensorQuantizer(nn.Module):
         if self.mode is Mode.OFF:
             return x
         axis = self.spec.axis if self.spec.per_channel else None
-        scale = self.scale if torch.onnx.is_in_onnx_export() else self.current_scale()
+        scale = self.current_scale() if self.log2_scale is not None and not torch.onnx.is_in_onnx_export() else self.scale
         return fake_quantize(x, scale, self.zero_point, self.spec.qmin, self.spec.qmax, axis)
 
     # -- state: observer <-> buffers around state_dict ------------------------------------------
