@@ -4,6 +4,7 @@ import nets
 import torch
 
 import rq_torch
+from rq_common import get_preset
 
 
 def test_save_and_load_a_calibrated_model(tmp_path):
@@ -34,3 +35,24 @@ def test_torch_compile_gives_the_same_outputs():
     compiled = torch.compile(qmodel, backend="eager")
     with torch.no_grad():
         assert torch.equal(compiled(x), qmodel(x))
+
+
+def test_qparams_follow_the_buffers_however_they_change():
+    """qparams() is read again whenever the scale or zero point buffer is replaced or changed in place."""
+    q = rq_torch.TensorQuantizer(get_preset("cpu").activation, "minmax", name="t")
+    q.mode = rq_torch.Mode.OBSERVE
+    q(torch.linspace(-1.0, 3.0, 64))
+    q.finalize()
+    first = q.qparams()
+    assert q.qparams() is first  # nothing changed: the same object
+
+    with torch.no_grad():
+        q.scale.mul_(2)  # in place
+    assert float(q.qparams().scale) == float(first.scale) * 2
+
+    other = rq_torch.TensorQuantizer(q.spec, "minmax", name="t")
+    other.load_state_dict({**q.state_dict(), "zero_point": torch.tensor(7, dtype=torch.int32)})
+    assert int(other.qparams().zero_point) == 7
+
+    q.scale = torch.tensor(0.25)  # replaced
+    assert float(q.qparams().scale) == 0.25

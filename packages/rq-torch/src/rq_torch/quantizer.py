@@ -9,6 +9,7 @@ loads with torch.load(weights_only=True); the exporter sees only tensors.
 from __future__ import annotations
 
 from enum import Enum
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -25,6 +26,23 @@ class Mode(Enum):
     OFF = 0
     OBSERVE = 1
     QUANTIZE = 2
+
+
+class _ReadQParams(NamedTuple):
+    """QParams read from a scale and a zero-point buffer, with what they were read from: the
+    buffers themselves (held, so that their ids are not reused) and their in-place versions."""
+
+    scale: torch.Tensor
+    zero_point: torch.Tensor
+    versions: tuple[int, int]
+    qparams: QParams
+
+    @classmethod
+    def of(cls, scale: torch.Tensor, zero_point: torch.Tensor, qparams: QParams) -> _ReadQParams:
+        return cls(scale, zero_point, (scale._version, zero_point._version), qparams)
+
+    def still_holds(self, scale: torch.Tensor, zero_point: torch.Tensor) -> bool:
+        return self.scale is scale and self.zero_point is zero_point and self.versions == (scale._version, zero_point._version)
 
 
 class TensorQuantizer(nn.Module):
@@ -47,7 +65,7 @@ class TensorQuantizer(nn.Module):
         self.register_buffer("calibrated", torch.tensor(False))
         self.register_buffer("mode_code", torch.tensor(Mode.OFF.value, dtype=torch.int8))
         self._mode = Mode.OFF
-        self._qparams: tuple[tuple, QParams] | None = None  # (what it was read from, QParams): see qparams()
+        self._qparams: _ReadQParams | None = None  # see qparams()
         self.calibrator = Calibrator(spec, self.method, name=name)
         self.persist_observer = persist_observer
         # QAT with a learned scale: log2 of the scale is the parameter (TQT); for power-of-two specs
@@ -110,14 +128,12 @@ class TensorQuantizer(nn.Module):
             raise NotCalibratedError(
                 f"quantizer '{self.tensor_name}' has no scale yet: run rq_torch.calibrate(qmodel, data) first"
             )
-        # the buffers themselves (held, so that their ids cannot be reused) and their in-place versions
-        source = (self.scale, self.zero_point, self.scale._version, self.zero_point._version)
-        cached = self._qparams
-        if cached is None or cached[0][0] is not source[0] or cached[0][1] is not source[1] or cached[0][2:] != source[2:]:
+        read = self._qparams
+        if read is None or not read.still_holds(self.scale, self.zero_point):
             axis = self.spec.axis if self.spec.per_channel else None
             qparams = QParams(self.scale.numpy().copy(), self.zero_point.numpy().copy(), self.spec, axis=axis)
-            cached = self._qparams = (source, qparams)
-        return cached[1]
+            read = self._qparams = _ReadQParams.of(self.scale, self.zero_point, qparams)
+        return read.qparams
 
     # -- forward --------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
