@@ -86,6 +86,16 @@ def transformer_encoder(dim: int = 32, heads: int = 4, tokens: int = 8) -> keras
     return model
 
 
+def attention_encoder(dim: int = 32, heads: int = 4, tokens: int = 8) -> keras.Model:
+    """The same pre-norm encoder block with keras.layers.MultiHeadAttention, as Keras users write it."""
+    inputs = keras.Input((tokens, dim), name="x")
+    h = L.LayerNormalization(name="norm1")(inputs)
+    x = L.Add(name="residual1")([inputs, L.MultiHeadAttention(heads, dim // heads, name="attention")(h, h)])
+    h = L.LayerNormalization(name="norm2")(x)
+    h = L.Dense(dim, name="ff2")(L.Dense(2 * dim, activation="relu", name="ff1")(h))
+    return keras.Model(inputs, L.Add(name="residual2")([x, h]), name="attention_encoder")
+
+
 def digits_cnn() -> keras.Model:
     inputs = keras.Input((8, 8, 1), name="x")
     x = _conv_bn(inputs, 16, 3, "c1")

@@ -296,6 +296,16 @@ def layer_norm_rule(layer, ctx: RuleContext) -> list[Step]:
     ]
 
 
+@layer_rule(L.MultiHeadAttention)
+def attention_rule(layer, ctx: RuleContext) -> list[Step]:
+    """Reached only by calls that quantize_model could not write as plain layers (rq_tf2.attention)."""
+    reason = (
+        "MultiHeadAttention called with a mask, use_causal_mask or return_attention_scores, or with use_gate, "
+        "sliding_window, other attention_axes or inputs not of rank 3, runs in float (rq-tf2 quantizes its plain form only)"
+    )
+    return [Step(layer.name, None, lambda: _copy(layer), _copy_weights(layer), float_reason=reason)]
+
+
 layer_rule(L.Dropout, L.SpatialDropout2D, L.GaussianNoise, L.Identity)(_simple("Identity"))
 layer_rule(MatMul)(_simple("MatMul"))
 

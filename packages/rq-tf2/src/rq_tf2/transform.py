@@ -14,6 +14,7 @@ from keras import tree
 
 from rq_common.spec import Preset, get_preset
 from rq_common.spec.placement import FloatOp, OpNode, place_quantizers
+from rq_tf2.attention import decompose_attention
 from rq_tf2.graph import FunctionalGraph, GraphNode, functional_graph, rebuild
 from rq_tf2.layers import QUANT_TWINS, QuantWeightedMixin
 from rq_tf2.quantizer import ActivationQuantizer, Mode
@@ -66,6 +67,13 @@ def quantize_model(
         configs[name] = LayerConfig(exclude=True)
     graph = functional_graph(model)
     _check_names(graph, configs)
+    plain, written_out = decompose_attention(graph, keep={name for name, c in configs.items() if c.exclude})
+    if plain is not None:
+        graph = functional_graph(plain)
+        for name in written_out:  # a config given for the attention layer holds for each of its parts
+            if name in configs:
+                config = configs.pop(name)
+                configs.update({node.name: config for node in graph.nodes if node.name.startswith(f"{name}_")})
     expanded, op_nodes, aliases = _expand(graph, preset, configs, freeze_bn_after)
     outputs = [aliases.get(key, key) for key in graph.outputs]
     placement = place_quantizers(op_nodes, graph.inputs, outputs, preset.target.fixed_point_rules)
