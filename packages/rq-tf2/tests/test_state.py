@@ -23,6 +23,8 @@ def test_save_load_round_trip_keeps_outputs_and_export(tmp_path):
     loaded = keras.models.load_model(tmp_path / "q.keras")  # registered objects: no custom_objects needed
     np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(qmodel(x)))
     again = rq_tf2.load_model(tmp_path / "q.keras")
+    rq_layers = {type(layer).__name__ for layer in qmodel.layers if type(layer).__module__.startswith("rq_tf2")}
+    assert rq_layers <= set(rq_tf2.custom_objects())
     assert {type(layer).__name__ for layer in again.layers} >= {"ActivationQuantizer", "QuantConv2D", "QuantDepthwiseConv2D"}
     # the loaded model's graph lists its ops in another order, so tf2onnx keeps other names for
     # shared constants; the integers, scales and outputs are the same

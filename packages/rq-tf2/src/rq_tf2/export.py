@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
 import onnx
 import tensorflow as tf
 
-from rq_common.format import Violation, canonicalize, fuse_layer_norms, fuse_matmul_bias, validate
+from rq_common.format import ExportResult, canonicalize, fuse_layer_norms, fuse_matmul_bias, validate
 from rq_common.format.markers import (
     LayerParams,
     marked_constant_qparams,
@@ -36,14 +35,6 @@ from rq_tf2.layers import BiasAdd, ExportableLayerNormalization, QuantWeightedMi
 from rq_tf2.quantizer import ActivationQuantizer
 
 MARKER = "rqexport{}x"
-
-
-@dataclass
-class ExportResult:
-    path: Path
-    model: onnx.ModelProto
-    violations: list[Violation]
-    log: list[str] = field(default_factory=list)
 
 
 def export_onnx(model: keras.Model, path: str | Path, opset: int = 17) -> ExportResult:

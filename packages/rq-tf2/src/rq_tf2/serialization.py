@@ -8,22 +8,14 @@ from pathlib import Path
 
 import keras
 
-from rq_tf2.layers import BiasAdd, MatMul, QuantConv1D, QuantConv2D, QuantConv2DTranspose, QuantDense, QuantDepthwiseConv2D
-from rq_tf2.quantizer import ActivationQuantizer
+import rq_tf2.layers  # noqa: F401  (registers the layers; importing the quantizer registers its own)
+from rq_tf2.quantizer import PACKAGE
 
 
 def custom_objects() -> dict[str, type]:
-    layers = (
-        ActivationQuantizer,
-        BiasAdd,
-        MatMul,
-        QuantConv1D,
-        QuantConv2D,
-        QuantConv2DTranspose,
-        QuantDense,
-        QuantDepthwiseConv2D,
-    )
-    return {cls.__name__: cls for cls in layers}
+    """Every layer rq_tf2 registered with Keras, by class name."""
+    prefix = f"{PACKAGE}>"
+    return {name.removeprefix(prefix): cls for name, cls in keras.saving.get_custom_objects().items() if name.startswith(prefix)}
 
 
 def load_model(path: str | Path) -> keras.Model:

@@ -5,27 +5,18 @@ from __future__ import annotations
 
 import tempfile
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
 import torch
 from torch import fx
 
-from rq_common.format import Violation, canonicalize, validate
+from rq_common.format import ExportResult, canonicalize, validate
 from rq_common.io import save_onnx
 from rq_common.qmath import QParams
 from rq_torch.calibrate import require_calibrated
 from rq_torch.quantizer import TensorQuantizer
 from rq_torch.transform import quant_layers
-
-
-@dataclass
-class ExportResult:
-    path: Path
-    model: onnx.ModelProto
-    violations: list[Violation]
-    log: list[str] = field(default_factory=list)
 
 
 def _bias_qparams(model: fx.GraphModule, exported: onnx.ModelProto) -> dict[str, QParams]:

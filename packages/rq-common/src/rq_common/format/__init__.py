@@ -16,6 +16,7 @@ from rq_common.format.gemm import fuse_matmul_bias
 from rq_common.format.graph import GraphIndex, QdqParams, output_qdq_params, qdq_params
 from rq_common.format.layernorm import fuse_layer_norms
 from rq_common.format.oprules import OP_RULES, OpRule, register_op_rule
+from rq_common.format.result import ExportResult
 from rq_common.format.validate import CHECKS, Violation, ViolationKind, validate
 
 DEFAULT_OPSET = 17
@@ -27,6 +28,7 @@ __all__ = [
     "OP_RULES",
     "REWRITES",
     "CanonicalizeResult",
+    "ExportResult",
     "GraphIndex",
     "OpRule",
     "QdqParams",
