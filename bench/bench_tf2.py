@@ -10,10 +10,8 @@ import argparse
 import datetime
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -31,7 +29,7 @@ import nets  # noqa: E402  (rq-tf2's test networks)
 import rq_tf2  # noqa: E402
 
 sys.path.insert(0, str(HERE))
-from headline import record, write  # noqa: E402
+from qat_report import PRESETS, QatReport, paired_step_ms, timed_s  # noqa: E402
 
 AREA = "rq-tf2"
 DETAIL = "results/tf2.md"
@@ -49,20 +47,13 @@ def accuracy(model, x, y) -> float:
     return float(np.mean(np.argmax(np.asarray(model.predict(x, verbose=0)), axis=1) == y))
 
 
-def paired_step_ms(float_model, qmodel, x, y, repeats=50) -> tuple[float, float]:
-    """Median train_on_batch times of the float and the quantized model, their steps alternating so
-    that both see the same machine load (side by side, as ratios must be measured)."""
-    runs = []
-    for model in (float_model, qmodel):
-        model.compile(keras.optimizers.SGD(1e-4), LOSS)
-        runs.append((model, []))
-    for i in range(repeats + 5):
-        for model, times in runs:
-            start = time.perf_counter()
-            model.train_on_batch(x, y)
-            if i >= 5:
-                times.append(time.perf_counter() - start)
-    return tuple(1000 * statistics.median(times) for _, times in runs)
+def training_step(model, x, y):
+    model.compile(keras.optimizers.SGD(1e-4), LOSS)
+    return lambda: model.train_on_batch(x, y)
+
+
+def step_ms(float_model, qmodel, x, y, repeats=50) -> tuple[float, float]:
+    return paired_step_ms([training_step(float_model, x, y), training_step(qmodel, x, y)], repeats)
 
 
 def main(argv=None) -> str:
@@ -76,62 +67,40 @@ def main(argv=None) -> str:
     model.compile(keras.optimizers.Adam(2e-3), LOSS)
     model.fit(x_train, y_train, batch_size=32, epochs=12, verbose=0)
     float_acc = accuracy(model, x_test, y_test)
-    lines = [
-        "# rq-tf2 on load_digits (digits CNN: 2 conv + BN + ReLU, max-pool, dense)",
-        "",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; machine: {platform.machine()}, "
-        f"tensorflow {tf.__version__}, keras {keras.__version__}, python {platform.python_version()}",
-        f"- float accuracy {100 * float_acc:.2f}%; PTQ on 256 training images; QAT {args.qat_epochs} epochs of fit() (Adam, lr 5e-4)",
-        "- step time: median of 50 train_on_batch steps on one batch of 32, float and quantized steps alternating",
-        "- rerun: `nox -s bench` (or `python bench/bench_tf2.py`)",
-        "",
-        "| preset | float | PTQ | QAT | QAT step / float step | export (s) |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
+    report = QatReport(
+        AREA,
+        DETAIL,
+        [
+            "# rq-tf2 on load_digits (digits CNN: 2 conv + BN + ReLU, max-pool, dense)",
+            "",
+            f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; machine: {platform.machine()}, "
+            f"tensorflow {tf.__version__}, keras {keras.__version__}, python {platform.python_version()}",
+            f"- float accuracy {100 * float_acc:.2f}%; PTQ on 256 training images; QAT {args.qat_epochs} epochs of fit() (Adam, lr 5e-4)",
+            "- step time: median of 50 train_on_batch steps on one batch of 32, float and quantized steps alternating",
+            "- rerun: `nox -s bench` (or `python bench/bench_tf2.py`)",
+        ],
+    )
     xb, yb = x_train[:32], y_train[:32]
-    for preset in ("npu_cnn", "npu_transformer", "cpu"):
+    for preset in PRESETS:
         qmodel = rq_tf2.quantize_model(model, preset=preset, calib_dataset=x_train[:256], quiet=True)
         ptq = accuracy(qmodel, x_test, y_test)
         qmodel.compile(keras.optimizers.Adam(5e-4), LOSS)
         qmodel.fit(x_train, y_train, batch_size=32, epochs=args.qat_epochs, verbose=0)
         qat = accuracy(qmodel, x_test, y_test)
-        float_ms, qat_ms = paired_step_ms(model, qmodel, xb, yb)
+        steps = step_ms(model, qmodel, xb, yb)
         with tempfile.TemporaryDirectory() as tmp:
-            start = time.perf_counter()
-            rq_tf2.export_onnx(qmodel, Path(tmp) / "m.onnx")
-            export_s = time.perf_counter() - start
-        lines.append(
-            f"| {preset} | {100 * float_acc:.2f}% | {100 * ptq:.2f}% | {100 * qat:.2f}% | {qat_ms / float_ms:.2f}x ({qat_ms:.2f} / {float_ms:.2f} ms) | {export_s:.2f} |"
-        )
-        record(
-            AREA,
-            f"digits accuracy {preset}: float / PTQ / QAT",
-            f"{100 * float_acc:.2f}% / {100 * ptq:.2f}% / {100 * qat:.2f}%",
-            detail=DETAIL,
-        )
-        print(lines[-1], flush=True)
-    lines += [
-        "",
-        "Training-step time on a larger network: ResNet-style (rq-tf2's test network), batch 32 of 32x32x3, median of 20 steps.",
-        "",
-        "| preset | float step (ms) | QAT step (ms) | QAT / float |",
-        "|---|---:|---:|---:|",
-    ]
+            export_s = timed_s(rq_tf2.export_onnx, qmodel, Path(tmp) / "m.onnx")
+        report.digits_row(preset, (float_acc, ptq, qat), steps, export_s)
+    report.step_table(
+        "Training-step time on a larger network: ResNet-style (rq-tf2's test network), batch 32 of 32x32x3, median of 20 steps."
+    )
     resnet = nets.randomize_batchnorm(nets.resnet_style(size=32))
     rng = np.random.default_rng(0)
     xr, yr = rng.standard_normal((32, 32, 32, 3)).astype(np.float32), rng.integers(0, 10, 32)
-    for preset in ("npu_cnn", "npu_transformer", "cpu"):
+    for preset in PRESETS:
         qmodel = rq_tf2.quantize_model(resnet, preset=preset, calib_dataset=xr, quiet=True)
-        float_ms, qat_ms = paired_step_ms(resnet, qmodel, xr, yr, repeats=20)
-        lines.append(f"| {preset} | {float_ms:.1f} | {qat_ms:.1f} | {qat_ms / float_ms:.2f}x |")
-        record(AREA, f"QAT step / float step, ResNet-style, {preset} (goal <= 1.5x)", f"{qat_ms / float_ms:.2f}x", detail=DETAIL)
-        print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    write(args.out.with_suffix(".headlines.json"))
-    print(text)
-    return text
+        report.step_row(preset, step_ms(resnet, qmodel, xr, yr, repeats=20))
+    return report.save(args.out)
 
 
 if __name__ == "__main__":
