@@ -110,6 +110,22 @@ class TransformerEncoder(nn.Module):
         return x + self.ff(self.norm2(x))
 
 
+class TorchAttentionEncoder(nn.Module):
+    """The same encoder block with torch's own nn.MultiheadAttention, as PyTorch users write it."""
+
+    def __init__(self, dim: int = 32, heads: int = 4):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x):
+        h = self.norm1(x)
+        attended, _ = self.attention(h, h, h)
+        x = x + attended
+        return x + self.ff(self.norm2(x))
+
+
 class DigitsCNN(nn.Module):
     def __init__(self):
         super().__init__()

@@ -9,8 +9,9 @@ ORT's default session replaces DequantizeLinear -> op -> QuantizeLinear by its o
 exp from a lookup table); those move single intermediate values by one step. The CNNs stay within
 one output step there too. In the transformer such a step inside the attention can reach the output
 through the residual and the second LayerNorm as two steps: the test states what holds with ORT's
-integer kernels (99.8% within one step, none beyond two; measured 0.06%) and that the deviation is
-all the kernels' own, since the graph as written is exact."""
+integer kernels (99.8% within one step for the hand-written attention, 99.5% for nn.MultiheadAttention's
+plain form; none beyond two) and that the deviation is all the kernels' own, since the graph as
+written is exact."""
 
 import nets
 import numpy as np
@@ -26,7 +27,11 @@ NETWORKS = {
     "resnet": (lambda: nets.randomize_batchnorm(nets.ResNetStyle()), (1, 3, 16, 16)),
     "mobilenet_v2": (lambda: nets.randomize_batchnorm(nets.MobileNetV2Style()), (1, 3, 32, 32)),
     "transformer": (nets.TransformerEncoder, (1, 8, 32)),
+    "torch_attention": (nets.TorchAttentionEncoder, (1, 8, 32)),  # nn.MultiheadAttention, in its plain form
 }
+# with ORT's integer kernels, the share of attention outputs within one step (measured: 99.94% and
+# 99.76% at the worst preset); none is beyond two steps
+WITHIN_ONE_STEP_UNDER_ORT_KERNELS = {"transformer": 0.998, "torch_attention": 0.995}
 
 
 @pytest.mark.parametrize("preset", ["npu_cnn", "npu_transformer", "cpu"])
@@ -50,8 +55,8 @@ def test_export_matches_torch_within_one_output_step(tmp_path, network, preset):
         got = run_ort(tmp_path / "int8.onnx", {"x": x.numpy()})
         steps.append(np.abs(got - expected).ravel() / step)
     steps = np.concatenate(steps)
-    if network == "transformer":  # ORT's integer kernels: see the module docstring
-        assert np.mean(steps <= 1.0001) >= 0.998 and steps.max() <= 2.0001
+    if network in WITHIN_ONE_STEP_UNDER_ORT_KERNELS:  # ORT's integer kernels: see the module docstring
+        assert np.mean(steps <= 1.0001) >= WITHIN_ONE_STEP_UNDER_ORT_KERNELS[network] and steps.max() <= 2.0001
     else:
         assert steps.max() <= 1.0001
     with torch.no_grad():

@@ -13,7 +13,7 @@ import keras
 from keras import tree
 
 from rq_common.spec import Preset, get_preset
-from rq_common.spec.placement import FloatOp, OpNode, place_quantizers
+from rq_common.spec.placement import FloatOp, OpNode, follows_from_others, place_quantizers
 from rq_tf2.attention import decompose_attention
 from rq_tf2.graph import FunctionalGraph, GraphNode, functional_graph, rebuild
 from rq_tf2.layers import QUANT_TWINS, QuantWeightedMixin
@@ -206,7 +206,7 @@ def _float_copy(operation) -> Step:
 
 def _warn_float(float_ops: list[FloatOp]) -> None:
     for op in float_ops:
-        if op.reason == EXCLUDED or "pass through" in op.reason:
+        if op.reason == EXCLUDED or follows_from_others(op.reason):
             continue
         warnings.warn(f"rq_tf2: '{op.node}' stays in float: {op.reason}", stacklevel=3)
 

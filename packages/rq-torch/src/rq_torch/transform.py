@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import math
 import operator
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,8 @@ from rq_common.calibration import ScaleGroups
 from rq_common.qmath import fold_batchnorm
 from rq_common.spec import Preset, get_preset
 from rq_common.spec.npu_rules import FUSABLE_ACTIVATIONS
-from rq_common.spec.placement import OpNode, place_quantizers
+from rq_common.spec.placement import OpNode, follows_from_others, place_quantizers
+from rq_torch.attention import swap_attention
 from rq_torch.fake_quant import check_exportable
 from rq_torch.modules import QUANT_LAYERS, ConvBn2d, QuantLayerMixin, QuantLinear
 from rq_torch.ops import onnx_op
@@ -119,6 +121,7 @@ def quantize_model(
         check_exportable(getattr(preset, kind), kind)
     example_inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     model = copy.deepcopy(model).eval()
+    swap_attention(model, tuple(leaf_modules))
     gm = trace(model, leaf_modules)
     shape_propagate(gm, example_inputs)
     fold_batchnorms(gm, keep_for_qat=freeze_bn_after is not None)
@@ -132,7 +135,27 @@ def quantize_model(
     _swap_layers(gm, node_ops, quantizer_of, preset, plan, freeze_bn_after or 0)
     gm.recompile()
     gm.rq_plan = plan
+    _warn_float(gm, plan.float_ops)
     return gm
+
+
+FLOAT_BY_DESIGN = "rq_float_by_design"  # node.meta key: rq-torch itself wrote this op to run in float
+
+
+def _warn_float(gm: fx.GraphModule, float_ops: list[FloatOp]) -> None:
+    """Name every op that runs in float, but for those kept on request, pass-through ops, the
+    lifted constants' own quantizers and the ops rq-torch writes in float on purpose."""
+    nodes = {node.name: node for node in gm.graph.nodes}
+    for op in float_ops:
+        node = nodes.get(op.node)
+        if node is not None and (
+            node.meta.get(FLOAT_BY_DESIGN)
+            or (node.op == "call_module" and isinstance(gm.get_submodule(node.target), TensorQuantizer))
+        ):
+            continue
+        if op.reason.startswith("excluded") or follows_from_others(op.reason):
+            continue
+        warnings.warn(f"rq_torch: '{op.target}' (node {op.node}) stays in float: {op.reason}", stacklevel=3)
 
 
 def decompose_gelu(gm: fx.GraphModule) -> None:
@@ -149,6 +172,7 @@ def decompose_gelu(gm: fx.GraphModule) -> None:
         x = node.args[0]
         with gm.graph.inserting_before(node):
             scaled = gm.graph.call_function(operator.truediv, (x, math.sqrt(2.0)))
+            scaled.meta[FLOAT_BY_DESIGN] = True  # x / sqrt(2) feeds Erf in float, as in rq-onnx
             shifted = gm.graph.call_function(operator.add, (gm.graph.call_function(torch.erf, (scaled,)), 1.0))
             out = gm.graph.call_function(operator.mul, (gm.graph.call_function(operator.mul, (x, shifted)), 0.5))
         node.replace_all_uses_with(out)
@@ -184,6 +208,9 @@ def _plan(gm, preset, exclude, plan) -> tuple[list[fx.Node], ScaleGroups, dict[f
     """rq_common's placement over the traced graph (the op types come from rq_torch.ops)."""
     op_nodes, ops, names = [], {}, {}
     for node in gm.graph.nodes:
+        if node.op == "call_module" and not _is_float_tensor(node) and _tensor_args(node):
+            reason = "returns several tensors and has no quantization rule: runs in float"
+            plan.float_ops.append(FloatOp(node.name, _target_name(node), reason))  # e.g. a leaf nn.LSTM
         if node.op in ("placeholder", "get_attr", "output") or not _is_float_tensor(node):
             continue
         ops[node.name], names[node.name] = onnx_op(gm, node), _target_name(node)

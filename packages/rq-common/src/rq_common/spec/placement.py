@@ -96,15 +96,25 @@ def place_quantizers(
     return placement
 
 
+NO_RUNTIME_TENSOR = "it reads or writes no run-time float tensor"
+PASSES_THROUGH = "its input is not quantized, so the values pass through in float"
+
+
+def follows_from_others(reason: str) -> bool:
+    """Whether a float op is only a consequence (a pass-through op after a float one, an op on
+    constants): warnings name the ops that cause float, not these."""
+    return reason in (NO_RUNTIME_TENSOR, PASSES_THROUGH)
+
+
 def _float_reason(node: OpNode, quantized: set[Hashable]) -> str | None:
     if node.float_reason:
         return node.float_reason
     if node.op is None:
         return f"no quantization rule for {node.name}: runs in float"
     if not node.inputs or not node.outputs:
-        return "it reads or writes no run-time float tensor"
+        return NO_RUNTIME_TENSOR
     if node.op in PASS_THROUGH_OPS:
-        return None if node.inputs[0] in quantized else "its input is not quantized, so the values pass through in float"
+        return None if node.inputs[0] in quantized else PASSES_THROUGH
     if node.op not in OWN_SCALE_OPS:
         return f"{node.op} is not quantized by rq"
     return None
