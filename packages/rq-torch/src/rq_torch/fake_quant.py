@@ -40,7 +40,8 @@ class _FixedScaleFakeQuantize(torch.autograd.Function):
     def forward(ctx, x, scale, zero_point, qmin, qmax):
         q = torch.div(x, scale).round_().add_(zero_point)
         clipped = q.clamp(qmin, qmax)
-        ctx.save_for_backward(clipped == q)
+        if ctx.needs_input_grad[0]:  # not while calibrating or evaluating
+            ctx.save_for_backward(clipped == q)
         return clipped.sub_(zero_point).mul_(scale)
 
     @staticmethod
