@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import rq_tf2
-from rq_tf2.attention import decompose_attention
+from rq_tf2.attention import decompose_attention, parts_of
 from rq_tf2.graph import functional_graph
 
 L = keras.layers
@@ -65,3 +65,10 @@ def test_a_masked_call_stays_in_float_with_a_warning_that_says_why():
     with pytest.warns(UserWarning, match="'masked' stays in float: MultiHeadAttention called with a mask"):
         qmodel = rq_tf2.quantize_model(model, preset="cpu")
     assert isinstance(qmodel.get_layer("masked"), L.MultiHeadAttention)
+
+
+def test_every_part_is_named_after_the_layer():
+    model = nets.attention_encoder()
+    plain, _ = decompose_attention(functional_graph(model), keep=set())
+    written = {layer.name for layer in plain.layers} - {layer.name for layer in model.layers}
+    assert written == parts_of("attention") - {"attention_dropout"}  # the layer has dropout 0

@@ -46,6 +46,22 @@ def plain_form_obstacle(layer: L.MultiHeadAttention, args: tuple, kwargs: dict) 
     return None
 
 
+PART_SUFFIXES = tuple(f"_{part}{suffix}" for part in ("query", "key", "value") for suffix in ("", "_split", "_heads")) + (
+    "_scores",
+    "_softmax",
+    "_dropout",
+    "_attend",
+    "_merge_heads",
+    "_merge",
+    "_output",
+)
+
+
+def parts_of(name: str) -> set[str]:
+    """The names of the layers a MultiHeadAttention named ``name`` is written out as."""
+    return {f"{name}{suffix}" for suffix in PART_SUFFIXES}
+
+
 def _projection(name: str, dense, x, tokens_heads_dim: tuple[int, int], scale: float = 1.0):
     """EinsumDense (E -> N, H) as Dense(N*H), Reshape and Permute: [B, N, T, H]."""
     heads, dim = tokens_heads_dim

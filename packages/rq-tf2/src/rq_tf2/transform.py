@@ -14,7 +14,7 @@ from keras import tree
 
 from rq_common.spec import Preset, get_preset
 from rq_common.spec.placement import FloatOp, OpNode, follows_from_others, place_quantizers
-from rq_tf2.attention import decompose_attention
+from rq_tf2.attention import decompose_attention, parts_of
 from rq_tf2.graph import FunctionalGraph, GraphNode, functional_graph, rebuild
 from rq_tf2.layers import QUANT_TWINS, QuantWeightedMixin
 from rq_tf2.quantizer import ActivationQuantizer, Mode
@@ -73,7 +73,7 @@ def quantize_model(
         for name in written_out:  # a config given for the attention layer holds for each of its parts
             if name in configs:
                 config = configs.pop(name)
-                configs.update({node.name: config for node in graph.nodes if node.name.startswith(f"{name}_")})
+                configs.update({node.name: config for node in graph.nodes if node.name in parts_of(name)})
     expanded, op_nodes, aliases = _expand(graph, preset, configs, freeze_bn_after)
     outputs = [aliases.get(key, key) for key in graph.outputs]
     placement = place_quantizers(op_nodes, graph.inputs, outputs, preset.target.fixed_point_rules)
