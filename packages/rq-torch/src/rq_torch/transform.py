@@ -20,7 +20,7 @@ from rq_common.qmath import fold_batchnorm
 from rq_common.spec import Preset, get_preset
 from rq_common.spec.npu_rules import FUSABLE_ACTIVATIONS
 from rq_common.spec.placement import OpNode, follows_from_others, place_quantizers
-from rq_torch.attention import swap_attention
+from rq_torch.attention import to_plain_forms
 from rq_torch.fake_quant import check_exportable
 from rq_torch.modules import QUANT_LAYERS, ConvBn2d, QuantLayerMixin, QuantLinear
 from rq_torch.ops import onnx_op
@@ -121,7 +121,7 @@ def quantize_model(
         check_exportable(getattr(preset, kind), kind)
     example_inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     model = copy.deepcopy(model).eval()
-    swap_attention(model, tuple(leaf_modules))
+    model = to_plain_forms(model, tuple(leaf_modules))
     gm = trace(model, leaf_modules)
     shape_propagate(gm, example_inputs)
     fold_batchnorms(gm, keep_for_qat=freeze_bn_after is not None)
