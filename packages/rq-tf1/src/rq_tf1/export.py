@@ -5,6 +5,7 @@ rq_common's canonicalizer and validator."""
 from __future__ import annotations
 
 import logging
+import re
 
 import onnx
 
@@ -15,12 +16,17 @@ from rq_common.format.markers import (
     name_constants_by_first_reader,
     renumber_generated_names,
     set_exact_qdq_params,
+    shorten_names,
 )
 from rq_common.qmath import QParams
 from rq_common.spec import Preset
 from rq_tf1.calibrate import Scales
 from rq_tf1.errors import GraphError
 from rq_tf1.graphdef import GraphDef, tensor_name
+from rq_tf1.quantized_graph import QUANT_MARKER, WEIGHT_MARKER
+
+# name segments that are not the graph's own: the markers, and the scope of a quantizer on a float tensor
+_NOT_A_LAYER = re.compile("^({}|{}|float)$".format(QUANT_MARKER.format(r"\d+"), WEIGHT_MARKER.format(r"\d+")))
 
 
 def to_onnx(
@@ -51,7 +57,9 @@ def to_onnx(
     fuse_matmul_bias(model)
     layers = {m: LayerParams(scales.weights[op], scales.biases.get(op)) for m, op in weight_markers.items()}
     result = canonicalize(model, preset, weight_qparams=marked_constant_qparams(model, layers))
-    name_constants_by_first_reader(result.model)
     onnx_float = [n.name for n in result.model.graph.node if any(n.name == f or n.name.startswith(f"{f}_") for f in float_nodes)]
+    renamed = shorten_names(result.model, drop=_NOT_A_LAYER.match)
+    onnx_float = [renamed[n] for n in onnx_float]
+    name_constants_by_first_reader(result.model)
     violations = validate(result.model, preset, float_nodes=onnx_float, required_ops=() if float_nodes else None)
     return result.model, violations, result.log

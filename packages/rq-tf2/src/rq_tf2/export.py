@@ -26,6 +26,7 @@ from rq_common.format.markers import (
     name_constants_by_first_reader,
     renumber_generated_names,
     set_exact_qdq_params,
+    shorten_names,
 )
 from rq_common.io import save_onnx
 from rq_tf2.calibrate import Links, require_calibrated
@@ -71,9 +72,12 @@ def export_onnx(model: keras.Model, path: str | Path, opset: int = 17) -> Export
         if isinstance(t, QuantWeightedMixin)
     }
     result = canonicalize(exported, preset, weight_qparams=marked_constant_qparams(exported, layers))
-    name_constants_by_first_reader(result.model)
     float_layers = _float_layers(model)
     float_nodes = [n.name for n in result.model.graph.node if _in_layers(n.name, float_layers)]
+    not_a_layer = re.compile("^({}(_\\d+)?|{})$".format(re.escape(model.name), MARKER.format(r"\d+")))  # model scope, markers
+    renamed = shorten_names(result.model, drop=not_a_layer.match)
+    float_nodes = [renamed[n] for n in float_nodes]
+    name_constants_by_first_reader(result.model)
     violations = validate(result.model, preset, float_nodes=float_nodes, required_ops=() if float_layers else None)
     path = save_onnx(result.model, path)
     return ExportResult(path, result.model, violations, result.log)

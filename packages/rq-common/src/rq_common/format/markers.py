@@ -11,7 +11,7 @@ depend on an exporter's process-wide counters, so the same model gives the same 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -127,6 +127,39 @@ def renumber_generated_names(model: onnx.ModelProto) -> None:
         for dim in value.type.tensor_type.shape.dim:
             if dim.dim_param:
                 dim.dim_param = rename(dim.dim_param)
+
+
+def shorten_names(model: onnx.ModelProto, drop: Callable[[str], bool]) -> dict[str, str]:
+    """Every node named "<layer>/<OpType>" (numbered where repeated), its outputs after it, in
+    place of the scoped names an exporter leaves ("model_1/conv_1/rqexport4x/convolution__5:0"):
+    the same int8 model is then about the same size from every framework. ``drop`` tells the path
+    segments that are not the layer (the model's scope, markers); the layer is the first segment
+    left, where a segment is left besides the op's own name. Graph inputs and outputs keep their
+    names. Returns old node name -> new, in place."""
+    graph = model.graph
+    renamed: dict[str, str] = {}
+    keep = {v.name for v in (*graph.input, *graph.output)} | {t.name for t in graph.initializer}
+    taken = set(keep)  # a new name is never one of the tensors that keep theirs
+    tensors: dict[str, str] = {}
+    for node in graph.node:
+        kept = [part for part in node.name.split("/") if part and not drop(part)]
+        base = f"{kept[0]}/{node.op_type}" if len(kept) > 1 else node.op_type
+        new, count = base, 1
+        while new in taken:
+            count += 1
+            new = f"{base}_{count}"
+        taken.add(new)
+        renamed[node.name] = new
+        for i, out in enumerate(node.output):
+            if out and out not in keep:
+                tensors[out] = new if len(node.output) == 1 else f"{new}:{i}"
+        node.name = new
+    for node in graph.node:
+        node.input[:] = [tensors.get(x, x) for x in node.input]
+        node.output[:] = [tensors.get(x, x) for x in node.output]
+    for value in graph.value_info:
+        value.name = tensors.get(value.name, value.name)
+    return renamed
 
 
 def name_constants_by_first_reader(model: onnx.ModelProto) -> None:
