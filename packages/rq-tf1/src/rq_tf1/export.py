@@ -9,15 +9,9 @@ import re
 
 import onnx
 
-from rq_common.format import Violation, canonicalize, fuse_matmul_bias, validate
-from rq_common.format.markers import (
-    LayerParams,
-    marked_constant_qparams,
-    name_constants_by_first_reader,
-    renumber_generated_names,
-    set_exact_qdq_params,
-    shorten_names,
-)
+from rq_common.format import Violation
+from rq_common.format.marked_export import finish_marked_export, unconverted_ops
+from rq_common.format.markers import LayerParams
 from rq_common.qmath import QParams
 from rq_common.spec import Preset
 from rq_tf1.calibrate import Scales
@@ -46,20 +40,17 @@ def to_onnx(
     model, _ = tf2onnx.convert.from_graph_def(
         graph_def, input_names=[tensor_name(n) for n in inputs], output_names=[tensor_name(n) for n in outputs], opset=opset
     )
-    unknown = sorted({n.op_type for n in model.graph.node if not onnx.defs.has(n.op_type, n.domain or "")})
+    unknown = unconverted_ops(model)
     if unknown:
         raise GraphError(f"tf2onnx cannot convert the TensorFlow op(s) {unknown}; the graph cannot be written as ONNX")
-    renumber_generated_names(model)
-    model.graph.doc_string = "rq_tf1 export"
-    set_exact_qdq_params(model, activation_markers)
-    del model.graph.value_info[:]
-    model = onnx.shape_inference.infer_shapes(model)
-    fuse_matmul_bias(model)
-    layers = {m: LayerParams(scales.weights[op], scales.biases.get(op)) for m, op in weight_markers.items()}
-    result = canonicalize(model, preset, weight_qparams=marked_constant_qparams(model, layers))
-    onnx_float = [n.name for n in result.model.graph.node if any(n.name == f or n.name.startswith(f"{f}_") for f in float_nodes)]
-    renamed = shorten_names(result.model, drop=_NOT_A_LAYER.match)
-    onnx_float = [renamed[n] for n in onnx_float]
-    name_constants_by_first_reader(result.model)
-    violations = validate(result.model, preset, float_nodes=onnx_float, required_ops=() if float_nodes else None)
+    result, violations = finish_marked_export(
+        model,
+        preset,
+        activation_markers,
+        {m: LayerParams(scales.weights[op], scales.biases.get(op)) for m, op in weight_markers.items()},
+        doc_string="rq_tf1 export",
+        not_a_layer=_NOT_A_LAYER.match,
+        is_float_node=lambda name: any(name == f or name.startswith(f"{f}_") for f in float_nodes),
+        has_float_ops=bool(float_nodes),
+    )
     return result.model, violations, result.log

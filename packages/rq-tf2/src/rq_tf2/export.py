@@ -19,15 +19,9 @@ import keras
 import onnx
 import tensorflow as tf
 
-from rq_common.format import ExportResult, canonicalize, fuse_layer_norms, fuse_matmul_bias, validate
-from rq_common.format.markers import (
-    LayerParams,
-    marked_constant_qparams,
-    name_constants_by_first_reader,
-    renumber_generated_names,
-    set_exact_qdq_params,
-    shorten_names,
-)
+from rq_common.format import ExportResult, fuse_layer_norms
+from rq_common.format.marked_export import finish_marked_export, unconverted_ops
+from rq_common.format.markers import LayerParams
 from rq_common.io import save_onnx
 from rq_tf2.calibrate import Links, require_calibrated
 from rq_tf2.errors import ExportError
@@ -59,26 +53,23 @@ def export_onnx(model: keras.Model, path: str | Path, opset: int = 17) -> Export
         for layer in markers.values():
             layer.export_marker = None
     _check_converted(exported)
-    renumber_generated_names(exported)
-    exported.graph.doc_string = f"rq_tf2 export of Keras model '{model.name}'"  # not TF's numbered function name
-    set_exact_qdq_params(exported, {m: q.qparams() for m, q in markers.items() if isinstance(q, ActivationQuantizer)})
-    _fuse_layer_norms(exported, markers)
-    del exported.graph.value_info[:]  # tensor types changed (uint8 -> the preset's); inferred again
-    exported = onnx.shape_inference.infer_shapes(exported)
-    fuse_matmul_bias(exported)  # before the constants are claimed: the bias goes to the Gemm's bias slot
-    layers = {
-        m: LayerParams(t.weight_qparams(), t.bias_qparams(), constant_operand=isinstance(t, BiasAdd))
-        for m, t in markers.items()
-        if isinstance(t, QuantWeightedMixin)
-    }
-    result = canonicalize(exported, preset, weight_qparams=marked_constant_qparams(exported, layers))
     float_layers = _float_layers(model)
-    float_nodes = [n.name for n in result.model.graph.node if _in_layers(n.name, float_layers)]
     not_a_layer = re.compile("^({}(_\\d+)?|{})$".format(re.escape(model.name), MARKER.format(r"\d+")))  # model scope, markers
-    renamed = shorten_names(result.model, drop=not_a_layer.match)
-    float_nodes = [renamed[n] for n in float_nodes]
-    name_constants_by_first_reader(result.model)
-    violations = validate(result.model, preset, float_nodes=float_nodes, required_ops=() if float_layers else None)
+    result, violations = finish_marked_export(
+        exported,
+        preset,
+        {m: q.qparams() for m, q in markers.items() if isinstance(q, ActivationQuantizer)},
+        {
+            m: LayerParams(t.weight_qparams(), t.bias_qparams(), constant_operand=isinstance(t, BiasAdd))
+            for m, t in markers.items()
+            if isinstance(t, QuantWeightedMixin)
+        },
+        doc_string=f"rq_tf2 export of Keras model '{model.name}'",  # not TF's numbered function name
+        not_a_layer=not_a_layer.match,
+        is_float_node=lambda name: _in_layers(name, float_layers),
+        has_float_ops=bool(float_layers),
+        rewrite=lambda exported: _fuse_layer_norms(exported, markers),
+    )
     path = save_onnx(result.model, path)
     return ExportResult(path, result.model, violations, result.log)
 
@@ -86,7 +77,7 @@ def export_onnx(model: keras.Model, path: str | Path, opset: int = 17) -> Export
 def _check_converted(model: onnx.ModelProto) -> None:
     """tf2onnx leaves a TF op it cannot convert in the graph under its TF name; say which, before
     anything is written."""
-    unknown = sorted({n.op_type for n in model.graph.node if not onnx.defs.has(n.op_type, n.domain or "")})
+    unknown = unconverted_ops(model)
     if unknown:
         raise ExportError(
             f"tf2onnx cannot convert the TensorFlow op(s) {unknown} (for example Erfc, which Keras's exact "
