@@ -7,9 +7,7 @@ training step against a float one (train_on_batch, same batch, same optimizer), 
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -70,15 +68,13 @@ def main(argv=None) -> str:
     report = QatReport(
         AREA,
         DETAIL,
-        [
-            "# rq-tf2 on load_digits (digits CNN: 2 conv + BN + ReLU, max-pool, dense)",
-            "",
-            f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; machine: {platform.machine()}, "
-            f"tensorflow {tf.__version__}, keras {keras.__version__}, python {platform.python_version()}",
-            f"- float accuracy {100 * float_acc:.2f}%; PTQ on 256 training images; QAT {args.qat_epochs} epochs of fit() (Adam, lr 5e-4)",
-            "- step time: median of 50 train_on_batch steps on one batch of 32, float and quantized steps alternating",
-            "- rerun: `nox -s bench` (or `python bench/bench_tf2.py`)",
+        title="rq-tf2 on load_digits (digits CNN: 2 conv + BN + ReLU, max-pool, dense)",
+        versions=f"tensorflow {tf.__version__}, keras {keras.__version__}",
+        setup=[
+            f"float accuracy {100 * float_acc:.2f}%; PTQ on 256 training images; QAT {args.qat_epochs} epochs of fit() (Adam, lr 5e-4)",
+            "step time: median of 50 train_on_batch steps on one batch of 32, float and quantized steps alternating",
         ],
+        script="bench_tf2.py",
     )
     xb, yb = x_train[:32], y_train[:32]
     for preset in PRESETS:

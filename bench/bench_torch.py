@@ -7,8 +7,6 @@ step against a float one (same batch, same optimizer), and export time. One run,
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -88,15 +86,13 @@ def main(argv=None) -> str:
     report = QatReport(
         AREA,
         DETAIL,
-        [
-            "# rq-torch on load_digits (DigitsCNN: 2 conv + BN + ReLU, max-pool, linear)",
-            "",
-            f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; machine: {platform.machine()}, "
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads, python {platform.python_version()}",
-            f"- float accuracy {100 * float_acc:.2f}%; PTQ on 256 training images; QAT {args.qat_epochs} epochs (Adam, lr 5e-4)",
-            "- step time: median of 50 training steps on one batch of 32, float and quantized steps alternating",
-            "- rerun: `nox -s bench` (or `python bench/bench_torch.py`)",
+        title="rq-torch on load_digits (DigitsCNN: 2 conv + BN + ReLU, max-pool, linear)",
+        versions=f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+        setup=[
+            f"float accuracy {100 * float_acc:.2f}%; PTQ on 256 training images; QAT {args.qat_epochs} epochs (Adam, lr 5e-4)",
+            "step time: median of 50 training steps on one batch of 32, float and quantized steps alternating",
         ],
+        script="bench_torch.py",
     )
     xb, yb = x_train[:32], y_train[:32]
     for preset in PRESETS:

@@ -4,6 +4,8 @@ network. Each framework brings its own measuring; the tables, headlines and file
 
 from __future__ import annotations
 
+import datetime
+import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -34,10 +36,18 @@ def timed_s(work: Callable[..., object], *args) -> float:
 
 
 class QatReport:
-    def __init__(self, area: str, detail: str, header: list[str]):
+    """``title``: the heading; ``versions``: the framework's versions for the machine line;
+    ``setup``: how the models were trained and timed; ``script``: the file that reruns it alone."""
+
+    def __init__(self, area: str, detail: str, *, title: str, versions: str, setup: list[str], script: str):
         self.area, self.detail = area, detail
         self.lines = [
-            *header,
+            f"# {title}",
+            "",
+            f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; machine: {platform.machine()}, "
+            f"{versions}, python {platform.python_version()}",
+            *(f"- {line}" for line in setup),
+            f"- rerun: `nox -s bench` (or `python bench/{script}`)",
             "",
             "| preset | float | PTQ | QAT | QAT step / float step | export (s) |",
             "|---|---:|---:|---:|---:|---:|",
