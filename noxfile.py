@@ -6,6 +6,8 @@ nox -s common       rq-common's tests
 nox -s build        build every package's wheel, install each into a clean venv, test it
 nox -s demo         the README's main job
 nox -s bench        benchmarks (not part of plain `nox`: they measure, they do not test)
+nox -s zoo          rq on the real trained models of zoo/ beside ONNX Runtime's quantizer (not part of plain `nox`)
+nox -s zoo_ci       the zoo's CI subset: one small model per package, few samples, every loader and the runner
 
 Each session removes its virtualenv when it ends: most of them hold torch or TensorFlow (1.3 to 2.7 GB
 each), and a full run kept all of them would need about 22 GB of disk at once; this way it needs about
@@ -29,7 +31,7 @@ CONSTRAINTS = str(ROOT / "constraints.txt")
 PACKAGES = {"common": "rq-common", "onnx": "rq-onnx", "torch": "rq-torch", "tf2": "rq-tf2", "tf1": "rq-tf1"}
 EXISTING = {name: dist for name, dist in PACKAGES.items() if (ROOT / "packages" / dist / "pyproject.toml").exists()}
 
-nox.options.sessions = ["lint", *EXISTING, "e2e", "parity", "build", "demo"]
+nox.options.sessions = ["lint", *EXISTING, "e2e", "parity", "zoo_ci", "build", "demo"]
 nox.options.error_on_missing_interpreters = True
 
 KEEP_VENVS = os.environ.get("RQ_KEEP_VENVS") == "1"
@@ -90,7 +92,9 @@ def e2e(session: nox.Session) -> None:
     """End-to-end tests in tests/ (the demo as a test); the parity suite has its own session."""
     install_packages(session, list(EXISTING.values()))
     install(session, "pytest", "onnxruntime", "scikit-learn", "tqdm")
-    session.run("pytest", "-q", str(ROOT / "tests"), "--ignore-glob=*test_parity_*", *session.posargs)
+    session.run(
+        "pytest", "-q", str(ROOT / "tests"), "--ignore-glob=*test_parity_*", f"--ignore={ROOT / 'tests' / 'zoo'}", *session.posargs
+    )
 
 
 @session
@@ -142,3 +146,24 @@ def bench(session: nox.Session) -> None:
     install_packages(session, list(EXISTING.values()), extra="")
     install(session, "onnxruntime", "scikit-learn", "sympy")  # sympy: ORT's quant_pre_process
     session.run("python", str(ROOT / "bench" / "run_all.py"))
+
+
+def install_zoo(session: nox.Session) -> None:
+    """Every rq package and what the zoo's models, data and anchor need (zoo/requirements.txt)."""
+    install_packages(session, list(EXISTING.values()), extra="")
+    install(session, "-r", str(ROOT / "zoo" / "requirements.txt"))
+
+
+@session
+def zoo(session: nox.Session) -> None:
+    """The real-model zoo: bench/results/zoo.md and the zoo rows of bench/RESULTS.md."""
+    install_zoo(session)
+    session.run("python", "-m", "zoo.run", *session.posargs)
+
+
+@session
+def zoo_ci(session: nox.Session) -> None:
+    """The zoo's CI subset: one small model per package, few samples (tests/zoo)."""
+    install_zoo(session)
+    install(session, "pytest")
+    session.run("pytest", "-q", str(ROOT / "tests" / "zoo"), *session.posargs)

@@ -2,6 +2,9 @@
 ONNX Runtime's quantizer where it has a counterpart, with the machine, versions and date.
 
     nox -s bench            (or: python bench/run_all.py)
+    python bench/run_all.py --table-only     rewrite RESULTS.md from the headlines on disk (nox -s zoo does)
+
+The zoo's headlines (results/zoo.headlines.json, written by `nox -s zoo`) join the table when present.
 """
 
 from __future__ import annotations
@@ -29,18 +32,22 @@ def version(name: str) -> str:
         return "not installed"
 
 
-def main() -> str:
-    for name in BENCHMARKS:
-        print(f"== {name}", flush=True)
-        subprocess.run([sys.executable, str(HERE / f"{name}.py")], check=True)
-    rows = [h for name in BENCHMARKS for h in read(HERE / "results" / f"{name.removeprefix('bench_')}.headlines.json")]
+def main(table_only: bool = False) -> str:
+    if not table_only:
+        for name in BENCHMARKS:
+            print(f"== {name}", flush=True)
+            subprocess.run([sys.executable, str(HERE / f"{name}.py")], check=True)
+    sources = [HERE / "results" / f"{name.removeprefix('bench_')}.headlines.json" for name in BENCHMARKS]
+    sources += [p for p in [HERE / "results" / "zoo.headlines.json"] if p.exists()]
+    rows = [h for path in sources if path.exists() for h in read(path)]
     lines = [
         "# rq benchmark results",
         "",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
         f"- machine: {platform.machine()}, {multiprocessing.cpu_count()} cores, {platform.platform()}, python {platform.python_version()}",
         "- versions: " + ", ".join(f"{p} {version(p)}" for p in PACKAGES),
-        "- rerun: `nox -s bench` (or `python bench/run_all.py` with the packages installed); this file is written by that command",
+        "- rerun: `nox -s bench` (or `python bench/run_all.py` with the packages installed) and `nox -s zoo` (the zoo rows);"
+        " this file is written by those commands",
         "- one run: every ratio compares two numbers measured side by side in it. Times: ONNX Runtime / rq (above 1: rq is faster);",
         "  memory: ONNX Runtime / rq (above 1: rq uses less); accuracy and SQNR: rq minus ONNX Runtime.",
         "",
@@ -55,4 +62,4 @@ def main() -> str:
 
 
 if __name__ == "__main__":
-    main()
+    main(table_only="--table-only" in sys.argv[1:])
