@@ -82,8 +82,29 @@ def test_subclassed_model_that_cannot_be_traced_is_a_clear_error():
     with pytest.raises(rq_tf2.UnsupportedModelError, match="cannot be traced.*keras.ops only"):
         rq_tf2.quantize_model(model)
     unbuilt = Branchy()
-    with pytest.raises(rq_tf2.UnsupportedModelError, match="call it once"):
+    with pytest.raises(rq_tf2.UnsupportedModelError, match=r"build it with one.*model.build\(\(None"):
         rq_tf2.quantize_model(unbuilt)
+
+
+class BuiltWithDefaultShape(SubclassedNet):
+    """As mtcnn's networks do: build() takes its input shape as a default and is called bare."""
+
+    def build(self, input_shape=(None, 8, 8, 3)):
+        for layer, shape in ((self.conv, input_shape), (self.bn, (None, 8, 8, 4)), (self.dense, (None, 4))):
+            layer.build(shape)
+        self.built = True
+
+
+def test_subclassed_model_built_with_its_default_shape_is_traced(tmp_path):
+    model = BuiltWithDefaultShape()
+    model.build()  # Keras records no shape for a bare build()
+    assert not getattr(model, "_build_shapes_dict", None)
+    x = np.random.default_rng(1).standard_normal((8, 8, 8, 3)).astype(np.float32)
+    qmodel = rq_tf2.quantize_model(model, preset="cpu", calib_dataset=x, quiet=True)
+    assert tuple(qmodel.inputs[0].shape) == (None, 8, 8, 3)
+    result = rq_tf2.export_onnx(qmodel, tmp_path / "default_shape.onnx")
+    assert result.violations == []
+    np.testing.assert_array_equal(run_ort(tmp_path / "default_shape.onnx", {"input": x}, as_written=True), np.asarray(qmodel(x)))
 
 
 def test_unbuilt_sequential_is_a_clear_error():

@@ -6,6 +6,7 @@ Keras 3 keeps the graph in ``_nodes_by_depth``; Functional._run_through_graph wa
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -61,12 +62,11 @@ def _trace_subclassed(model: keras.Model) -> keras.Model:
     """A subclassed model's call() run once on a symbolic Input: when it uses only Keras layers and
     keras.ops, that records the same computation, over the same layers, as a Functional graph."""
     name = f"'{model.name}' ({type(model).__name__} defines its own call())"
-    shapes = getattr(model, "_build_shapes_dict", None) or {}
-    shape = next(iter(shapes.values()), None)
+    shape = _build_shape(model)
     if shape is None or not all(isinstance(d, int) or d is None for d in shape):
         raise UnsupportedModelError(
-            f"subclassed model {name} has no known input shape: call it once on a batch (model(x)) before quantizing; "
-            "rq traces one tensor input"
+            f"subclassed model {name} has no known input shape: build it with one before quantizing "
+            "(model.build((None, height, width, channels)), or keras.Input and the Functional API); rq traces one tensor input"
         )
     inputs = keras.Input(batch_shape=(None, *shape[1:]), name="input")
     try:
@@ -79,6 +79,20 @@ def _trace_subclassed(model: keras.Model) -> keras.Model:
             "branches on tensor values), or build it with the Functional API"
         ) from None
     return keras.Model(inputs, outputs, name=model.name)
+
+
+def _build_shape(model: keras.Model) -> tuple | None:
+    """The input shape the model was built with: what Keras recorded from ``build(shape)``, or, for a
+    model whose ``build()`` was called with no argument, the default of its ``input_shape``
+    parameter (Keras records nothing then, though the layers were built for that shape)."""
+    shapes = getattr(model, "_build_shapes_dict", None) or {}
+    if shapes:
+        return tuple(next(iter(shapes.values())))
+    parameters = list(inspect.signature(type(model).build).parameters.values())[1:2]  # after self
+    default = parameters[0].default if parameters else inspect.Parameter.empty
+    if model.built and isinstance(default, (tuple, list)):
+        return tuple(default)
+    return None
 
 
 def functional_graph(model: keras.Model) -> FunctionalGraph:
