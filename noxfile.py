@@ -4,7 +4,8 @@ nox                 every test session (packages, e2e, parity, build) and the de
 nox -s parity       the cross-framework parity suite: one network in PyTorch, Keras, TF1 and ONNX, one int8 model
 nox -s common       rq-common's tests
 nox -s build        build every package's wheel, install each into a clean venv, test it
-nox -s demo         the README's main job
+nox -s demo         the README's main job: real trained models from the zoo, one per framework
+nox -s digits       the quick example: a digits CNN trained here, through all four packages
 nox -s bench        benchmarks (not part of plain `nox`: they measure, they do not test)
 nox -s zoo          rq on the real trained models of zoo/ beside ONNX Runtime's quantizer (not part of plain `nox`)
 nox -s zoo_ci       the zoo's CI subset: one small model per package, few samples, every loader and the runner
@@ -93,7 +94,12 @@ def e2e(session: nox.Session) -> None:
     install_packages(session, list(EXISTING.values()))
     install(session, "pytest", "onnxruntime", "scikit-learn", "tqdm")
     session.run(
-        "pytest", "-q", str(ROOT / "tests"), "--ignore-glob=*test_parity_*", f"--ignore={ROOT / 'tests' / 'zoo'}", *session.posargs
+        "pytest",
+        "-q",
+        str(ROOT / "tests"),
+        "--ignore-glob=*test_parity_*",
+        f"--ignore={ROOT / 'tests' / 'zoo'}",
+        *session.posargs,
     )
 
 
@@ -134,10 +140,17 @@ def build(session: nox.Session) -> None:
 
 @session
 def demo(session: nox.Session) -> None:
-    """The main job: quantize a real model end to end and print the table."""
+    """The main job: one trained model per framework from the zoo, PTQ (QAT where it falls short), int8 ONNX, one table."""
+    install_zoo(session)
+    session.run("python", "-m", "zoo.demo", "--out", str(ROOT / "out" / "demo"), "--quiet", *session.posargs)
+
+
+@session
+def digits(session: nox.Session) -> None:
+    """The quick example: a digits CNN trained here, through all four packages."""
     install_packages(session, list(EXISTING.values()), extra="")
     install(session, "onnxruntime", "scikit-learn", "tqdm")
-    session.run("python", str(ROOT / "examples" / "digits_demo.py"), "--out", str(ROOT / "out" / "demo"), *session.posargs)
+    session.run("python", str(ROOT / "examples" / "digits_demo.py"), "--out", str(ROOT / "out" / "digits"), *session.posargs)
 
 
 @session

@@ -159,4 +159,3 @@ def rng(split: Split, salt: str) -> np.random.Generator:
     """The random generator of one model's split: the same in every process and run."""
     digest = hashlib.sha256(f"{salt}/{split.name}".encode()).digest()
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
-

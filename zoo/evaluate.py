@@ -30,7 +30,9 @@ def run_all(path: Path, samples: Samples) -> list[list[np.ndarray]]:
     return [sess.run(None, feed(sess, sample)) for sample in samples.inputs]
 
 
-def interleaved_latency(paths: dict[str, Path], sample: tuple[np.ndarray, ...], rounds: int = 30, warmup: int = 3) -> dict[str, float]:
+def interleaved_latency(
+    paths: dict[str, Path], sample: tuple[np.ndarray, ...], rounds: int = 30, warmup: int = 3
+) -> dict[str, float]:
     """Median milliseconds of one batch-1 run of each model, the models taking turns in one loop so
     that the machine's noise falls on all of them alike."""
     sessions = {name: session(path) for name, path in paths.items()}

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from zoo.core import FrozenGraph, Framework, Samples, ZooModel
+from zoo.core import Framework, FrozenGraph, Samples, ZooModel
 
 OPSET = 17
 
@@ -126,7 +126,7 @@ def _rq_onnx(entry, model: onnx.ModelProto, calibration: Samples, preset: str, o
     if not float_path.exists():
         entry.export_float(model, float_path)
     result = quantize_static(float_path, out, SampleReader(calibration, input_names(float_path)), preset=preset, quiet=True)
-    return _summary(result.violations, result.notes, [f"{op.op_type}: {op.reason}" for op in result.float_ops])
+    return _summary(result.violations, result.notes, result.float_ops)
 
 
 def _rq_torch(entry, model, calibration: Samples, preset: str, out: Path, work: Path) -> dict:
@@ -136,7 +136,7 @@ def _rq_torch(entry, model, calibration: Samples, preset: str, out: Path, work: 
     qmodel = rq_torch.quantize_model(model, example, preset=preset)
     rq_torch.calibrate(qmodel, [entry.torch_inputs(s) for s in calibration.inputs], quiet=True)
     result = rq_torch.export_onnx(qmodel, example, out)
-    return _summary(result.violations, list(getattr(qmodel, "rq_notes", [])), _named_float_ops(qmodel))
+    return _summary(result.violations, qmodel.rq_notes, qmodel.rq_plan.float_ops)
 
 
 def _rq_tf2(entry, model, calibration: Samples, preset: str, out: Path, work: Path) -> dict:
@@ -145,7 +145,7 @@ def _rq_tf2(entry, model, calibration: Samples, preset: str, out: Path, work: Pa
     batches = [s if len(s) > 1 else s[0] for s in calibration.inputs]
     qmodel = rq_tf2.quantize_model(model, preset=preset, calib_dataset=batches, quiet=True)
     result = rq_tf2.export_onnx(qmodel, out)
-    return _summary(result.violations, list(getattr(qmodel, "rq_notes", [])), _named_float_ops(qmodel))
+    return _summary(result.violations, qmodel.rq_notes, qmodel.rq_float_ops)
 
 
 def _rq_tf1(entry, graph: FrozenGraph, calibration: Samples, preset: str, out: Path, work: Path) -> dict:
@@ -166,15 +166,16 @@ def _rq_tf1(entry, graph: FrozenGraph, calibration: Samples, preset: str, out: P
         quiet=True,
     )
     shutil.copyfile(result.onnx_model, out)
-    return _summary(result.violations, list(result.notes), [f"{op.op_type}: {op.reason}" for op in result.float_ops])
-
-
-def _named_float_ops(qmodel) -> list[str]:
-    return [f"{getattr(op, 'op_type', op)}: {getattr(op, 'reason', '')}" for op in getattr(qmodel, "rq_float_ops", [])]
+    return _summary(result.violations, result.notes, result.float_ops)
 
 
 def _summary(violations, notes, float_ops) -> dict:
-    return {"violations": [str(v) for v in violations], "notes": [str(n) for n in notes], "float_ops": float_ops}
+    """What a quantizer reported, as JSON: every package's FloatOp has the node and the reason."""
+    return {
+        "violations": [str(v) for v in violations],
+        "notes": [str(n) for n in notes],
+        "float_ops": [f"{op.node}: {op.reason}" for op in float_ops],
+    }
 
 
 RQ_QUANTIZERS: dict[Framework, Callable] = {

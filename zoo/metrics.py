@@ -101,6 +101,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def top_k_overlap(candidate: np.ndarray, reference: np.ndarray, k: int = 5) -> float:
     """Mean share of each item's k nearest neighbours (cosine, itself excluded) that the candidate
     embeddings and the reference embeddings agree on."""
+
     def neighbours(e: np.ndarray) -> np.ndarray:
         e = np.asarray(e, np.float64)
         e = e / np.linalg.norm(e, axis=1, keepdims=True)

@@ -162,7 +162,9 @@ def detail_table(runs: list[ModelRun], presets: list[str]) -> list[str]:
             floats = evaluation.get("float_ops", {}).get(file)
             floats_text = ", ".join(f"{k} x{v}" for k, v in floats.items()) if floats else ("none" if floats == {} else "-")
             metrics = evaluation.get("metrics", {}).get(file, {})
-            others = ", ".join(f"{k} {_fmt(v)}" for k, v in list(metrics.items())[1:]) or evaluation.get("errors", {}).get(file, "-")
+            others = ", ".join(f"{k} {_fmt(v)}" for k, v in list(metrics.items())[1:]) or evaluation.get("errors", {}).get(
+                file, "-"
+            )
             seconds = data.get("seconds")
             lines.append(
                 f"| {run.entry.name} | {label} | {seconds:.1f} | {data.get('peak_rss_mib', 0):.0f} | {_fmt(ms)} | {vs_float} | "
@@ -194,9 +196,13 @@ def findings(runs: list[ModelRun], presets: list[str]) -> list[str]:
             loss = (reference - value) if run.entry.higher_is_better else (value - reference)
             scale = abs(reference) if run.entry.higher_is_better else max(abs(reference), 0.01)
             if loss > 0.5 * scale:
-                found.append(f"- **{name}**, rq {preset}: accuracy collapse: {_headline_name(run)} {_fmt(reference)} float -> {_fmt(value)}")
+                found.append(
+                    f"- **{name}**, rq {preset}: accuracy collapse: {_headline_name(run)} {_fmt(reference)} float -> {_fmt(value)}"
+                )
             elif loss > 0.05 * scale:
-                found.append(f"- **{name}**, rq {preset}: accuracy loss: {_headline_name(run)} {_fmt(reference)} float -> {_fmt(value)}")
+                found.append(
+                    f"- **{name}**, rq {preset}: accuracy loss: {_headline_name(run)} {_fmt(reference)} float -> {_fmt(value)}"
+                )
     return found or ["- none"]
 
 
