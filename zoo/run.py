@@ -206,6 +206,18 @@ def findings(runs: list[ModelRun], presets: list[str]) -> list[str]:
     return found or ["- none"]
 
 
+def cpu_int8_features() -> str:
+    """Which int8 dot-product instructions the CPU has: ONNX Runtime's u8s8 kernels without VNNI
+    (AVX2's VPMADDUBSW) add pairs into int16 and can saturate, so int8 results depend on it."""
+    try:
+        flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split())
+    except (OSError, StopIteration):
+        return "CPU features unknown"
+    vnni = sorted(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    simd = [f for f in ("avx512bw", "avx2") if f in flags][:1]
+    return f"{'/'.join(simd) or 'no AVX2'}, " + (f"VNNI ({', '.join(vnni)})" if vnni else "no VNNI")
+
+
 def _version(name: str) -> str:
     try:
         return importlib.metadata.version(name)
@@ -218,7 +230,7 @@ def write_report(runs: list[ModelRun], presets: list[str], command: str, out: Pa
         "# The zoo: rq on real trained models",
         "",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
-        f"- machine: {platform.machine()}, {multiprocessing.cpu_count()} cores, python {platform.python_version()}",
+        f"- machine: {platform.machine()}, {multiprocessing.cpu_count()} cores, {cpu_int8_features()}, python {platform.python_version()}",
         "- versions: " + ", ".join(f"{p} {_version(p)}" for p in PACKAGES),
         f"- rerun: `{command}`; this file is written by that command",
         "- ORT int8: ONNX Runtime's `quant_pre_process` + `quantize_static` (QDQ, U8S8, per-channel, MinMax) on the float ONNX;"

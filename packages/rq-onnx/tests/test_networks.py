@@ -70,3 +70,27 @@ def test_npu_cnn_calibrates_in_batches_and_reports_per_sample():
     assert result.violations == []
     assert any("batch dimension 'N' fixed to 1" in n for n in result.notes)
     assert result.report.tensors["logits"].count == 16 * 10  # every sample reported, one at a time
+
+
+def test_npu_batch_fix_leaves_an_output_whose_first_dimension_is_not_the_batch():
+    """A CTC recognizer's output is (time steps, batch, classes): only the batch becomes 1."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1], name="conv"),
+            helper.make_node("Relu", ["y"], ["r"], name="relu"),
+            helper.make_node("Transpose", ["r"], ["steps_first"], perm=[3, 0, 1, 2], name="to_steps"),
+        ],
+        "ctc_like",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, "W"])],
+        [helper.make_tensor_value_info("steps_first", TensorProto.FLOAT, ["W", "N", 4, 8])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    data = np.random.default_rng(1).standard_normal((4, 3, 8, 16)).astype(np.float32)
+    result = quantize_static(model, None, ArrayReader("x", data, 1), preset="npu_cnn", quiet=True)
+    dims = result.model.graph.output[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["W", 1, 4, 8]
+    assert run(result.model, {"x": data[:1]})[0].shape == (16, 1, 4, 8)

@@ -14,20 +14,25 @@ from rq_onnx.prepare.cleanup import remove_dead_nodes
 
 
 def fix_batch_to_one(model: onnx.ModelProto, notes: list[str]) -> None:
-    """The NPU compiles one static shape: batch 1 on every graph input (and the tool says so)."""
+    """The NPU compiles one static shape: batch 1 on every graph input (and the tool says so). An
+    output dimension becomes 1 only where it is named like a fixed input batch: the first dimension
+    of an output is not always the batch (a CTC recognizer's is its time steps)."""
+    batch_names = set()
     for value in model.graph.input:
         dims = value.type.tensor_type.shape.dim
         if dims and not (dims[0].HasField("dim_value") and dims[0].dim_value == 1):
             old = dims[0].dim_param or dims[0].dim_value
+            if dims[0].dim_param:
+                batch_names.add(dims[0].dim_param)
             dims[0].Clear()
             dims[0].dim_value = 1
             notes.append(f"npu_cnn: input '{value.name}' batch dimension {old!r} fixed to 1 (the NPU runs batch 1)")
     del model.graph.value_info[:]  # shapes inferred with the old batch dimension
     for value in model.graph.output:
-        dims = value.type.tensor_type.shape.dim
-        if dims and dims[0].HasField("dim_param"):
-            dims[0].Clear()
-            dims[0].dim_value = 1
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param") and dim.dim_param in batch_names:
+                dim.Clear()
+                dim.dim_value = 1
 
 
 def write_quantized(
