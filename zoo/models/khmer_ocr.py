@@ -115,15 +115,15 @@ def _fold(text: str) -> str:
 class KhmerOcr(ZooModel):
     """Headline: corpus CER against the rendered text (lower is better); exact match of the line; and
     agreement with float (the decoded strings equal). Greedy CTC decoding is in ``score`` on the
-    (128 steps, 1, 984) logits, as the wheel's inference.py decodes them."""
+    (127 steps, 1, 984) logits, as the wheel's inference.py decodes them."""
 
     name = "khmer_ocr"
     framework = Framework.TORCH
     wheels = (WHEEL,)
     task = "khmer-ocr-ocm V21 CRNN: printed Khmer text-line reader (7 conv + 2-layer BiLSTM, CTC over 984), 1x48x512"
     higher_is_better = False
-    calibration_size = 64
-    evaluation_size = 100
+    calibration_size = 48  # about 0.15 s a sample on 2 cores (6 GFLOP of conv, 127 LSTM steps): kept small
+    evaluation_size = 80
     blank = BLANK
 
     def load(self):

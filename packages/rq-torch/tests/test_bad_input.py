@@ -76,3 +76,21 @@ def test_impossible_override():
         rq_torch.quantize_model(nets.ResNetStyle(), torch.randn(1, 3, 16, 16), preset="npu_cnn", per_channel=True)
     with pytest.raises(SpecError, match="cannot be exported by torch"):
         rq_torch.quantize_model(nets.ResNetStyle(), torch.randn(1, 3, 16, 16), preset="cpu", weight_narrow_range=True)
+
+
+@pytest.mark.parametrize("dropout", [nn.Dropout(0.2), nn.Dropout2d(0.2), nn.AlphaDropout(0.2), nn.FeatureAlphaDropout(0.2)])
+def test_dropout_of_every_kind_is_the_identity_not_a_float_op(tmp_path, dropout):
+    """khmer-ocr-ocm's CNN has Dropout2d between its blocks: in eval mode (and in the export) it does nothing."""
+    import warnings
+
+    from rq_common.format import validate
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), dropout, nn.Conv2d(4, 2, 3)).eval()
+    example = torch.randn(1, 3, 10, 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing stays in float
+        qmodel = rq_torch.quantize_model(model, example, preset="cpu")
+    assert qmodel.rq_plan.float_ops == []
+    rq_torch.calibrate(qmodel, [torch.randn(2, 3, 10, 10) for _ in range(4)], quiet=True)
+    assert rq_torch.export_onnx(qmodel, example, tmp_path / "q.onnx").violations == []
+    assert validate(tmp_path / "q.onnx", "cpu") == []

@@ -34,7 +34,12 @@ MODULE_OPS: dict[type[nn.Module], str] = {
     nn.AvgPool2d: "AveragePool",
     nn.Flatten: "Flatten",
     nn.Identity: "Identity",
-    nn.Dropout: "Identity",
+    nn.Dropout: "Identity",  # every dropout is the identity in eval mode, and the exporter drops it
+    nn.Dropout1d: "Identity",
+    nn.Dropout2d: "Identity",
+    nn.Dropout3d: "Identity",
+    nn.AlphaDropout: "Identity",
+    nn.FeatureAlphaDropout: "Identity",
     nn.Upsample: "Resize",
     rq_modules.Add: "Add",
     rq_modules.Mul: "Mul",
@@ -76,6 +81,7 @@ FUNCTION_OPS: dict[object, str] = {
     torch.unsqueeze: "Unsqueeze",
     F.interpolate: "Resize",
     F.pad: "Pad",
+    F.dropout: "Identity",
 }
 
 METHOD_OPS: dict[str, str] = {
