@@ -77,7 +77,7 @@ class ZooModel(ABC):
     higher_is_better: bool = True  # of the headline metric
     calibration_size: int = 100  # samples rq and ONNX Runtime calibrate on
     evaluation_size: int = 200  # samples the metric is computed on (small sets where a run is costly)
-    float_floor: float | None = None  # the headline the float model reaches on this data at least (CI checks it)
+    float_floor: tuple[str, float] | None = None  # (metric, least value) the float model reaches on this data (CI checks it)
 
     @abstractmethod
     def load(self) -> Any:

@@ -14,10 +14,14 @@ from zoo.core import Samples
 THREADS = 2  # as the zoo table says: batch 1, 2 threads
 
 
-def session(path: Path, threads: int = THREADS) -> ort.InferenceSession:
+def session(path: Path, threads: int = THREADS, as_written: bool = False) -> ort.InferenceSession:
+    """``as_written``: no graph optimizations, so DequantizeLinear -> op -> QuantizeLinear runs as
+    written (float arithmetic on the dequantized values) instead of in ORT's fused integer kernels."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    if as_written:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -25,8 +29,8 @@ def feed(sess: ort.InferenceSession, sample: tuple[np.ndarray, ...]) -> dict[str
     return {i.name: a for i, a in zip(sess.get_inputs(), sample, strict=True)}
 
 
-def run_all(path: Path, samples: Samples) -> list[list[np.ndarray]]:
-    sess = session(path)
+def run_all(path: Path, samples: Samples, as_written: bool = False) -> list[list[np.ndarray]]:
+    sess = session(path, as_written=as_written)
     return [sess.run(None, feed(sess, sample)) for sample in samples.inputs]
 
 

@@ -55,17 +55,20 @@ def _evaluate_step(entry, work: Path, files: list[str]) -> dict:
     evaluation = entry.samples(Split.EVALUATION, sizes(entry)[1])
     reference = run_all(work / "float.onnx", evaluation)
     metrics = {"float.onnx": entry.score(reference, reference, evaluation)}
+    as_written = {}  # the same files without ORT's integer kernels: quantization error alone
     errors = {}
     runnable = {"float.onnx": work / "float.onnx"}
     for name in files:
         try:
             metrics[name] = entry.score(run_all(work / name, evaluation), reference, evaluation)
+            as_written[name] = entry.score(run_all(work / name, evaluation, as_written=True), reference, evaluation)
             runnable[name] = work / name
         except Exception as error:  # one file that ONNX Runtime cannot run is a row, not the end
             errors[name] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300]
     latency = interleaved_latency(runnable, entry.example())
     return {
         "metrics": metrics,
+        "metrics_as_written": as_written,
         "errors": errors,
         "latency_ms": latency,
         "float_ops": {name: float_ops(work / name) for name in runnable if name != "float.onnx"},

@@ -136,6 +136,7 @@ class DdddocrOcr(_DdddocrModel):
     case-folded."""
 
     name = "ddddocr_ocr"
+    float_floor = ("exact_match", 0.75)  # what the float model reaches on this data at least
     task = "ddddocr common.onnx: captcha text reader (CNN + BiLSTM, CTC over 8210 characters), 1x64x256 gray"
     calibration_size = 100
     evaluation_size = 150
@@ -271,6 +272,7 @@ class DdddocrDet(_DdddocrModel):
     boxes to float's."""
 
     name = "ddddocr_det"
+    float_floor = ("f1", 0.85)  # what the float model reaches on this data at least
     task = "ddddocr common_det.onnx: click-captcha character detector (YOLOX-style), 3x416x416 BGR"
     calibration_size = 50
     evaluation_size = 50

@@ -79,6 +79,7 @@ def _load_keras():
 
 class Hed(ZooModel):
     name = "hed"
+    float_floor = ("edge_share", 0.05)  # what the float model reaches on this data at least
     framework = Framework.TF2
     wheels = (WHEEL,)
     task = f"HED edge detection (VGG16, BSDS500): fused edge map of {SIZE}x{SIZE} natural-image crops"

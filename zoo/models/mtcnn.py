@@ -80,6 +80,7 @@ def _by_role(outputs: list[list[np.ndarray]]) -> dict[str, np.ndarray]:
 
 class MtcnnRNet(ZooModel):
     name = "mtcnn_rnet"
+    float_floor = ("auc", 0.9)  # what the float model reaches on this data at least
     framework = Framework.TF2
     wheels = (WHEEL,)
     task = "MTCNN RNet (Keras 3, subclassed): face/non-face and box offsets of 24x24 LFW crops"
@@ -120,6 +121,7 @@ class MtcnnRNet(ZooModel):
 
 class MtcnnONet(MtcnnRNet):
     name = "mtcnn_onet"
+    float_floor = ("auc", 0.9)  # what the float model reaches on this data at least
     task = "MTCNN ONet (Keras 3, subclassed): face/non-face, box offsets and landmarks of 48x48 LFW crops"
     size = 48
     network = ("mtcnn.network.onet", "ONet", "onet.lz4")
