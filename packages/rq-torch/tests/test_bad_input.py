@@ -94,3 +94,42 @@ def test_dropout_of_every_kind_is_the_identity_not_a_float_op(tmp_path, dropout)
     rq_torch.calibrate(qmodel, [torch.randn(2, 3, 10, 10) for _ in range(4)], quiet=True)
     assert rq_torch.export_onnx(qmodel, example, tmp_path / "q.onnx").violations == []
     assert validate(tmp_path / "q.onnx", "cpu") == []
+
+
+class SkipReadsAfterInplaceRelu(nn.Module):
+    """CRAFT's VGG16-BN slices: the next slice starts with ReLU(inplace=True), so the skip
+    connection's tensor is the ReLU'd one at run time, though fx's graph says the BatchNorm's."""
+
+    def __init__(self):
+        super().__init__()
+        self.slice1 = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4))
+        self.slice2 = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(4, 4, 3, padding=1))
+
+    def forward(self, x):
+        h = self.slice1(x)
+        y = self.slice2(h)
+        return torch.cat([y, h], dim=1)
+
+
+def test_inplace_op_read_later_is_quantized_where_it_runs(tmp_path, seeded):
+    import numpy as np
+
+    from conftest import run_ort
+
+    model = SkipReadsAfterInplaceRelu().eval()
+    with torch.no_grad():
+        model.slice1[1].running_mean.uniform_(-0.5, 0.5)
+    x = torch.randn(8, 3, 8, 8)
+    with torch.no_grad():
+        expected = model(x.clone())
+    assert (expected[:, 4:] >= 0).all()  # the skip half is the ReLU'd tensor
+    qmodel = rq_torch.quantize_model(model, x[:1], preset="cpu")
+    rq_torch.calibrate(qmodel, [x[i : i + 2] for i in range(0, 8, 2)], quiet=True)
+    with torch.no_grad():
+        quantized = qmodel(x.clone())
+    error = (quantized - expected).numpy()
+    assert 10 * np.log10(np.sum(expected.numpy() ** 2) / np.sum(error**2)) > 30
+    result = rq_torch.export_onnx(qmodel, x[:1], tmp_path / "q.onnx")
+    assert result.violations == []
+    ort_out = np.concatenate([run_ort(tmp_path / "q.onnx", {"x": x[i : i + 1].numpy()}, as_written=True) for i in range(8)])
+    np.testing.assert_array_equal(ort_out, quantized.numpy())

@@ -48,6 +48,38 @@ def trace(model: nn.Module, leaf_modules: Sequence[type[nn.Module]] = ()) -> fx.
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
+# in-place tensor methods and their out-of-place forms
+INPLACE_METHODS = {
+    "relu_": "relu", "sigmoid_": "sigmoid", "tanh_": "tanh", "clamp_": "clamp", "clamp_min_": "clamp_min",
+    "add_": "add", "sub_": "sub", "mul_": "mul", "div_": "div", "hardtanh_": "hardtanh",
+}  # fmt: skip
+
+
+def functionalize_inplace(gm: fx.GraphModule) -> None:
+    """An in-place op (a module with ``inplace=True``, ``F.relu(x, inplace=True)``, ``x.relu_()``)
+    changes its input for every later reader, which fx's graph does not show: CRAFT's VGG slices
+    start with the previous slice's ReLU(inplace=True), so the skip connection reads the ReLU'd
+    tensor while the graph says it reads the BatchNorm's output, and quantizers would go to the
+    wrong tensor. Later readers of the input are pointed at the op's output and the op is made
+    out of place: the graph then says what runs, with the same values."""
+    order = {node: i for i, node in enumerate(gm.graph.nodes)}
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module" and getattr(gm.get_submodule(node.target), "inplace", None) is True:
+            gm.get_submodule(node.target).inplace = False
+        elif node.op == "call_function" and node.kwargs.get("inplace") is True:
+            node.kwargs = {**node.kwargs, "inplace": False}
+        elif node.op == "call_method" and node.target in INPLACE_METHODS:
+            node.target = INPLACE_METHODS[node.target]
+        else:
+            continue
+        source = node.args[0] if node.args else None
+        if isinstance(source, fx.Node):
+            for reader in list(source.users):
+                if reader is not node and order[reader] > order[node]:
+                    reader.replace_input_with(source, node)
+    gm.recompile()
+
+
 def shape_propagate(gm: fx.GraphModule, example_inputs: tuple) -> None:
     """Run the example inputs through, recording each node's tensor metadata (node.meta)."""
     from torch.fx.passes.shape_prop import ShapeProp

@@ -25,7 +25,7 @@ from rq_torch.fake_quant import check_exportable
 from rq_torch.modules import QUANT_LAYERS, ConvBn2d, QuantLayerMixin, QuantLinear
 from rq_torch.ops import onnx_op
 from rq_torch.quantizer import TensorQuantizer
-from rq_torch.trace import shape_propagate, trace
+from rq_torch.trace import functionalize_inplace, shape_propagate, trace
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,7 @@ def quantize_model(
     model = copy.deepcopy(model).eval()
     model = to_plain_forms(model, tuple(leaf_modules))
     gm = trace(model, leaf_modules)
+    functionalize_inplace(gm)
     shape_propagate(gm, example_inputs)
     fold_batchnorms(gm, keep_for_qat=freeze_bn_after is not None)
     decompose_gelu(gm)
