@@ -9,9 +9,11 @@ def rng():
     return np.random.default_rng(7)
 
 
-def run(model: onnx.ModelProto | str, feeds: dict) -> list[np.ndarray]:
+def run(model: onnx.ModelProto | str, feeds: dict, as_written: bool = False) -> list[np.ndarray]:
+    """ONNX Runtime's outputs; ``as_written`` without its fusion of Q/DQ into integer kernels."""
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+    disabled = ["QDQSelectorActionTransformer"] if as_written else None
+    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
     return session.run(None, feeds)
 
 

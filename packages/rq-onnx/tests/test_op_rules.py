@@ -6,6 +6,7 @@ import pytest
 from nets import GraphBuilder
 from onnx import TensorProto, helper
 
+from rq_common.cpu_features import u8s8_kernels_may_saturate
 from rq_onnx import quantize_static
 from rq_onnx.rules import RULES
 
@@ -74,7 +75,8 @@ def test_every_op_is_quantized_by_its_rule(preset):
     assert result.violations == []
     test = rng.standard_normal((16, 1, 4, 8, 8)).astype(np.float32)
     reference = np.concatenate([run(model, {"x": t})[0] for t in test])
-    quantized = np.concatenate([run(result.model, {"x": t})[0] for t in test])
+    # as written where ORT's u8s8 kernels can saturate (x86 without VNNI: rq_common.cpu_features)
+    quantized = np.concatenate([run(result.model, {"x": t}, u8s8_kernels_may_saturate())[0] for t in test])
     assert sqnr_db(reference, quantized) > 25  # measured 30.4 (cpu) to 31.7 dB (npu_cnn)
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import rq_tf1
+from rq_common.cpu_features import u8s8_kernels_may_saturate
 from rq_common.format import validate
 
 from conftest import Calibration, output_step, run_ort
@@ -30,6 +31,7 @@ def test_eval_model_and_onnx_agree(tmp_path, network, preset):
     if preset == "npu_cnn":
         np.testing.assert_array_equal(as_written, expected)
     assert np.abs(as_written - expected).max() / step <= 1.0001
-    assert np.abs(run_ort(result.onnx_model, {"x:0": x}) - expected).max() / step <= 1.0001
+    if not u8s8_kernels_may_saturate():  # ORT's u8s8 kernels without VNNI clip pair sums (rq_common.cpu_features)
+        assert np.abs(run_ort(result.onnx_model, {"x:0": x}) - expected).max() / step <= 1.0001
     sqnr = 10 * np.log10(np.sum(float_out**2) / np.sum((expected - float_out) ** 2))
     assert sqnr > 20  # and it still computes the float graph's function

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import rq_tf2
+from rq_common.cpu_features import u8s8_kernels_may_saturate
 from rq_common.format import validate
 
 from conftest import output_step, run_ort
@@ -48,10 +49,13 @@ def test_export_matches_keras(tmp_path, network, preset):
         np.testing.assert_array_equal(as_written, expected)
     assert np.abs(as_written - expected).max() / step <= 1.0001
     steps = np.abs(run_ort(tmp_path / "int8.onnx", {"x": x}) - expected) / step
-    if network in ("transformer", "attention"):  # ORT's integer kernels: see the module docstring
-        assert steps.max() <= 2.0001
-    else:
-        assert steps.max() <= 1.0001
+    # ORT's u8s8 kernels without VNNI clip pair sums in int16 (rq_common.cpu_features): no step bound
+    # holds for them there; the graph as written is within one step (above) and near float (below)
+    if not u8s8_kernels_may_saturate():
+        if network in ("transformer", "attention"):  # ORT's integer kernels: see the module docstring
+            assert steps.max() <= 2.0001
+        else:
+            assert steps.max() <= 1.0001
     float_out = np.asarray(model(x, training=False))
     sqnr = 10 * np.log10(np.sum(float_out**2) / np.sum((expected - float_out) ** 2))
     assert sqnr > 20  # and it is still the float network

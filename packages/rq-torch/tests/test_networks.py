@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import rq_torch
+from rq_common.cpu_features import u8s8_kernels_may_saturate
 from rq_common.format import validate
 
 from conftest import output_step, run_ort
@@ -55,10 +56,13 @@ def test_export_matches_torch_within_one_output_step(tmp_path, network, preset):
         got = run_ort(tmp_path / "int8.onnx", {"x": x.numpy()})
         steps.append(np.abs(got - expected).ravel() / step)
     steps = np.concatenate(steps)
-    if network in WITHIN_ONE_STEP_UNDER_ORT_KERNELS:  # ORT's integer kernels: see the module docstring
-        assert np.mean(steps <= 1.0001) >= WITHIN_ONE_STEP_UNDER_ORT_KERNELS[network] and steps.max() <= 2.0001
-    else:
-        assert steps.max() <= 1.0001
+    # ORT's u8s8 kernels without VNNI clip pair sums in int16 (rq_common.cpu_features): no step bound
+    # holds for them there; the graph as written is bit-exact (above) and the fused path near float (below)
+    if not u8s8_kernels_may_saturate():
+        if network in WITHIN_ONE_STEP_UNDER_ORT_KERNELS:  # ORT's integer kernels: see the module docstring
+            assert np.mean(steps <= 1.0001) >= WITHIN_ONE_STEP_UNDER_ORT_KERNELS[network] and steps.max() <= 2.0001
+        else:
+            assert steps.max() <= 1.0001
     with torch.no_grad():
         float_out = model(x).numpy()
     signal, noise = np.sum(float_out**2), np.sum((got - float_out) ** 2)
