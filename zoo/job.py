@@ -50,7 +50,6 @@ def _float_step(entry, work: Path) -> dict:
 def _evaluate_step(entry, work: Path, files: list[str]) -> dict:
     from zoo.core import Split
     from zoo.evaluate import interleaved_latency, run_all
-    from zoo.graph_facts import float_ops
 
     evaluation = entry.samples(Split.EVALUATION, sizes(entry)[1])
     reference = run_all(work / "float.onnx", evaluation)
@@ -71,7 +70,6 @@ def _evaluate_step(entry, work: Path, files: list[str]) -> dict:
         "metrics_as_written": as_written,
         "errors": errors,
         "latency_ms": latency,
-        "float_ops": {name: float_ops(work / name) for name in runnable if name != "float.onnx"},
         "samples": len(evaluation),
     }
 

@@ -24,7 +24,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rq_common.cpu_features import int8_features
 from zoo.core import CACHE, ZooModel
+from zoo.graph_facts import float_ops
 from zoo.registry import all_models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +44,7 @@ class ModelRun:
     entry: ZooModel
     steps: dict[str, dict] = field(default_factory=dict)
     checks: dict[str, tuple[bool, str]] = field(default_factory=dict)  # rq file -> (rq-onnx check passed, first line)
+    float_ops: dict[str, dict[str, int]] = field(default_factory=dict)  # int8 file -> op type -> nodes left in float
 
     def ok(self, step: str) -> bool:
         return self.steps.get(step, {}).get("ok", False)
@@ -75,29 +78,42 @@ def rq_onnx_check(path: Path, preset: str) -> tuple[bool, str]:
     return done.returncode == 0, (lines[0] if lines else "")[:200]
 
 
-def run_model(entry: ZooModel, presets: list[str], work_root: Path, env: dict, log) -> ModelRun:
+def run_model(entry: ZooModel, presets: list[str], work_root: Path, env: dict, log, report_only: bool = False) -> ModelRun:
+    """Every step of one model; ``report_only``: read what an earlier run left in ``work_root``."""
     work = work_root / entry.name
     work.mkdir(parents=True, exist_ok=True)
     run = ModelRun(entry)
     start = time.perf_counter()
-    run.steps["float"] = run_step("float", entry, work, env=env)
+
+    def step(name: str, *args: str) -> dict:
+        saved = work / (f"{name}_{args[0]}.json" if name == "rq" else f"{name}.json")
+        if report_only:
+            return json.loads(saved.read_text()) if saved.exists() else {"ok": False, "error": "did not run"}
+        return run_step(name, entry, work, *args, env=env)
+
+    run.steps["float"] = step("float")
     if not run.ok("float"):
         log(f"{entry.name}: FAILED loading/exporting the float model: {run.failure('float')}")
         return run
-    run.steps["ort"] = run_step("ort", entry, work, env=env)
+    run.steps["ort"] = step("ort")
     files = ["ort_int8.onnx"] if run.ok("ort") else []
     for preset in presets:
-        step = f"rq_{preset}"
-        run.steps[step] = run_step("rq", entry, work, preset, env=env)
-        if run.ok(step):
+        run.steps[f"rq_{preset}"] = step("rq", preset)
+        if run.ok(f"rq_{preset}"):
             files.append(f"rq_{preset}.onnx")
             run.checks[preset] = rq_onnx_check(work / f"rq_{preset}.onnx", preset)
-    run.steps["evaluate"] = run_step("evaluate", entry, work, *files, env=env)
+    run.steps["evaluate"] = step("evaluate", *files)
+    run.float_ops = {name: float_ops(work / name) for name in files}
     log(f"{entry.name}: done in {time.perf_counter() - start:.0f} s")
     return run
 
 
 # -- the tables --------------------------------------------------------------------------------------------
+def _short(text: str, limit: int = 160) -> str:
+    """One table cell's worth of an error message (zoo.md's findings list and the step JSON keep it whole)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _fmt(value: float | None) -> str:
     if value is None:
         return "-"
@@ -150,7 +166,7 @@ def detail_table(runs: list[ModelRun], presets: list[str]) -> list[str]:
         for label, step, file, preset in rows:
             data = run.steps.get(step, {})
             if not data.get("ok", False):
-                lines.append(f"| {run.entry.name} | {label} | FAILED: {data.get('error', 'did not run')} | | | | | | | |")
+                lines.append(f"| {run.entry.name} | {label} | FAILED: {_short(data.get('error', 'did not run'))} | | | | | | | |")
                 continue
             ms = latency.get(file)
             vs_float = f"{ms / latency['float.onnx']:.2f}x" if ms and latency.get("float.onnx") else "-"
@@ -159,7 +175,7 @@ def detail_table(runs: list[ModelRun], presets: list[str]) -> list[str]:
             if preset in run.checks:
                 passed, first = run.checks[preset]
                 check = "passes" if passed else f"FAILS: {first}"
-            floats = evaluation.get("float_ops", {}).get(file)
+            floats = run.float_ops.get(file)
             floats_text = ", ".join(f"{k} x{v}" for k, v in floats.items()) if floats else ("none" if floats == {} else "-")
             metrics = evaluation.get("metrics", {}).get(file, {})
             others = ", ".join(f"{k} {_fmt(v)}" for k, v in list(metrics.items())[1:]) or evaluation.get("errors", {}).get(
@@ -195,27 +211,11 @@ def findings(runs: list[ModelRun], presets: list[str]) -> list[str]:
                 continue
             loss = (reference - value) if run.entry.higher_is_better else (value - reference)
             scale = abs(reference) if run.entry.higher_is_better else max(abs(reference), 0.01)
-            if loss > 0.5 * scale:
-                found.append(
-                    f"- **{name}**, rq {preset}: accuracy collapse: {_headline_name(run)} {_fmt(reference)} float -> {_fmt(value)}"
-                )
-            elif loss > 0.05 * scale:
-                found.append(
-                    f"- **{name}**, rq {preset}: accuracy loss: {_headline_name(run)} {_fmt(reference)} float -> {_fmt(value)}"
-                )
+            as_written = _fmt(_headline(run, f"rq_{preset}.onnx", "metrics_as_written"))
+            what = f"{_headline_name(run)} {_fmt(reference)} float -> {_fmt(value)} (as written, no ORT integer kernels: {as_written})"
+            if loss > 0.05 * scale:
+                found.append(f"- **{name}**, rq {preset}: accuracy {'collapse' if loss > 0.5 * scale else 'loss'}: {what}")
     return found or ["- none"]
-
-
-def cpu_int8_features() -> str:
-    """Which int8 dot-product instructions the CPU has: ONNX Runtime's u8s8 kernels without VNNI
-    (AVX2's VPMADDUBSW) add pairs into int16 and can saturate, so int8 results depend on it."""
-    try:
-        flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split())
-    except (OSError, StopIteration):
-        return "CPU features unknown"
-    vnni = sorted(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
-    simd = [f for f in ("avx512bw", "avx2") if f in flags][:1]
-    return f"{'/'.join(simd) or 'no AVX2'}, " + (f"VNNI ({', '.join(vnni)})" if vnni else "no VNNI")
 
 
 def _version(name: str) -> str:
@@ -230,7 +230,7 @@ def write_report(runs: list[ModelRun], presets: list[str], command: str, out: Pa
         "# The zoo: rq on real trained models",
         "",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
-        f"- machine: {platform.machine()}, {multiprocessing.cpu_count()} cores, {cpu_int8_features()}, python {platform.python_version()}",
+        f"- machine: {platform.machine()}, {multiprocessing.cpu_count()} cores, {int8_features()}, python {platform.python_version()}",
         "- versions: " + ", ".join(f"{p} {_version(p)}" for p in PACKAGES),
         f"- rerun: `{command}`; this file is written by that command",
         "- ORT int8: ONNX Runtime's `quant_pre_process` + `quantize_static` (QDQ, U8S8, per-channel, MinMax) on the float ONNX;"
@@ -318,6 +318,7 @@ def main(argv=None) -> list[ModelRun]:
     parser.add_argument("--samples", help="calibration,evaluation sample caps, e.g. 16,16")
     parser.add_argument("--work", type=Path, default=CACHE / "run")
     parser.add_argument("--out", type=Path, default=None, help="the report (default bench/results/zoo.md; zoo_ci.md for --ci)")
+    parser.add_argument("--report-only", action="store_true", help="write the report from what the last run left in --work")
     args = parser.parse_args(argv)
     names = args.models or (list(CI_MODELS) if args.ci else None)
     entries = [m for m in all_models() if names is None or m.name in names]
@@ -333,8 +334,9 @@ def main(argv=None) -> list[ModelRun]:
     for entry in entries:
         presets = [p for p in args.presets if p in entry.presets]
         print(f"== {entry.name} ({entry.framework.value}): {', '.join(presets)}", flush=True)
-        runs.append(run_model(entry, presets, args.work, env, lambda text: print(text, flush=True)))
-    command = "nox -s zoo" if not (argv or sys.argv[1:]) else "python -m zoo.run " + " ".join(argv or sys.argv[1:])
+        runs.append(run_model(entry, presets, args.work, env, lambda text: print(text, flush=True), args.report_only))
+    rerun = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"]
+    command = "nox -s zoo" if not rerun else "python -m zoo.run " + " ".join(rerun)
     print(write_report(runs, args.presets, command, out))
     if out == RESULTS / "zoo.md":
         (RESULTS / "zoo.headlines.json").write_text(json.dumps(headlines(runs, "results/zoo.md"), indent=1) + "\n")
