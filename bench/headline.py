@@ -3,7 +3,13 @@ with ONNX Runtime's quantizer where it has a counterpart, into bench/RESULTS.md.
 
 from __future__ import annotations
 
+import datetime
+import importlib.metadata
+import multiprocessing
+import platform
 from dataclasses import dataclass
+
+PACKAGES = ["numpy", "onnx", "onnxruntime", "torch", "tensorflow-cpu", "keras", "tf2onnx", "rq-common"]
 
 
 @dataclass(frozen=True)
@@ -37,3 +43,19 @@ def read(path) -> list[Headline]:
     from pathlib import Path
 
     return [Headline(**row) for row in json.loads(Path(path).read_text())]
+
+
+def version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def provenance(machine_detail: str) -> list[str]:
+    """The date, machine and versions lines that head RESULTS.md and the zoo's report."""
+    return [
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
+        f"- machine: {platform.machine()}, {multiprocessing.cpu_count()} cores, {machine_detail}, python {platform.python_version()}",
+        "- versions: " + ", ".join(f"{p} {version(p)}" for p in PACKAGES),
+    ]

@@ -9,9 +9,6 @@ The zoo's headlines (results/zoo.headlines.json, written by `nox -s zoo`) join t
 
 from __future__ import annotations
 
-import datetime
-import importlib.metadata
-import multiprocessing
 import platform
 import subprocess
 import sys
@@ -19,17 +16,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from headline import read  # noqa: E402
+from headline import provenance, read  # noqa: E402
 
 BENCHMARKS = ["bench_calibration", "bench_onnx", "bench_torch", "bench_tf2"]
-PACKAGES = ["numpy", "onnx", "onnxruntime", "torch", "tensorflow-cpu", "keras", "tf2onnx", "rq-common"]
-
-
-def version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def main(table_only: bool = False) -> str:
@@ -43,9 +32,7 @@ def main(table_only: bool = False) -> str:
     lines = [
         "# rq benchmark results",
         "",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
-        f"- machine: {platform.machine()}, {multiprocessing.cpu_count()} cores, {platform.platform()}, python {platform.python_version()}",
-        "- versions: " + ", ".join(f"{p} {version(p)}" for p in PACKAGES),
+        *provenance(platform.platform()),
         "- rerun: `nox -s bench` (or `python bench/run_all.py` with the packages installed) and `nox -s zoo` (the zoo rows);"
         " this file is written by those commands",
         "- one run: every ratio compares two numbers measured side by side in it. Times: ONNX Runtime / rq (above 1: rq is faster);",

