@@ -306,7 +306,9 @@ def main(argv=None) -> list[ModelRun]:
     parser.add_argument("--ci", action="store_true", help="CI's subset: one small model per package, few samples")
     parser.add_argument("--samples", help="calibration,evaluation sample caps, e.g. 16,16")
     parser.add_argument("--work", type=Path, default=CACHE / "run")
-    parser.add_argument("--out", type=Path, default=None, help="the report (default bench/results/zoo.md; zoo_ci.md for --ci)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="the report (default: bench/results/zoo.md for every model, else WORK/zoo.md)"
+    )
     parser.add_argument("--report-only", action="store_true", help="write the report from what the last run left in --work")
     args = parser.parse_args(argv)
     names = args.models or (list(CI_MODELS) if args.ci else None)
@@ -318,7 +320,8 @@ def main(argv=None) -> list[ModelRun]:
     samples = args.samples or (CI_SAMPLES if args.ci else None)
     if samples:
         env["RQ_ZOO_SAMPLES"] = samples
-    out = args.out or RESULTS / ("zoo_ci.md" if args.ci else "zoo.md")
+    full = names is None  # only a run of every model writes bench/results/zoo.md and its RESULTS.md rows
+    out = args.out or (RESULTS / "zoo.md" if full else args.work / "zoo.md")
     runs = []
     for entry in entries:
         presets = [p for p in args.presets if p in entry.presets]
@@ -327,7 +330,7 @@ def main(argv=None) -> list[ModelRun]:
     rerun = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"]
     command = "nox -s zoo" if not rerun else "python -m zoo.run " + " ".join(rerun)
     print(write_report(runs, args.presets, command, out))
-    if out == RESULTS / "zoo.md":
+    if full and out == RESULTS / "zoo.md":
         (RESULTS / "zoo.headlines.json").write_text(json.dumps(headlines(runs, "results/zoo.md"), indent=1) + "\n")
         subprocess.run([sys.executable, str(ROOT / "bench" / "run_all.py"), "--table-only"], check=True)
     return runs

@@ -1,8 +1,8 @@
-"""MTCNN's refinement (RNet) and output (ONet) networks from the mtcnn wheel (Keras 3, subclassed), and
-ONet frozen to a TF1 GraphDef. Data: scikit-image's lfw_subset (100 faces, 100 non-faces, 25x25 gray),
-degraded per sample (lower resolution, contrast, noise: the small, poor crops a detector cascade feeds
-these nets) so that the face/non-face ROC AUC is not pinned at 1.0. PNet's weights ship in the wheel too;
-PNet is fully convolutional over whole images and is not a model here."""
+"""MTCNN's proposal (PNet), refinement (RNet) and output (ONet) networks from the mtcnn wheel (Keras 3,
+subclassed), and ONet frozen to a TF1 GraphDef. Data: scikit-image's lfw_subset (100 faces, 100
+non-faces, 25x25 gray), degraded per sample (lower resolution, contrast, noise: the small, poor crops a
+detector cascade feeds these nets) so that the face/non-face ROC AUC is not pinned at 1.0. PNet is fully
+convolutional; here it scores 12x12 windows, the size it was trained on (one output cell each)."""
 
 from __future__ import annotations
 
@@ -119,6 +119,15 @@ class MtcnnRNet(ZooModel):
         return metrics
 
 
+class MtcnnPNet(MtcnnRNet):
+    name = "mtcnn_pnet"
+    float_floor = ("auc", 0.85)  # what the float model reaches on this data at least
+    task = "MTCNN PNet (Keras 3, subclassed, fully convolutional): face/non-face and box offsets of 12x12 LFW windows"
+    size = 12
+    network = ("mtcnn.network.pnet", "PNet", "pnet.lz4")
+    threshold = 0.6  # the wheel's threshold_pnet
+
+
 class MtcnnONet(MtcnnRNet):
     name = "mtcnn_onet"
     float_floor = ("auc", 0.9)  # what the float model reaches on this data at least
@@ -158,4 +167,4 @@ class MtcnnONetTf1(MtcnnONet):
         scratch.replace(path)
 
 
-MODELS = [MtcnnRNet(), MtcnnONet(), MtcnnONetTf1()]
+MODELS = [MtcnnPNet(), MtcnnRNet(), MtcnnONet(), MtcnnONetTf1()]
