@@ -100,6 +100,11 @@ def qat_keras(entry: ZooModel, model, calibration: Samples, preset: str, out: Pa
 QAT = {Framework.TORCH: qat_torch, Framework.TF2: qat_keras}  # ONNX and TF1 graphs are PTQ only
 
 
+def headline(entry: ZooModel, path: Path, reference: list[list[np.ndarray]], evaluation: Samples) -> float:
+    """The model's headline metric for the int8 file at ``path``, run in ONNX Runtime."""
+    return next(iter(entry.score(run_all(path, evaluation), reference, evaluation).values()))
+
+
 def demo_model(
     entry: ZooModel, out: Path, threshold: float, epochs: int, samples: tuple[int, int] | None, quiet: bool
 ) -> list[Row]:
@@ -121,10 +126,10 @@ def demo_model(
         step = "PTQ"
         try:
             frameworks.rq_quantize(entry, model, calibration, preset, path, work)
-            value = next(iter(entry.score(run_all(path, evaluation), reference, evaluation).values()))
+            value = headline(entry, path, reference, evaluation)
             if worse_by(entry, float_value, value) > threshold and entry.framework in QAT:
                 qat_path = QAT[entry.framework](entry, model, calibration, preset, work / f"{preset}_qat.onnx", epochs, quiet)
-                qat_value = next(iter(entry.score(run_all(qat_path, evaluation), reference, evaluation).values()))
+                qat_value = headline(entry, qat_path, reference, evaluation)
                 if worse_by(entry, value, qat_value) < 0:  # keep what is better, as a user would
                     path, value, step = qat_path, qat_value, "PTQ + QAT"
                 else:
