@@ -7,57 +7,22 @@ the process that quantizes it.
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import os
 import subprocess
 import sys
 import zipfile
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from zoo.kinds import Framework, FrozenGraph, Samples, Split
+
+__all__ = ["CACHE", "Framework", "FrozenGraph", "Samples", "Split", "ZooModel", "import_from", "rng", "wheel_dir"]
+
 CACHE = Path(os.environ.get("RQ_ZOO_CACHE", Path.home() / ".cache" / "rq-zoo"))
-
-
-class Framework(enum.Enum):
-    ONNX = "onnx"
-    TORCH = "torch"
-    TF2 = "tf2"
-    TF1 = "tf1"
-
-
-class Split(enum.Enum):
-    """Calibration and evaluation samples never overlap: each split has its own seed."""
-
-    CALIBRATION = 1
-    EVALUATION = 2
-
-
-@dataclass(frozen=True)
-class Samples:
-    """Model inputs, one sample per entry (batch 1, in the model's input order), and the ground
-    truth of each sample where the data has one (``None`` where the metric is agreement with float)."""
-
-    inputs: list[tuple[np.ndarray, ...]]
-    truth: list[Any] | None = None
-
-    def __len__(self) -> int:
-        return len(self.inputs)
-
-
-@dataclass(frozen=True)
-class FrozenGraph:
-    """A TF1 frozen GraphDef as vai_q_tensorflow users bring it: the .pb and its input and output
-    nodes, input shapes with ``None`` for the batch."""
-
-    path: Path
-    input_nodes: list[str]
-    output_nodes: list[str]
-    input_shapes: list[tuple[int | None, ...]]
 
 
 class ZooModel(ABC):

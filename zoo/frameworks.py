@@ -10,12 +10,15 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 
-from zoo.core import Framework, FrozenGraph, Samples, ZooModel
+from zoo.kinds import Framework, FrozenGraph, Samples
+
+if TYPE_CHECKING:
+    from zoo.core import ZooModel
 
 OPSET = 17
 
