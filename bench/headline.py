@@ -52,10 +52,12 @@ def version(name: str) -> str:
         return "not installed"
 
 
-def provenance(machine_detail: str) -> list[str]:
-    """The date, machine and versions lines that head RESULTS.md and the zoo's report."""
+def provenance(machine_detail: str, measured: datetime.datetime | None = None) -> list[str]:
+    """The date, machine and versions lines that head RESULTS.md and the zoo's report; ``measured``:
+    when the numbers were taken, where that was before now."""
+    when = measured or datetime.datetime.now(datetime.timezone.utc)
     return [
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
+        f"- date: {when:%Y-%m-%d %H:%M UTC}",
         f"- machine: {platform.machine()}, {multiprocessing.cpu_count()} cores, {machine_detail}, python {platform.python_version()}",
         "- versions: " + ", ".join(f"{p} {version(p)}" for p in PACKAGES),
     ]

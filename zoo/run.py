@@ -12,6 +12,7 @@ step that fails or crashes is a FAILED row that says why, never the end of the r
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import subprocess
@@ -216,11 +217,11 @@ def findings(runs: list[ModelRun], presets: list[str]) -> list[str]:
     return found or ["- none"]
 
 
-def write_report(runs: list[ModelRun], presets: list[str], command: str, out: Path) -> str:
+def write_report(runs: list[ModelRun], presets: list[str], command: str, out: Path, measured=None) -> str:
     lines = [
         "# The zoo: rq on real trained models",
         "",
-        *provenance(int8_features()),
+        *provenance(int8_features(), measured),
         f"- rerun: `{command}`; this file is written by that command",
         "- ORT int8: ONNX Runtime's `quant_pre_process` + `quantize_static` (QDQ, U8S8, per-channel, MinMax) on the float ONNX;"
         " rq: the model's own framework package with its defaults for each preset",
@@ -329,7 +330,11 @@ def main(argv=None) -> list[ModelRun]:
         runs.append(run_model(entry, presets, args.work, env, lambda text: print(text, flush=True), args.report_only))
     rerun = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"]
     command = "nox -s zoo" if not rerun else "python -m zoo.run " + " ".join(rerun)
-    print(write_report(runs, args.presets, command, out))
+    measured = None
+    if args.report_only:  # the date the numbers were taken: the newest step file of that run
+        stamps = [p.stat().st_mtime for p in args.work.glob("*/*.json")]
+        measured = datetime.datetime.fromtimestamp(max(stamps), datetime.timezone.utc) if stamps else None
+    print(write_report(runs, args.presets, command, out, measured))
     if full and out == RESULTS / "zoo.md":
         (RESULTS / "zoo.headlines.json").write_text(json.dumps(headlines(runs, "results/zoo.md"), indent=1) + "\n")
         subprocess.run([sys.executable, str(ROOT / "bench" / "run_all.py"), "--table-only"], check=True)
