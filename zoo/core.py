@@ -57,6 +57,12 @@ class ZooModel(ABC):
         """Metrics of ``outputs`` (per sample, the model's outputs in order) against the truth in
         ``samples`` and the float model's ``reference`` outputs; the headline metric first."""
 
+    def sample_counts(self, caps: tuple[int, int] | None = None) -> tuple[int, int]:
+        """Calibration and evaluation sample counts: the model's own, or fewer where ``caps`` says."""
+        if caps is None:
+            return self.calibration_size, self.evaluation_size
+        return min(caps[0], self.calibration_size), min(caps[1], self.evaluation_size)
+
     def example(self) -> tuple[np.ndarray, ...]:
         """One input sample: what exporters trace with and latency is measured on."""
         return self.samples(Split.CALIBRATION, 1).inputs[0]

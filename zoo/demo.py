@@ -113,9 +113,9 @@ def demo_model(
     work.mkdir(parents=True)
     model = entry.load()
     float_path = entry.export_float(model, work / "float.onnx")
-    calibration_size, evaluation_size = samples or (entry.calibration_size, entry.evaluation_size)
-    calibration = entry.samples(Split.CALIBRATION, min(calibration_size, entry.calibration_size))
-    evaluation = entry.samples(Split.EVALUATION, min(evaluation_size, entry.evaluation_size))
+    calibration_size, evaluation_size = entry.sample_counts(samples)
+    calibration = entry.samples(Split.CALIBRATION, calibration_size)
+    evaluation = entry.samples(Split.EVALUATION, evaluation_size)
     reference = run_all(float_path, evaluation)
     metric, float_value = next(iter(entry.score(reference, reference, evaluation).items()))
     rows = []

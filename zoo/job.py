@@ -75,12 +75,9 @@ def _evaluate_step(entry, work: Path, files: list[str]) -> dict:
 
 
 def sizes(entry) -> tuple[int, int]:
-    """Calibration and evaluation sample counts: the model's own, or the runner's (RQ_ZOO_SAMPLES=calib,eval)."""
+    """The model's sample counts, capped by the runner's RQ_ZOO_SAMPLES=calib,eval where it is set."""
     override = os.environ.get("RQ_ZOO_SAMPLES")
-    if override:
-        calibration, evaluation = (int(n) for n in override.split(","))
-        return min(calibration, entry.calibration_size), min(evaluation, entry.evaluation_size)
-    return entry.calibration_size, entry.evaluation_size
+    return entry.sample_counts(tuple(int(n) for n in override.split(",")) if override else None)
 
 
 def main(argv: list[str]) -> int:
