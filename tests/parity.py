@@ -1,5 +1,7 @@
 """What the parity tests compare: each weighted layer's quantization, read from an exported file."""
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 
@@ -60,7 +62,6 @@ def package_test_module(package: str, name: str):
     rq-torch and rq-tf2 each have a ``nets.py``."""
     import importlib.util
     import sys
-    from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "packages" / package / "tests" / f"{name}.py"
     module_name = f"{package.replace('-', '_')}_tests_{name}"
@@ -168,3 +169,28 @@ def _same_scale(a, b, pot: bool, message: str) -> None:
         np.testing.assert_array_equal(a, b, err_msg=message)
     else:
         np.testing.assert_allclose(a, b, rtol=1e-5, err_msg=message)
+
+
+RECORDED_BYTES = Path(__file__).parent / "golden" / "parity_bytes.json"
+
+
+def assert_recorded_bytes(request, files: dict[str, Path]) -> None:
+    """Every file rq wrote for this parity test has the bytes recorded in tests/golden/parity_bytes.json
+    (sha256): refactoring rq's pipeline must not change a single number. RQ_RECORD_BYTES=1 records
+    them instead (only when a change of numbers is intended, and named in the commit)."""
+    import hashlib
+    import json
+    import os
+
+    digests = {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in sorted(files.items())}
+    key = request.node.nodeid.split("::", 1)[1]
+    if os.environ.get("RQ_RECORD_BYTES") == "1":
+        recorded = json.loads(RECORDED_BYTES.read_text()) if RECORDED_BYTES.exists() else {}
+        recorded[key] = digests
+        RECORDED_BYTES.parent.mkdir(exist_ok=True)
+        RECORDED_BYTES.write_text(json.dumps(dict(sorted(recorded.items())), indent=1) + "\n")
+        return
+    recorded = json.loads(RECORDED_BYTES.read_text()).get(key)
+    assert recorded is not None, f"no recorded bytes for {key}; record them with RQ_RECORD_BYTES=1"
+    changed = [name for name in digests if digests[name] != recorded.get(name)]
+    assert digests.keys() == recorded.keys() and not changed, f"{key}: bytes differ from the recording: {changed}"

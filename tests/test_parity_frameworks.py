@@ -9,7 +9,7 @@ import onnx
 import pytest
 import same_network as nets
 import torch
-from parity import assert_same_computation
+from parity import assert_recorded_bytes, assert_same_computation
 
 import rq_tf1
 import rq_tf2
@@ -81,8 +81,10 @@ def quantize_all(network: str, preset: str, folder) -> dict[str, tuple[onnx.Mode
 
 @pytest.mark.parametrize("preset", PRESETS)
 @pytest.mark.parametrize("network", list(nets.NETWORKS))
-def test_four_frameworks_write_the_same_int8_model(tmp_path, network, preset):
+def test_four_frameworks_write_the_same_int8_model(tmp_path, request, network, preset):
     models = quantize_all(network, preset, tmp_path)
+    written = {f"tf1/{p.name}": p for p in sorted((tmp_path / "tf1").iterdir())}
+    assert_recorded_bytes(request, {**written, **{f: tmp_path / f"{f}.onnx" for f in ("onnx", "torch", "tf2")}})
     reference, _ = models["onnx"]
     for framework, (model, _) in models.items():
         assert_same_computation(model, reference, preset, f"{framework} vs onnx")

@@ -8,7 +8,7 @@ import onnx
 import pytest
 import tensorflow as tf
 import tf2onnx
-from parity import assert_same_layers, package_test_module
+from parity import assert_recorded_bytes, assert_same_layers, package_test_module
 
 import rq_tf1
 from rq_onnx import ArrayReader, quantize_static
@@ -18,7 +18,7 @@ nets = package_test_module("rq-tf1", "nets")
 
 @pytest.mark.parametrize("preset", ["npu_cnn", "npu_transformer", "cpu"])
 @pytest.mark.parametrize("network", list(nets.NETWORKS))
-def test_rq_tf1_and_rq_onnx_write_the_same_int8_model(tmp_path, network, preset):
+def test_rq_tf1_and_rq_onnx_write_the_same_int8_model(tmp_path, request, network, preset):
     build, shape = nets.NETWORKS[network]
     graph = nets.freeze(build, shape, tmp_path / "float.pb")
     batches = [np.random.default_rng(i).standard_normal((4, *shape)).astype(np.float32) for i in range(4)]
@@ -41,3 +41,5 @@ def test_rq_tf1_and_rq_onnx_write_the_same_int8_model(tmp_path, network, preset)
     from_onnx = quantize_static(tmp_path / "float.onnx", tmp_path / "onnx.onnx", reader, preset=preset, quiet=True)
     assert result.violations == [] and from_onnx.violations == []
     assert_same_layers(onnx.load(str(result.onnx_model)), from_onnx.model, preset)
+    written = {f"tf1/{p.name}": p for p in sorted((tmp_path / "out").iterdir())}
+    assert_recorded_bytes(request, {**written, "onnx": tmp_path / "onnx.onnx"})

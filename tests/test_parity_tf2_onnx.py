@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf2onnx
-from parity import assert_same_layers, package_test_module
+from parity import assert_recorded_bytes, assert_same_layers, package_test_module
 
 import rq_tf2
 from rq_onnx import ArrayReader, quantize_static
@@ -34,7 +34,7 @@ def float_onnx(model, shape, path) -> None:
 
 @pytest.mark.parametrize("preset", ["npu_cnn", "npu_transformer", "cpu"])
 @pytest.mark.parametrize("network", list(NETWORKS))
-def test_rq_tf2_and_rq_onnx_write_the_same_int8_model(tmp_path, network, preset):
+def test_rq_tf2_and_rq_onnx_write_the_same_int8_model(tmp_path, request, network, preset):
     build, shape = NETWORKS[network]
     tf.keras.utils.set_random_seed(0)
     model = nets.randomize_batchnorm(build())
@@ -49,3 +49,4 @@ def test_rq_tf2_and_rq_onnx_write_the_same_int8_model(tmp_path, network, preset)
     from_onnx = quantize_static(tmp_path / "float.onnx", tmp_path / "onnx.onnx", reader, preset=preset, quiet=True)
     assert from_tf2.violations == [] and from_onnx.violations == []
     assert_same_layers(from_tf2.model, from_onnx.model, preset)
+    assert_recorded_bytes(request, {"tf2": tmp_path / "tf2.onnx", "onnx": tmp_path / "onnx.onnx"})

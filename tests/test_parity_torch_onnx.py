@@ -4,7 +4,7 @@ and ONNX Runtime sum activations in a different order) and the same int8 weights
 
 import pytest
 import torch
-from parity import assert_same_layers, package_test_module
+from parity import assert_recorded_bytes, assert_same_layers, package_test_module
 
 import rq_torch
 from rq_onnx import ArrayReader, quantize_static
@@ -20,7 +20,7 @@ NETWORKS = {
 
 @pytest.mark.parametrize("preset", ["npu_cnn", "npu_transformer", "cpu"])
 @pytest.mark.parametrize("network", list(NETWORKS))
-def test_rq_torch_and_rq_onnx_write_the_same_int8_model(tmp_path, network, preset):
+def test_rq_torch_and_rq_onnx_write_the_same_int8_model(tmp_path, request, network, preset):
     build, shape = NETWORKS[network]
     torch.manual_seed(0)
     model = nets.randomize_batchnorm(build()).eval()
@@ -45,3 +45,4 @@ def test_rq_torch_and_rq_onnx_write_the_same_int8_model(tmp_path, network, prese
     assert from_torch.violations == [] and from_onnx.violations == []
 
     assert_same_layers(from_torch.model, from_onnx.model, preset)
+    assert_recorded_bytes(request, {"torch": tmp_path / "torch.onnx", "onnx": tmp_path / "onnx.onnx"})
