@@ -177,7 +177,8 @@ RECORDED_BYTES = Path(__file__).parent / "golden" / "parity_bytes.json"
 def assert_recorded_bytes(request, files: dict[str, Path]) -> None:
     """Every file rq wrote for this parity test has the bytes recorded in tests/golden/parity_bytes.json
     (sha256): refactoring rq's pipeline must not change a single number. RQ_RECORD_BYTES=1 records
-    them instead (only when a change of numbers is intended, and named in the commit)."""
+    them instead (only when a change of numbers is intended, and named in the commit).
+    """
     import hashlib
     import json
     import os
@@ -194,3 +195,16 @@ def assert_recorded_bytes(request, files: dict[str, Path]) -> None:
     assert recorded is not None, f"no recorded bytes for {key}; record them with RQ_RECORD_BYTES=1"
     changed = [name for name in digests if digests[name] != recorded.get(name)]
     assert digests.keys() == recorded.keys() and not changed, f"{key}: bytes differ from the recording: {changed}"
+
+
+def stable_tf2onnx(model: onnx.ModelProto) -> bytes:
+    """A float model from tf2onnx, with its node order, generated names and shared constants' names
+    made independent of the process (tf2onnx's come from set order and a process-wide counter), as
+    rq-tf2 and rq-tf1 make their own exports: the same float model then gives rq-onnx the same input."""
+    from rq_common.format.graph import order_nodes_from_outputs
+    from rq_common.format.markers import name_constants_by_first_reader, renumber_generated_names
+
+    order_nodes_from_outputs(model)
+    renumber_generated_names(model)
+    name_constants_by_first_reader(model)
+    return model.SerializeToString(deterministic=True)

@@ -8,7 +8,7 @@ import onnx
 import pytest
 import tensorflow as tf
 import tf2onnx
-from parity import assert_recorded_bytes, assert_same_layers, package_test_module
+from parity import assert_recorded_bytes, assert_same_layers, package_test_module, stable_tf2onnx
 
 import rq_tf1
 from rq_onnx import ArrayReader, quantize_static
@@ -36,7 +36,7 @@ def test_rq_tf1_and_rq_onnx_write_the_same_int8_model(tmp_path, request, network
     graph_def = tf.compat.v1.GraphDef()
     graph_def.ParseFromString(graph.read_bytes())
     float_model, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=["x:0"], output_names=["logits:0"], opset=17)
-    (tmp_path / "float.onnx").write_bytes(float_model.SerializeToString())
+    (tmp_path / "float.onnx").write_bytes(stable_tf2onnx(float_model))
     reader = ArrayReader({"x:0": np.concatenate(batches)}, batch_size=1)
     from_onnx = quantize_static(tmp_path / "float.onnx", tmp_path / "onnx.onnx", reader, preset=preset, quiet=True)
     assert result.violations == [] and from_onnx.violations == []

@@ -92,7 +92,7 @@ def freeze(build: Callable, input_shape, path: Path, seed: int = 0, head=True) -
         with v1.Session(graph=graph) as session:
             session.run(v1.global_variables_initializer())
             frozen = v1.graph_util.convert_variables_to_constants(session, graph.as_graph_def(), ["logits"])
-    path.write_bytes(frozen.SerializeToString())
+    path.write_bytes(frozen.SerializeToString(deterministic=True))
     return path
 
 

@@ -35,7 +35,7 @@ def train_and_freeze(x_train, y_train, path):
                     batch = order[i : i + 32]
                     session.run(step, {x: x_train[batch], labels: y_train[batch]})
             frozen = v1.graph_util.convert_variables_to_constants(session, graph.as_graph_def(), ["logits"])
-    path.write_bytes(frozen.SerializeToString())
+    path.write_bytes(frozen.SerializeToString(deterministic=True))
     return path
 
 

@@ -157,3 +157,34 @@ def output_qdq_params(model: onnx.ModelProto, output: int = 0) -> QdqParams:
     if node is None or node.op_type != DEQUANTIZE:
         raise ValueError(f"graph output {model.graph.output[output].name!r} does not come from a DequantizeLinear")
     return qdq_params(index, node)
+
+
+def order_nodes_from_outputs(model: onnx.ModelProto) -> None:
+    """The nodes in an order read from the graph's structure alone: depth first from each graph
+    output in turn, each node's inputs in slot order, a node after what it reads. An exporter that
+    writes independent branches in whichever order its sets give them (tf2onnx) then gives one
+    order, and so the same names and bytes, every run. Nodes no output depends on keep their
+    relative order at the end."""
+    graph = model.graph
+    producer = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
+    placed: list[int] = []
+    seen: set[int] = set()
+    for output in graph.output:
+        if output.name not in producer:
+            continue
+        stack = [(producer[output.name], False)]
+        while stack:
+            index, inputs_done = stack.pop()
+            if inputs_done:
+                placed.append(index)
+                continue
+            if index in seen:
+                continue
+            seen.add(index)
+            stack.append((index, True))
+            reads = [producer[name] for name in graph.node[index].input if name in producer]
+            stack.extend((i, False) for i in reversed(reads) if i not in seen)
+    placed += [i for i in range(len(graph.node)) if i not in seen]
+    nodes = [graph.node[i] for i in placed]
+    del graph.node[:]
+    graph.node.extend(nodes)

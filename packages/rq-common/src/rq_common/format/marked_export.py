@@ -14,6 +14,7 @@ import onnx
 
 from rq_common.format.canonicalize import CanonicalizeResult, canonicalize
 from rq_common.format.gemm import fuse_matmul_bias
+from rq_common.format.graph import order_nodes_from_outputs
 from rq_common.format.markers import (
     LayerParams,
     marked_constant_qparams,
@@ -51,6 +52,7 @@ def finish_marked_export(
     fuses LayerNormalization there). ``not_a_layer``: the name segments shorten_names drops;
     ``is_float_node``: which nodes (by their exported name) run in float on purpose.
     """
+    order_nodes_from_outputs(model)
     renumber_generated_names(model)
     model.graph.doc_string = doc_string
     set_exact_qdq_params(model, activation_qparams)
