@@ -207,4 +207,5 @@ def stable_tf2onnx(model: onnx.ModelProto) -> bytes:
     order_nodes_from_outputs(model)
     renumber_generated_names(model)
     name_constants_by_first_reader(model)
+    model.graph.doc_string = ""  # names the traced function by a process-wide counter
     return model.SerializeToString(deterministic=True)
