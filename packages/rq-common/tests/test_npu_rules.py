@@ -6,7 +6,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from rq_common import QParams, QuantSpec
 from rq_common.format import ViolationKind, insert_qdq, validate
-from rq_common.spec import npu_rules
+from rq_common.qmath import npu_rules
 
 from conftest import make_model
 from models import node, quantized_conv_model, set_initializer

@@ -2,8 +2,8 @@
 
 import json
 
+from rq_common.pipeline.placement import OpNode, place_quantizers
 from rq_common.spec import get_preset, preset_from_config, preset_to_config
-from rq_common.spec.placement import OpNode, place_quantizers
 
 
 def conv_relu_pool_graph():

@@ -6,7 +6,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from rq_common.format import GraphIndex, qdq_params
-from rq_common.spec import npu_rules
+from rq_common.qmath import npu_rules
 from rq_onnx import quantize_static
 
 from conftest import ArrayReader

@@ -8,7 +8,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 import rq_tf2
-from rq_common.spec.npu_rules import position
+from rq_common.qmath.npu_rules import position
 
 
 @pytest.fixture(scope="module")

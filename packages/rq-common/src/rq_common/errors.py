@@ -1,5 +1,8 @@
 """Errors that rq raises on bad input: each names the problem and the fix."""
 
+import sys
+from collections.abc import Callable
+
 
 class RqError(Exception):
     """Base class of every error rq raises on purpose."""
@@ -19,3 +22,19 @@ class CalibrationDataError(RqError, ValueError):
 
 class FormatError(RqError, ValueError):
     """An ONNX model that cannot be brought into the rq int8 format."""
+
+
+def run_command(program: str, command: Callable[[], int]) -> int:
+    """A CLI command under rq's error contract: an RqError or OSError (a missing file, a full disk)
+    or Ctrl-C is one line on stderr naming the problem, and a non-zero exit; never a traceback."""
+    try:
+        return command()
+    except (RqError, OSError) as error:
+        if isinstance(error, BrokenPipeError):  # output piped into `head`: stop quietly
+            sys.stderr.close()
+            return 0
+        print(f"{program}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{program}: interrupted; nothing was written", file=sys.stderr)
+        return 130

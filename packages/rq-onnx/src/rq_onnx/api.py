@@ -8,21 +8,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
-from onnx import numpy_helper
 
-from rq_common import Calibrator, bias_qparams
 from rq_common.errors import SpecError
 from rq_common.format import Violation, validate
 from rq_common.io import save_onnx
 from rq_common.qmath import QParams
 from rq_common.report import QuantReport
-from rq_common.spec import Granularity, Preset, get_preset, npu_rules
+from rq_common.spec import Preset, get_preset
 from rq_onnx.calibrate import CalibrationDataReader, calibrate
-from rq_onnx.npu_repair import repair_positions
+from rq_onnx.finalize import finalize_plan
 from rq_onnx.options import PRESET_SHORTHANDS, QuantizeOptions
-from rq_onnx.plan import FloatOp, Plan, make_plan, name_nodes
+from rq_onnx.plan import FloatOp, make_plan, name_nodes
 from rq_onnx.prepare import load_model, prepare_model
 from rq_onnx.report import error_report
 from rq_onnx.write import fix_batch_to_one, write_quantized
@@ -87,17 +84,14 @@ def quantize_static(
         keep_batches=0 if rewind else options.report_batches,
         quiet=options.quiet,
     )
-    act = calibration.qparams
-    weights = quantize_weights(model, plan, preset)
-    if preset.target.fixed_point_rules:
-        repair_positions(plan, act, weights, notes)
-    biases = quantize_biases(model, plan, preset, act, weights, notes)
+    numbers = finalize_plan(model, plan, preset, calibration.qparams, notes)
+    act = numbers.activations
 
     written = onnx.ModelProto()
     written.CopyFrom(model)
     if preset.target.fixed_point_rules:
         fix_batch_to_one(written, notes)
-    quantized, dequantized = write_quantized(written, plan, act, weights, biases)
+    quantized, dequantized = write_quantized(written, plan, act, numbers.weights, numbers.biases)
     violations = validate(quantized, preset, float_nodes=[f.node for f in plan.float_ops])
 
     report = QuantReport(title=f"rq-onnx: {preset.name}", notes=list(notes))
@@ -125,43 +119,6 @@ def _reader_batches(reader, limit: int):
         if feed is None:
             return
         yield feed
-
-
-def quantize_weights(model: onnx.ModelProto, plan: Plan, preset: Preset) -> dict[str, QParams]:
-    """QParams of every planned weight: per channel on its output axis where the preset says so."""
-    constants = {t.name: t for t in model.graph.initializer}
-    out = {}
-    for name, use in plan.weights.items():
-        values = numpy_helper.to_array(constants[name])
-        spec = preset.weight
-        if spec.per_channel and use.axis is not None:
-            spec = spec.replace(axis=use.axis)
-        else:
-            spec = spec.replace(granularity=Granularity.PER_TENSOR, axis=None)
-        calibrator = Calibrator(spec, preset.weight_method, name=name)
-        calibrator.update(values)
-        out[name] = calibrator.qparams()
-    return out
-
-
-def quantize_biases(model, plan: Plan, preset: Preset, act, weights, notes: list[str]) -> dict[tuple[str, int], QParams]:
-    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    out = {}
-    shifted = {op.node: op for op in plan.shifted}
-    for use in plan.biases:
-        if use.input_tensor not in act or use.weight not in weights or use.name not in constants:
-            continue
-        bias = constants[use.name].astype(np.float32).reshape(-1)
-        qp = bias_qparams(bias, act[use.input_tensor], weights[use.weight], preset.bias, preset.bias_rule)
-        if preset.target.fixed_point_rules and use.node in shifted:
-            repaired = npu_rules.repair_bias_qparams(
-                qp, weights[use.weight], act[use.input_tensor], act.get(shifted[use.node].output_tensor)
-            )
-            if repaired is not qp:
-                notes.append(f"{use.node}: bias scale {float(qp.scale):g} -> {float(repaired.scale):g} (shift_bias limits)")
-            qp = repaired
-        out[(use.node, use.slot)] = qp
-    return out
 
 
 def save_model(model: onnx.ModelProto, path: Path, external_data: bool) -> Path:

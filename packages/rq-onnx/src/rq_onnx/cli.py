@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from rq_common.errors import RqError
+from rq_common.errors import RqError, run_command
 from rq_common.format import validate
 from rq_common.report import QuantReport
 from rq_common.spec import ALIASES, PRESETS, CalibrationMethod
@@ -156,14 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.run(args)
-    except RqError as error:
-        print(f"rq-onnx: error: {error}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # output piped into `head`: stop quietly
-        sys.stderr.close()
-        return 0
+    return run_command("rq-onnx", lambda: args.run(args))
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ from onnx import TensorProto, numpy_helper
 from rq_common.calibration import ScaleGroups
 from rq_common.format.graph import attribute
 from rq_common.format.oprules import OP_RULES as FORMAT_RULES
+from rq_common.pipeline.placement import OpNode, place_quantizers
 from rq_common.spec import Preset
-from rq_common.spec.placement import OpNode, place_quantizers
 from rq_onnx.rules import RuleContext, rule_for
 
 

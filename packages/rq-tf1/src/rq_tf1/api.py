@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from rq_common.errors import SpecError
 from rq_common.format import Violation
 from rq_common.io import save_onnx
+from rq_common.pipeline.placement import FloatOp
 from rq_common.spec import CalibrationMethod, Preset, get_preset
-from rq_common.spec.placement import FloatOp
 from rq_tf1.calibrate import calibrate
 from rq_tf1.errors import GraphError, InputFnError
 from rq_tf1.export import to_onnx
@@ -114,7 +115,7 @@ def quantize_frozen_graph(
     ``method``: 0 = power-of-two NonOverflow, 1 = power-of-two MinMSE (vai_q's numbering)."""
     if method is not None:
         if method not in VAI_METHODS:
-            raise ValueError(f"--method {method}: use 0 (power-of-two NonOverflow) or 1 (power-of-two MinMSE)")
+            raise SpecError("--method", f"{method}: use 0 (power-of-two NonOverflow) or 1 (power-of-two MinMSE)")
         overrides.setdefault("activation_method", VAI_METHODS[method])
     preset = get_preset(preset, **overrides)
     fn = load_input_fn(input_fn)

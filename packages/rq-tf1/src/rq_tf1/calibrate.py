@@ -1,6 +1,6 @@
 """Calibration: run the prepared float graph in a tf.compat.v1 Session for ``calib_iter`` batches from
 the user's input_fn, feed every quantized tensor to rq_common's observers (one per scale group),
-then decide every scale (rq_common), and apply the NPU's position rules."""
+then finalize every scale (rq_common.pipeline.finalize, the NPU's position rules included)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from tqdm import tqdm
 
 from rq_common import Calibrator
 from rq_common.errors import CalibrationDataError
-from rq_common.qmath import QParams, bias_qparams
-from rq_common.spec import BiasScaleRule, Preset, npu_rules
+from rq_common.pipeline import Layer, ModelView, Weight, finalize
+from rq_common.qmath import QParams
+from rq_common.spec import Preset
 from rq_tf1.errors import InputFnError
 from rq_tf1.graphdef import GraphDef, const_value, nodes_by_name, tensor_name, weight_view
 from rq_tf1.plan import Tf1Plan
@@ -79,39 +80,19 @@ def calibrate(
                 values = session.run(fetch, {tensor_name(k): v for k, v in feed.items()})
                 for tensor, value in zip(fetch, values):
                     calibrators[plan.placement.group_of(tensor)].update(value)
-    scales = Scales({root: calibrator.qparams() for root, calibrator in calibrators.items()})
-    by_name = nodes_by_name(graph_def)
-    for w in plan.weighted:
-        view, axis = weight_view(by_name[w.node], const_value(by_name[w.weight]))
-        spec = preset.weight.replace(axis=axis) if preset.weight.per_channel else preset.weight
-        calibrator = Calibrator(spec, preset.weight_method, name=w.weight)
-        calibrator.update(view)
-        scales.weights[w.node] = calibrator.qparams()
-    if preset.target.fixed_point_rules:
-        scales.notes = _repair_positions(plan, scales)
-    for w in plan.weighted:
-        if w.bias is None:
-            continue
-        source = scales.of_tensor(plan, w.input_tensor)
-        qp = bias_qparams(const_value(by_name[w.bias]), source, scales.weights[w.node], preset.bias, preset.bias_rule)
-        if preset.bias_rule is BiasScaleRule.OWN_POWER_OF_TWO:
-            output = scales.of_tensor(plan, plan.fused_output[w.node])
-            qp = npu_rules.repair_bias_qparams(qp, scales.weights[w.node], source, output)
-        scales.biases[w.node] = qp
-    return scales
+    return finalize_scales(graph_def, plan, preset, {root: calibrator.qparams() for root, calibrator in calibrators.items()})
 
 
-def _repair_positions(plan: Tf1Plan, scales: Scales) -> list[str]:
+def finalize_scales(graph_def: GraphDef, plan: Tf1Plan, preset: Preset, activations: dict[str, QParams]) -> Scales:
+    """rq_common.pipeline.finalize over the plan's weighted ops (weights in their weight view)."""
     group = plan.placement.group_of
-    positions = {root: npu_rules.position(qp.scale) for root, qp in scales.activations.items()}
-    shifted = [
-        (npu_rules.position(scales.weights[w.node].scale), group(w.input_tensor), group(plan.fused_output[w.node]))
-        for w in plan.weighted
-        if not scales.weights[w.node].per_channel
-    ]
-    adds = [[group(t) for t in add] for add in plan.adds]
-    notes = npu_rules.repair_positions(shifted, adds, positions)
-    for root, qp in scales.activations.items():
-        if positions[root] != npu_rules.position(qp.scale):
-            scales.activations[root] = npu_rules.at_position(qp, positions[root])
-    return notes
+    by_name = nodes_by_name(graph_def)
+    weights, layers = {}, []
+    for w in plan.weighted:
+        values, axis = weight_view(by_name[w.node], const_value(by_name[w.weight]))
+        weights[w.node] = Weight(values, axis)
+        bias = const_value(by_name[w.bias]) if w.bias is not None else None
+        layers.append(Layer(w.node, w.node, group(w.input_tensor), group(plan.fused_output[w.node]), bias))
+    view = ModelView(activations, weights, layers, adds=[[group(t) for t in add] for add in plan.adds])
+    result = finalize(view, preset)
+    return Scales(result.activations, result.weights, result.biases, result.notes)

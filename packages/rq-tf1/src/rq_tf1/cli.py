@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rq_common.errors import RqError
+from rq_common.errors import run_command
 from rq_tf1.api import inspect_frozen_graph, quantize_frozen_graph
 
 
@@ -42,28 +42,28 @@ def main(argv: list[str] | None = None) -> int:
     inspect.add_argument("--output_nodes", default=None)
     inspect.add_argument("--preset", default="npu_cnn")
     args = parser.parse_args(argv)
-    try:
-        if args.command == "inspect":
-            rows = inspect_frozen_graph(args.input_frozen_graph, _names(args.input_nodes), _names(args.output_nodes), args.preset)
-            width = max(len(name) for name, _, _ in rows)
-            for name, op, what in rows:
-                print(f"{name:<{width}}  {op:<22}  {what}")
-            return 0
-        result = quantize_frozen_graph(
-            args.input_frozen_graph,
-            _names(args.input_nodes),
-            _names(args.output_nodes),
-            args.input_fn,
-            calib_iter=args.calib_iter,
-            output_dir=args.output_dir,
-            input_shapes=args.input_shapes,
-            preset=args.preset,
-            method=args.method,
-            quiet=args.quiet,
-        )
-    except (RqError, ValueError) as error:
-        print(f"rq-tf1: error: {error}", file=sys.stderr)
-        return 2
+    return run_command("rq-tf1", lambda: _run(args))
+
+
+def _run(args) -> int:
+    if args.command == "inspect":
+        rows = inspect_frozen_graph(args.input_frozen_graph, _names(args.input_nodes), _names(args.output_nodes), args.preset)
+        width = max(len(name) for name, _, _ in rows)
+        for name, op, what in rows:
+            print(f"{name:<{width}}  {op:<22}  {what}")
+        return 0
+    result = quantize_frozen_graph(
+        args.input_frozen_graph,
+        _names(args.input_nodes),
+        _names(args.output_nodes),
+        args.input_fn,
+        calib_iter=args.calib_iter,
+        output_dir=args.output_dir,
+        input_shapes=args.input_shapes,
+        preset=args.preset,
+        method=args.method,
+        quiet=args.quiet,
+    )
     print(f"wrote {result.eval_model}")
     print(f"wrote {result.onnx_model}")
     for op in result.float_ops:

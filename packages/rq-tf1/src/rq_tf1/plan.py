@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rq_common.pipeline.placement import OpNode, Placement, place_quantizers
 from rq_common.spec import Preset
-from rq_common.spec.placement import OpNode, Placement, place_quantizers
 from rq_tf1.graphdef import GraphDef, NodeDef, const_value, nodes_by_name, readers, tensor_name
 from rq_tf1.transforms import WEIGHTED_OPS
 

@@ -18,7 +18,8 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from rq_common.errors import CalibrationDataError
-from rq_common.spec import BiasScaleRule, npu_rules
+from rq_common.pipeline import Layer, ModelView, Weight
+from rq_common.pipeline import finalize as finalize_view
 from rq_tf2.errors import NotCalibratedError
 from rq_tf2.graph import functional_graph
 from rq_tf2.layers import BiasAdd, ExportableLayerNormalization, QuantWeightedMixin
@@ -162,45 +163,50 @@ def calibrate(
 
 
 def finalize(model: keras.Model, wiring: Links | None = None) -> list[str]:
-    """Fix activation, weight and bias scales and apply the NPU's position rules. Returns notes."""
+    """Fix activation, weight and bias scales (rq_common.pipeline.finalize decides, the NPU's position
+    rules included) and write them into the layers' weights. Returns the notes."""
     wiring = wiring or links(model)
     preset = wiring.quantizers[0].preset
     for q in wiring.quantizers:
         q.finalize()
-    for twin in wiring.twins:
-        twin.derive_weight_qparams()
-    notes = _repair_positions(wiring) if preset.target.fixed_point_rules else []
-    for twin in wiring.twins:
-        twin.mode = Mode.QUANTIZE
-        if isinstance(twin, BiasAdd) or twin.float_bias() is None:
-            continue
-        source = wiring.input_of.get(twin.name)
-        if source is None:
-            raise NotCalibratedError(f"layer '{twin.name}' has a bias but no quantized input; this model was not made by rq_tf2")
-        qp = twin.derive_bias_qparams(source.qparams())
-        output = wiring.output_of.get(twin.name)
-        if twin.preset.bias_rule is BiasScaleRule.OWN_POWER_OF_TWO and output is not None:
-            qp = npu_rules.repair_bias_qparams(qp, twin.weight_qparams(), source.qparams(), output.qparams())
-            twin.set_bias_qparams(qp)
-    _forget_traced_functions(model)
-    model.rq_notes = notes
-    return notes
-
-
-def _repair_positions(wiring: Links) -> list[str]:
     key = {id(q): q.name for q in wiring.quantizers}
-    positions = {q.name: npu_rules.position(q.scale.numpy()) for q in wiring.quantizers}
-    shifted = []
+    layers = []
     for twin in wiring.twins:
-        source, target = wiring.input_of.get(twin.name), wiring.output_of.get(twin.name)
-        if source is not None and target is not None and not isinstance(twin, BiasAdd) and not twin.weight_spec.per_channel:
-            shifted.append((npu_rules.position(twin.weight_scale.numpy()), key[id(source)], key[id(target)]))
-    adds = [[key[id(q)] for q in add] for add in wiring.adds]
-    notes = npu_rules.repair_positions(shifted, adds, positions)
+        source, output = wiring.input_of.get(twin.name), wiring.output_of.get(twin.name)
+        bias = None if isinstance(twin, BiasAdd) else twin.float_bias()
+        if bias is not None and source is None:
+            raise NotCalibratedError(f"layer '{twin.name}' has a bias but no quantized input; this model was not made by rq_tf2")
+        layers.append(
+            Layer(
+                twin.name,
+                twin.name,
+                key[id(source)] if source is not None else None,
+                key[id(output)] if output is not None else None,
+                None if bias is None else np.asarray(bias),
+                shifted=not isinstance(twin, BiasAdd),
+            )
+        )
+    view = ModelView(
+        activations={q.name: q.qparams() for q in wiring.quantizers},
+        weights={
+            t.name: Weight(t.float_weight_view(), t.weight_spec.axis if t.weight_spec.per_channel else None) for t in wiring.twins
+        },
+        layers=layers,
+        adds=[[key[id(q)] for q in add] for add in wiring.adds],
+    )
+    result = finalize_view(view, preset)
     for q in wiring.quantizers:
-        if positions[q.name] != npu_rules.position(q.scale.numpy()):
-            q.scale.assign(np.float32(np.ldexp(1.0, -positions[q.name])))
-    return notes
+        if result.activations[q.name] is not view.activations[q.name]:
+            q.scale.assign(np.float32(result.activations[q.name].scale))
+    for twin in wiring.twins:
+        twin.set_weight_qparams(result.weights[twin.name])
+        twin.mode = Mode.QUANTIZE
+        if twin.name in result.biases:
+            twin.set_input_scale(result.activations[key[id(wiring.input_of[twin.name])]])
+            twin.set_bias_qparams(result.biases[twin.name])
+    _forget_traced_functions(model)
+    model.rq_notes = result.notes
+    return result.notes
 
 
 def _forget_traced_functions(model: keras.Model) -> None:

@@ -126,28 +126,23 @@ class QuantWeightedMixin:
         return (bias - self.bn_moving_mean) * self._bn_factor() + self.bn_beta
 
     # -- quantization parameters (rq_common decides) ----------------------------------------------
-    def derive_weight_qparams(self) -> QParams:
-        """The kernel's QParams from the current weights; stored in the layer."""
-        qparams = _weight_qparams(np.asarray(self.kernel_view(self.float_kernel())), self.weight_spec, self.preset.weight_method)
+    def float_weight_view(self) -> np.ndarray:
+        """The kernel as rq quantizes it (folded batch norm, channels on the weight spec's axis)."""
+        return np.asarray(self.kernel_view(self.float_kernel()))
+
+    def set_weight_qparams(self, qparams: QParams) -> None:
         self.weight_scale.assign(np.asarray(qparams.scale, np.float32).reshape(self.weight_scale.shape))
         self.weight_zero_point.assign(np.asarray(qparams.zero_point, np.float32).reshape(self.weight_zero_point.shape))
         self.calibrated.assign(1.0)
-        return qparams
 
     def weight_qparams(self) -> QParams:
         spec = self.weight_spec
         axis = spec.axis if spec.per_channel else None
         return QParams(self.weight_scale.numpy(), np.rint(self.weight_zero_point.numpy()).astype(np.int64), spec, axis=axis)
 
-    def derive_bias_qparams(self, input_qparams: QParams) -> QParams | None:
-        """The bias's QParams under the preset's rule (the NPU repair, if any, comes after)."""
-        bias = self.float_bias()
-        if bias is None:
-            return None
+    def set_input_scale(self, input_qparams: QParams) -> None:
+        """The input's scale, which QAT's in-graph int32 bias scale is computed from."""
         self.input_scale.assign(np.float32(input_qparams.scale))
-        qparams = bias_qparams(np.asarray(bias), input_qparams, self.weight_qparams(), self.preset.bias, self.preset.bias_rule)
-        self.set_bias_qparams(qparams)
-        return qparams
 
     def set_bias_qparams(self, qparams: QParams) -> None:
         self.bias_scale.assign(np.asarray(qparams.scale, np.float32).reshape(self.bias_scale.shape))

@@ -85,7 +85,7 @@ class ActivationQuantizer(keras.layers.Layer):
     def call(self, x):
         if self.mode is Mode.OBSERVE:
             if not tf.executing_eagerly():
-                raise RuntimeError("observing runs eagerly: calibrate with rq_tf2.calibrate(qmodel, data)")
+                raise NotCalibratedError("observing runs eagerly: calibrate with rq_tf2.calibrate(qmodel, data)")
             self.calibrator.update(np.asarray(x, dtype=np.float32))
             return x
         if self.mode is Mode.OFF:

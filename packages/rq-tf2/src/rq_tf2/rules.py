@@ -16,8 +16,8 @@ import keras
 import numpy as np
 
 from rq_common.qmath import fold_batchnorm
+from rq_common.qmath.npu_rules import round_leaky_alpha
 from rq_common.spec import Preset
-from rq_common.spec.npu_rules import round_leaky_alpha
 from rq_tf2.layers import QUANT_TWINS, BiasAdd, ExportableLayerNormalization, MatMul, QuantDepthwiseConv2D, QuantWeightedMixin
 
 L = keras.layers

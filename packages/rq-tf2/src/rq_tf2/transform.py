@@ -12,8 +12,9 @@ from typing import Any
 import keras
 from keras import tree
 
+from rq_common.errors import SpecError
+from rq_common.pipeline.placement import FloatOp, OpNode, follows_from_others, place_quantizers
 from rq_common.spec import Preset, get_preset
-from rq_common.spec.placement import FloatOp, OpNode, follows_from_others, place_quantizers
 from rq_tf2.attention import decompose_attention, parts_of
 from rq_tf2.graph import FunctionalGraph, GraphNode, functional_graph, rebuild
 from rq_tf2.layers import QUANT_TWINS, QuantWeightedMixin
@@ -130,7 +131,9 @@ def _check_names(graph: FunctionalGraph, configs: Mapping[str, LayerConfig]) -> 
     names = {node.name for node in graph.nodes}
     unknown = sorted(set(configs) - names)
     if unknown:
-        raise ValueError(f"layer_configs / exclude name {unknown}, which the model does not have; its layers: {sorted(names)}")
+        raise SpecError(
+            "layer_configs", f"layer_configs / exclude name {unknown}, which the model does not have; its layers: {sorted(names)}"
+        )
 
 
 def _foldable_batchnorms(graph: FunctionalGraph, configs) -> dict[int, GraphNode]:

@@ -22,6 +22,7 @@ import math
 import torch
 from torch import nn
 
+from rq_common.errors import SpecError
 from rq_torch.modules import MatMul
 
 
@@ -148,9 +149,10 @@ class PlainTransformerEncoder(nn.Module):
 
 def _refuse_masks(kind: str, key_padding_mask, attn_mask, is_causal) -> None:
     if key_padding_mask is not None or attn_mask is not None or is_causal:
-        raise ValueError(
+        raise SpecError(
+            "mask",
             f"rq-torch quantizes nn.{kind} without masks only (attention masks, key padding masks and is_causal "
-            f"are not supported); keep it in float with quantize_model(..., leaf_modules=[nn.{kind}])"
+            f"are not supported); keep it in float with quantize_model(..., leaf_modules=[nn.{kind}])",
         )
 
 

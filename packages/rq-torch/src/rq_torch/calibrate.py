@@ -12,8 +12,10 @@ from torch import fx
 from tqdm import tqdm
 
 from rq_common.errors import CalibrationDataError
-from rq_common.spec import BiasScaleRule, npu_rules
+from rq_common.pipeline import Layer, ModelView, Weight
+from rq_common.pipeline import finalize as finalize_view
 from rq_torch.errors import NotCalibratedError
+from rq_torch.modules import QuantLayerMixin
 from rq_torch.quantizer import Mode, TensorQuantizer
 from rq_torch.transform import quant_layers
 
@@ -89,57 +91,53 @@ def sync_observers(quantizers: dict[str, TensorQuantizer]) -> None:
 
 
 def finalize(model: fx.GraphModule) -> list[str]:
-    """Fix activation, weight and bias scales; apply the NPU's position rules. Returns the notes."""
+    """Fix activation, weight and bias scales (rq_common.pipeline.finalize decides, the NPU's position
+    rules included) and write them into the quantizers' buffers. Returns the notes."""
     plan = _plan(model)
     quantizers = activation_quantizers(model)
     for q in quantizers.values():
         q.finalize()
-    layers = quant_layers(model)
-    for layer in layers:
-        layer.weight_qparams()
     for name, tensor in plan.constants:
         quantizer = model.get_submodule(name)
         quantizer.reset()
         quantizer.observe(_tensor_at(model, tensor))
         quantizer.finalize()
-    notes: list[str] = []
-    if plan.preset.target.fixed_point_rules:
-        notes += _repair_positions(model, quantizers, layers)
-    for layer in layers:
-        qp = layer.bias_qparams()
-        if qp is None:
-            continue
-        if plan.preset.bias_rule is BiasScaleRule.OWN_POWER_OF_TWO and layer.output_quantizer is not None:
-            qp = npu_rules.repair_bias_qparams(
-                qp, layer.weight_quantizer.qparams(), layer.input_quantizer.qparams(), layer.output_quantizer.qparams()
-            )
-        layer.set_bias_qparams(qp)
-    model.rq_notes = notes
-    return notes
+    key = {id(q): name for name, q in quantizers.items()}
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, QuantLayerMixin)}
+    view = ModelView(
+        activations={name: q.qparams() for name, q in quantizers.items()},
+        weights={
+            name: Weight(layer.float_weight().detach().to(torch.float32).cpu().numpy(), layer.weight_axis)
+            for name, layer in layers.items()
+        },
+        layers=[
+            Layer(name, name, key.get(id(layer.input_quantizer)), key.get(id(layer.output_quantizer)), _float_bias(layer))
+            for name, layer in layers.items()
+        ],
+        adds=plan.adds,
+    )
+    result = finalize_view(view, plan.preset)
+    for name, layer in layers.items():
+        layer.weight_quantizer.set_qparams(result.weights[name])
+        layer.weight_quantizer.mode = Mode.QUANTIZE
+    for name, q in quantizers.items():
+        if result.activations[name] is not view.activations[name]:
+            q.scale = torch.tensor(float(result.activations[name].scale), dtype=torch.float32)
+    for name, qp in result.biases.items():
+        layers[name].set_bias_qparams(qp)
+    model.rq_notes = result.notes
+    return result.notes
+
+
+def _float_bias(layer: QuantLayerMixin) -> np.ndarray | None:
+    bias = layer.float_bias()
+    return None if bias is None else bias.detach().cpu().numpy()
 
 
 def _tensor_at(model: torch.nn.Module, path: str) -> torch.Tensor:
     """A parameter or buffer by its dotted path."""
     owner, _, name = path.rpartition(".")
     return getattr(model.get_submodule(owner) if owner else model, name)
-
-
-def _position_key(quantizers: dict[str, TensorQuantizer], q: TensorQuantizer | None) -> str | None:
-    return next((name for name, m in quantizers.items() if m is q), None)
-
-
-def _repair_positions(model, quantizers, layers) -> list[str]:
-    positions = {name: npu_rules.position(q.scale.numpy()) for name, q in quantizers.items()}
-    shifted = []
-    for layer in layers:
-        source, target = _position_key(quantizers, layer.input_quantizer), _position_key(quantizers, layer.output_quantizer)
-        if source and target and not layer.weight_quantizer.spec.per_channel:
-            shifted.append((npu_rules.position(layer.weight_quantizer.scale.numpy()), source, target))
-    notes = npu_rules.repair_positions(shifted, _plan(model).adds, positions)
-    for name, q in quantizers.items():
-        if positions[name] != npu_rules.position(q.scale.numpy()):
-            q.scale = torch.tensor(float(np.ldexp(1.0, -positions[name])), dtype=torch.float32)
-    return notes
 
 
 def require_calibrated(model: fx.GraphModule) -> None:

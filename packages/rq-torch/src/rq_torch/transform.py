@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from rq_common.calibration import ScaleGroups
+from rq_common.pipeline.placement import OpNode, follows_from_others, place_quantizers
 from rq_common.qmath import fold_batchnorm
+from rq_common.qmath.npu_rules import FUSABLE_ACTIVATIONS
 from rq_common.spec import Preset, get_preset
-from rq_common.spec.npu_rules import FUSABLE_ACTIVATIONS
-from rq_common.spec.placement import OpNode, follows_from_others, place_quantizers
 from rq_torch.attention import to_plain_forms
 from rq_torch.fake_quant import check_exportable
 from rq_torch.modules import QUANT_LAYERS, ConvBn2d, QuantLayerMixin, QuantLinear

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rq_common.calibration.base import RangeChooser, register_chooser
+from rq_common.errors import SpecError
 from rq_common.observers import HistogramObserver
 from rq_common.qmath.qparams import QParams, compute_qparams
 from rq_common.spec.methods import CalibrationMethod
@@ -41,7 +42,7 @@ class PercentileChooser(RangeChooser):
 
     def __post_init__(self) -> None:
         if not 0.0 < self.percentile <= 100.0:
-            raise ValueError(f"percentile must lie in (0, 100], got {self.percentile}")
+            raise SpecError("percentile", f"percentile must lie in (0, 100], got {self.percentile}")
 
     def choose(self, observer: HistogramObserver, spec: QuantSpec) -> QParams:
         self._check_spec(spec)

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from rq_common.errors import FormatError
 from rq_common.qmath.qparams import QParams
 from rq_common.spec.dtypes import QuantDType
 from rq_common.spec.quant_spec import Granularity, QuantSpec
@@ -155,7 +156,7 @@ def output_qdq_params(model: onnx.ModelProto, output: int = 0) -> QdqParams:
     while node is not None and node.op_type == "Identity":
         node = index.producers.get(node.input[0])
     if node is None or node.op_type != DEQUANTIZE:
-        raise ValueError(f"graph output {model.graph.output[output].name!r} does not come from a DequantizeLinear")
+        raise FormatError(f"graph output {model.graph.output[output].name!r} does not come from a DequantizeLinear")
     return qdq_params(index, node)
 
 

@@ -8,8 +8,8 @@ import onnx
 
 from rq_common.format.graph import DEQUANTIZE, QUANTIZE, GraphIndex, attribute, node_label, qdq_params
 from rq_common.format.validate import ValidationContext, Violation, ViolationKind, check
+from rq_common.qmath import npu_rules
 from rq_common.qmath.qparams import is_power_of_two
-from rq_common.spec import npu_rules
 
 _SHIFTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from rq_common.errors import CalibrationDataError
+from rq_common.errors import CalibrationDataError, SpecError
 
 
 class NonFinitePolicy(Enum):
@@ -89,4 +89,4 @@ class Observer(ABC):
 
     def _require_same_type(self, other: Observer) -> None:
         if type(other) is not type(self):
-            raise TypeError(f"cannot merge {type(other).__name__} into {type(self).__name__}")
+            raise SpecError("observer", f"cannot merge {type(other).__name__} into {type(self).__name__}")

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from rq_common.errors import CalibrationDataError
+from rq_common.errors import CalibrationDataError, SpecError
 from rq_common.observers.base import NonFinitePolicy, Observer
 
 # Bins narrower than 2^-100 are never needed: they would only hold values that quantize to 0.
@@ -26,7 +26,7 @@ class HistogramObserver(Observer):
     def __init__(self, name: str = "tensor", num_bins: int = 4096, nonfinite=NonFinitePolicy.RAISE):
         super().__init__(name, nonfinite)
         if num_bins < 8 or num_bins % 4:
-            raise ValueError(f"num_bins must be a multiple of 4 and at least 8, got {num_bins}")
+            raise SpecError("num_bins", f"num_bins must be a multiple of 4 and at least 8, got {num_bins}")
         self.num_bins = num_bins
         self.counts = np.zeros(num_bins, dtype=np.int64)
         self.exponent: int | None = None
@@ -82,7 +82,7 @@ class HistogramObserver(Observer):
     def merge(self, other: Observer) -> HistogramObserver:
         self._require_same_type(other)
         if other.num_bins != self.num_bins:
-            raise ValueError(f"cannot merge histograms of {other.num_bins} and {self.num_bins} bins")
+            raise SpecError("num_bins", f"cannot merge histograms of {other.num_bins} and {self.num_bins} bins")
         if other.exponent is None:
             return self
         other_counts = other.counts.copy()
@@ -117,7 +117,7 @@ class HistogramObserver(Observer):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         counts = np.asarray(state["counts"], np.int64)
         if counts.shape != (self.num_bins,):
-            raise ValueError(f"state has {counts.shape[0]} bins, observer has {self.num_bins}")
+            raise SpecError("num_bins", f"state has {counts.shape[0]} bins, observer has {self.num_bins}")
         exponent = int(np.asarray(state["exponent"]))
         self.counts = counts.copy()
         self.exponent = None if exponent < _MIN_EXPONENT else exponent

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from rq_common.errors import CalibrationDataError
+from rq_common.errors import CalibrationDataError, SpecError
 from rq_common.observers.base import NonFinitePolicy, Observer
 
 
@@ -83,7 +83,7 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
     ):
         super().__init__(name, axis, nonfinite)
         if not 0.0 < averaging_constant <= 1.0:
-            raise ValueError(f"averaging_constant must lie in (0, 1], got {averaging_constant}")
+            raise SpecError("averaging_constant", f"averaging_constant must lie in (0, 1], got {averaging_constant}")
         self.averaging_constant = averaging_constant
 
     def update(self, x) -> None:

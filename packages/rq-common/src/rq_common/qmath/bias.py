@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from rq_common.errors import SpecError
 from rq_common.qmath.qparams import QParams, compute_qparams
 from rq_common.spec.methods import BiasScaleRule
 from rq_common.spec.quant_spec import Granularity, QuantSpec
@@ -23,7 +24,7 @@ def bias_qparams(
     OWN_POWER_OF_TWO: the smallest power of two that holds max|bias| (NonOverflow), per tensor.
     """
     if input_qparams.per_channel:
-        raise ValueError("the input of a biased op is quantized per tensor")
+        raise SpecError("input", "the input of a biased op is quantized per tensor")
     if rule is BiasScaleRule.PRODUCT:
         scale = (input_qparams.scale.astype(np.float64) * weight_qparams.scale.astype(np.float64)).astype(np.float32)
         spec = bias_spec

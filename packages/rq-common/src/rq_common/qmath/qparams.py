@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rq_common.errors import CalibrationDataError
+from rq_common.errors import CalibrationDataError, SpecError
 from rq_common.spec.quant_spec import QuantSpec
 
 _TINY = float(np.finfo(np.float32).tiny)
@@ -40,14 +40,14 @@ class QParams:
         zero_point = np.asarray(self.zero_point)
         dtype = self.spec.dtype
         if np.any(zero_point < dtype.min) or np.any(zero_point > dtype.max):
-            raise ValueError(f"zero point {zero_point.tolist()} is outside {dtype.value} [{dtype.min}, {dtype.max}]")
+            raise SpecError("zero_point", f"{zero_point.tolist()} is outside {dtype.value} [{dtype.min}, {dtype.max}]")
         object.__setattr__(self, "zero_point", zero_point.astype(dtype.np_dtype))
         if self.scale.shape != self.zero_point.shape:
-            raise ValueError(f"scale shape {self.scale.shape} != zero point shape {self.zero_point.shape}")
+            raise SpecError("scale", f"scale shape {self.scale.shape} != zero point shape {self.zero_point.shape}")
         if self.scale.ndim > 1:
-            raise ValueError("scale must be a scalar (per tensor) or 1-d (per channel)")
+            raise SpecError("scale", "scale must be a scalar (per tensor) or 1-d (per channel)")
         if self.scale.ndim == 1 and self.axis is None:
-            raise ValueError("per-channel QParams need the channel axis")
+            raise SpecError("axis", "per-channel QParams need the channel axis")
 
     @property
     def per_channel(self) -> bool:
@@ -89,13 +89,13 @@ def compute_qparams(rmin, rmax, spec: QuantSpec, axis: int | None = None) -> QPa
     if np.any(rmin > rmax):
         raise CalibrationDataError(f"range minimum {rmin} is above its maximum {rmax}")
     if spec.per_channel and rmin.ndim != 1:
-        raise ValueError("a per-channel spec needs 1-d rmin/rmax, one value per channel")
+        raise SpecError("granularity", "a per-channel spec needs 1-d rmin/rmax, one value per channel")
     if axis is None and spec.per_channel:
         axis = spec.axis
     if not spec.per_channel:
         axis = None
         if rmin.ndim != 0:
-            raise ValueError("a per-tensor spec needs scalar rmin/rmax")
+            raise SpecError("granularity", "a per-tensor spec needs scalar rmin/rmax")
     rmin = np.minimum(rmin, 0.0)
     rmax = np.maximum(rmax, 0.0)
     if spec.symmetric:
@@ -157,7 +157,7 @@ def is_power_of_two(x) -> np.ndarray:
 def pow2_exponent(scale) -> np.ndarray:
     """k of a scale that is exactly 2^k (the NPU's shift is -k)."""
     if not np.all(is_power_of_two(scale)):
-        raise ValueError(f"scale {scale} is not a power of two")
+        raise SpecError("scale", f"{scale} is not a power of two")
     return pow2_ceil_exponent(scale)
 
 

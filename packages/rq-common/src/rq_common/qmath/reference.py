@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from rq_common.errors import SpecError
 from rq_common.qmath.qparams import QParams
 from rq_common.spec.dtypes import QuantDType
 from rq_common.spec.quant_spec import RoundMode
@@ -32,8 +33,9 @@ def quantize(x, qparams: QParams) -> np.ndarray:
     work = np.float64 if spec.dtype is QuantDType.INT32 else np.float32
     x = np.asarray(x, dtype=work)
     if qparams.per_channel and x.shape[qparams.axis % x.ndim] != qparams.scale.shape[0]:
-        raise ValueError(
-            f"tensor has {x.shape[qparams.axis % x.ndim]} channels on axis {qparams.axis}, qparams have {qparams.scale.shape[0]}"
+        raise SpecError(
+            "axis",
+            f"tensor has {x.shape[qparams.axis % x.ndim]} channels on axis {qparams.axis}, qparams have {qparams.scale.shape[0]}",
         )
     scale = _broadcast(qparams.scale.astype(work), qparams, x.ndim)
     zero_point = _broadcast(qparams.zero_point.astype(work), qparams, x.ndim)

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from rq_common.errors import SpecError
 from rq_common.qmath.qparams import QParams
 
 
@@ -29,7 +30,7 @@ class TensorErrorStats:
         ref = np.asarray(reference, dtype=np.float64)
         approx = np.asarray(approximation, dtype=np.float64)
         if ref.shape != approx.shape:
-            raise ValueError(f"{self.name}: reference shape {ref.shape} != quantized shape {approx.shape}")
+            raise SpecError(self.name, f"reference shape {ref.shape} != quantized shape {approx.shape}")
         error = approx - ref
         self.signal_energy += float(np.sum(ref * ref))
         self.error_energy += float(np.sum(error * error))

@@ -7,6 +7,8 @@ from enum import Enum
 import numpy as np
 from onnx import TensorProto
 
+from rq_common.errors import SpecError
+
 
 class QuantDType(Enum):
     INT8 = "int8"
@@ -43,7 +45,7 @@ class QuantDType(Enum):
         for dtype, onnx_type in _ONNX_TYPES.items():
             if onnx_type == elem_type:
                 return dtype
-        raise ValueError(f"ONNX element type {TensorProto.DataType.Name(elem_type)} is not a quantized type")
+        raise SpecError("dtype", f"ONNX element type {TensorProto.DataType.Name(elem_type)} is not a quantized type")
 
     @classmethod
     def from_numpy(cls, dtype: np.dtype) -> QuantDType:

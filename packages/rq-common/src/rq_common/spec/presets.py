@@ -28,7 +28,7 @@ class Target:
     weight_dtypes: frozenset[QuantDType]
     bias_dtypes: frozenset[QuantDType]
     requires_quantized_ops: frozenset[str] = frozenset()  # ops that cannot run in float there
-    fixed_point_rules: bool = False  # the NPU's shift limits and fusions (rq_common.spec.npu_rules)
+    fixed_point_rules: bool = False  # the NPU's shift limits and fusions (rq_common.qmath.npu_rules)
 
 
 _NPU_COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})

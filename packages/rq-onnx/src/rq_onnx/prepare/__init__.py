@@ -5,8 +5,8 @@ from __future__ import annotations
 import onnx
 
 from rq_common.format import fuse_layer_norms, fuse_matmul_bias
+from rq_common.qmath.npu_rules import is_leaky_alpha_exact, round_leaky_alpha
 from rq_common.spec import Preset
-from rq_common.spec.npu_rules import is_leaky_alpha_exact, round_leaky_alpha
 from rq_onnx.errors import ModelLoadError
 from rq_onnx.prepare.cleanup import remove_dead_nodes, remove_training_nodes
 from rq_onnx.prepare.fold_batchnorm import fold_batchnorm, fold_scale_shift_into_conv

@@ -3,7 +3,7 @@
 A framework package describes its graph as OpNodes (the ONNX op type each node exports to, and
 the run-time float tensors it reads and writes) and gets back which tensors to quantize, which of
 them share a scale, and which ops stay in float, with the reason. The rules are rq's op coverage
-and the NPU's rules (rq_common.spec.op_coverage, rq_common.spec.npu_rules):
+and the NPU's rules (rq_common.spec.op_coverage, rq_common.qmath.npu_rules):
 - an own-scale op (Conv, Gemm, MatMul, Add, Concat, pooling, activations, ...) has its inputs and
   its output quantized, the output with its own scale;
 - a pass-through op (Reshape, Transpose, MaxPool, ...) is quantized when its input is, and its
@@ -19,7 +19,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 from rq_common.calibration.groups import ScaleGroups
-from rq_common.spec.npu_rules import FUSABLE_ACTIVATIONS, FUSING_OPS, SHARED_SCALE_OPS
+from rq_common.qmath.npu_rules import FUSABLE_ACTIVATIONS, FUSING_OPS, SHARED_SCALE_OPS
 from rq_common.spec.op_coverage import OWN_SCALE_OPS, PASS_THROUGH_OPS
 
 

@@ -1,0 +1,121 @@
+"""Finalize: from calibrated activation ranges and float weights to every scale and zero point.
+
+This is the one place where rq turns what calibration observed into the model's numbers, the same
+for every framework package: weight QParams, then (on fixed-point targets) the NPU's position repair,
+then bias QParams, then the bias repair. A package's adapter builds a ModelView of its graph and
+writes the Finalized result back (ONNX initializers, module buffers, Keras weights, GraphDef
+constants); docs/pipeline.md has the contract. Equalization, bias correction and adaptive rounding
+plug in here, once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rq_common.calibration import Calibrator
+from rq_common.qmath import QParams, bias_qparams, npu_rules
+from rq_common.spec import BiasScaleRule, Granularity, Preset
+
+
+@dataclass(frozen=True)
+class Weight:
+    """A constant quantized with the weight spec. ``axis``: its output-channel axis in ``values``
+    (per-channel presets quantize along it); None quantizes it per tensor (a constant operand)."""
+
+    values: np.ndarray
+    axis: int | None = None
+
+
+@dataclass(frozen=True)
+class Layer:
+    """An op that computes with a Weight: a Conv, Gemm, MatMul or their framework layers.
+
+    ``input`` / ``output``: the scale keys of the quantizer before it and of the one after it (after a
+    fused activation), None where there is none. ``bias``: its float bias, quantized by the preset's
+    bias rule. ``shifted``: the NPU's shift rules apply (an integer multiply-accumulate; not a
+    framework's BiasAdd, whose "weight" is the bias)."""
+
+    name: str
+    weight: str
+    input: Hashable | None = None
+    output: Hashable | None = None
+    bias: np.ndarray | None = None
+    shifted: bool = True
+
+
+@dataclass
+class ModelView:
+    """What finalize needs of a planned, calibrated model, in no framework's terms.
+
+    ``activations``: one QParams per scale key (a tensor, or a group of tensors that share a scale),
+    as calibration chose them. ``adds``: the scale keys of each Add's quantized inputs (the NPU
+    aligns their positions)."""
+
+    activations: dict[Hashable, QParams]
+    weights: dict[str, Weight] = field(default_factory=dict)
+    layers: list[Layer] = field(default_factory=list)
+    adds: list[list[Hashable]] = field(default_factory=list)
+
+
+@dataclass
+class Finalized:
+    """Every number of the quantized model: per scale key, per weight, per layer's bias; and what
+    the repairs changed, one line each."""
+
+    activations: dict[Hashable, QParams]
+    weights: dict[str, QParams]
+    biases: dict[str, QParams]
+    notes: list[str]
+
+
+def weight_qparams(values: np.ndarray, axis: int | None, preset: Preset, name: str = "weight") -> QParams:
+    """A weight's QParams: per channel along ``axis`` where the preset says so, else per tensor."""
+    spec = preset.weight
+    if spec.per_channel and axis is not None:
+        spec = spec.replace(axis=axis)
+    else:
+        spec = spec.replace(granularity=Granularity.PER_TENSOR, axis=None)
+    calibrator = Calibrator(spec, preset.weight_method, name=name)
+    calibrator.update(np.asarray(values, np.float32))
+    return calibrator.qparams()
+
+
+def finalize(view: ModelView, preset: Preset) -> Finalized:
+    """Weights, the NPU's position repair (fixed-point targets), biases and the bias repair."""
+    weights = {name: weight_qparams(w.values, w.axis, preset, name) for name, w in view.weights.items()}
+    activations = dict(view.activations)
+    notes: list[str] = []
+    if preset.target.fixed_point_rules:
+        notes += _repair_positions(view, activations, weights)
+    biases: dict[str, QParams] = {}
+    for layer in view.layers:
+        if layer.bias is None or layer.input not in activations:
+            continue
+        source, weight = activations[layer.input], weights[layer.weight]
+        qp = bias_qparams(layer.bias, source, weight, preset.bias, preset.bias_rule)
+        if preset.bias_rule is BiasScaleRule.OWN_POWER_OF_TWO and layer.shifted and layer.output in activations:
+            repaired = npu_rules.repair_bias_qparams(qp, weight, source, activations[layer.output])
+            if repaired is not qp:
+                notes.append(f"{layer.name}: bias scale {float(qp.scale):g} -> {float(repaired.scale):g} (shift_bias limits)")
+            qp = repaired
+        biases[layer.name] = qp
+    return Finalized(activations, weights, biases, notes)
+
+
+def _repair_positions(view: ModelView, activations: dict[Hashable, QParams], weights: dict[str, QParams]) -> list[str]:
+    """Activation positions moved until every shifted layer's shift_cut and every Add's gap hold."""
+    positions = {key: npu_rules.position(qp.scale) for key, qp in activations.items()}
+    shifted = [
+        (npu_rules.position(weights[layer.weight].scale), layer.input, layer.output)
+        for layer in view.layers
+        if layer.shifted and layer.input in activations and layer.output in activations and not weights[layer.weight].per_channel
+    ]
+    adds = [[key for key in add if key in activations] for add in view.adds]
+    notes = npu_rules.repair_positions(shifted, adds, positions)
+    for key, qp in activations.items():
+        if positions[key] != npu_rules.position(qp.scale):
+            activations[key] = npu_rules.at_position(qp, positions[key])
+    return notes
