@@ -1,4 +1,4 @@
-"""Every op of the rule registry, in one graph: each is quantized by its rule, the result is in the
+"""Every op of rq_common.optable, in one graph: each is quantized by its rule, the result is in the
 format, runs in ONNX Runtime and stays close to float."""
 
 import numpy as np
@@ -8,7 +8,7 @@ from onnx import TensorProto, helper
 
 from rq_common.cpu_features import u8s8_kernels_may_saturate
 from rq_onnx import quantize_static
-from rq_onnx.rules import RULES
+from rq_common.optable import OP_TABLE
 
 from conftest import ArrayReader, run, sqnr_db
 
@@ -61,7 +61,7 @@ def op_zoo():
 
 
 def test_the_zoo_covers_every_registered_op():
-    assert {n.op_type for n in op_zoo().graph.node} >= set(RULES) - {"Gelu", "Identity"}
+    assert {n.op_type for n in op_zoo().graph.node} >= set(OP_TABLE) - {"Gelu", "Identity"}
 
 
 @pytest.mark.parametrize("preset", ["npu_cnn", "npu_transformer", "cpu"])
@@ -78,10 +78,3 @@ def test_every_op_is_quantized_by_its_rule(preset):
     # as written where ORT's u8s8 kernels can saturate (x86 without VNNI: rq_common.cpu_features)
     quantized = np.concatenate([run(result.model, {"x": t}, u8s8_kernels_may_saturate())[0] for t in test])
     assert sqnr_db(reference, quantized) > 25  # measured 30.4 (cpu) to 31.7 dB (npu_cnn)
-
-
-def test_the_registry_follows_the_shared_coverage():
-    from rq_common.spec.op_coverage import OWN_SCALE_OPS, PASS_THROUGH_OPS
-
-    assert set(RULES) == OWN_SCALE_OPS | PASS_THROUGH_OPS
-    assert {op for op, rule in RULES.items() if rule.pass_through} == PASS_THROUGH_OPS

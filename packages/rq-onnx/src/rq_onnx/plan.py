@@ -11,10 +11,10 @@ from onnx import TensorProto, numpy_helper
 
 from rq_common.calibration import ScaleGroups
 from rq_common.format.graph import attribute
-from rq_common.format.oprules import OP_RULES as FORMAT_RULES
+from rq_common.optable import NpuRole, facts_for
 from rq_common.pipeline.placement import OpNode, place_quantizers
 from rq_common.spec import Preset
-from rq_onnx.rules import RuleContext, rule_for
+from rq_onnx.rules import RuleContext, float_reason
 
 
 @dataclass(frozen=True)
@@ -91,12 +91,12 @@ def make_plan(model: onnx.ModelProto, preset: Preset, exclude_op_types=(), exclu
     types = tensor_types(model)
     op_nodes = []
     for node in graph.node:
-        rule = rule_for(node.op_type)
+        rule = facts_for(node.op_type)
         reason = _float_reason(node, rule, ctx, types, exclude_op_types, exclude_nodes)
-        slots = rule.slots(node) if rule is not None and not reason else range(len(node.input))
+        slots = rule.quantized_slots(node) if rule is not None and not reason else range(len(node.input))
         inputs = tuple(node.input[i] for i in slots if node.input[i] and node.input[i] not in constants)
         outputs = tuple(o for o in node.output if o and types.get(o, TensorProto.FLOAT) == TensorProto.FLOAT)
-        fusable = node.op_type != "Clip" or _clip_starts_at_zero(node, graph)
+        fusable = rule is None or rule.npu is not NpuRole.FUSED_ACTIVATION or _starts_at_zero(node, graph)
         op_nodes.append(OpNode(node.name, node.op_type if rule is not None else None, inputs, outputs, reason, fusable))
     graph_inputs = [v.name for v in graph.input if v.name not in constants]
     placement = place_quantizers(op_nodes, graph_inputs, [o.name for o in graph.output], preset.target.fixed_point_rules)
@@ -112,15 +112,16 @@ def make_plan(model: onnx.ModelProto, preset: Preset, exclude_op_types=(), exclu
     for node in graph.node:
         if node.name not in quantized_nodes:
             continue
-        rule = rule_for(node.op_type)
-        for slot in rule.slots(node):
+        rule = facts_for(node.op_type)
+        for slot in rule.quantized_slots(node):
             name = node.input[slot]
             if name in constants and np.issubdtype(constants[name].dtype, np.floating) and name not in plan.weights:
                 plan.weights[name] = WeightUse(name, _weight_axis(node, slot, constants[name]))
-        if rule.bias_input is not None and rule.bias_input < len(node.input) and node.input[rule.bias_input]:
-            plan.biases.append(BiasUse(node.name, rule.bias_input, node.input[rule.bias_input], node.input[0], node.input[1]))
-        if node.op_type in FORMAT_RULES and FORMAT_RULES[node.op_type].weight_input == 1 and node.input[1] in plan.weights:
-            plan.shifted.append(ShiftedOp(node.name, node.input[0], node.input[1], _output_after_fusion(node, plan, readers)))
+        if rule.bias is not None and rule.bias < len(node.input) and node.input[rule.bias]:
+            plan.biases.append(BiasUse(node.name, rule.bias, node.input[rule.bias], node.input[0], node.input[rule.weight]))
+        if rule.weight is not None and node.input[rule.weight] in plan.weights:
+            weight = node.input[rule.weight]
+            plan.shifted.append(ShiftedOp(node.name, node.input[0], weight, _output_after_fusion(node, plan, readers)))
         if node.op_type == "Add":
             plan.adds.append((node.name, [x for x in node.input if x in activations]))
     return plan
@@ -137,29 +138,27 @@ def _float_reason(node, rule, ctx, types, exclude_op_types, exclude_nodes) -> st
         return f"op type {node.op_type} excluded (kept in float on request)"
     if rule is None or node.domain not in ("", "ai.onnx"):
         return f"no quantization rule for {node.domain + '.' if node.domain else ''}{node.op_type}: runs in float"
-    slots = rule.slots(node)
-    for slot in slots:
+    for slot in rule.quantized_slots(node):
         name = node.input[slot]
         elem = ctx.constants[name].dtype if name in ctx.constants else None
         if elem is not None and not np.issubdtype(elem, np.floating):
             return f"input {slot} is not a float tensor"
         if elem is None and types.get(name, TensorProto.FLOAT) != TensorProto.FLOAT:
             return f"input {slot} is not a float32 tensor"
-    if rule.float_reason is not None:
-        reason = rule.float_reason(node, ctx)
-        if reason:
-            return reason
-    return None
+    return float_reason(node, rule, ctx)
 
 
 def _weight_axis(node: onnx.NodeProto, slot: int, value: np.ndarray) -> int | None:
-    rule = FORMAT_RULES.get(node.op_type)
-    if rule is None or rule.weight_input != slot or rule.weight_axis is None or value.ndim < 2:
+    rule = facts_for(node.op_type)
+    if rule is None or rule.weight != slot or rule.weight_axis is None or value.ndim < 2:
         return None
     return rule.weight_axis(node) % value.ndim
 
 
-def _clip_starts_at_zero(node: onnx.NodeProto, graph: onnx.GraphProto) -> bool:
+def _starts_at_zero(node: onnx.NodeProto, graph: onnx.GraphProto) -> bool:
+    """A Relu, or a Clip whose lower bound is 0: the activations the NPU fuses."""
+    if node.op_type != "Clip":
+        return True
     if len(node.input) > 1 and node.input[1]:
         low = next((numpy_helper.to_array(t) for t in graph.initializer if t.name == node.input[1]), None)
         return low is not None and float(low) == 0.0

@@ -7,60 +7,12 @@ tf2onnx writes them (the bias in the Conv's / Gemm's bias slot).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-
-import numpy as np
 
 from rq_common.pipeline.placement import OpNode, Placement, place_quantizers
 from rq_common.spec import Preset
 from rq_tf1.graphdef import GraphDef, NodeDef, const_value, nodes_by_name, readers, tensor_name
-from rq_tf1.transforms import WEIGHTED_OPS
-
-OpRule = Callable[[NodeDef, dict], "str | None"]
-TF_OP_RULES: dict[str, OpRule] = {}
-
-
-def tf_rule(*ops: str, onnx: str | None = None):
-    def register(rule: OpRule) -> OpRule:
-        for op in ops:
-            TF_OP_RULES[op] = rule
-        return rule
-
-    if onnx is not None:  # a TF op that always writes one ONNX op
-        return register(lambda node, by_name: onnx)
-    return register
-
-
-tf_rule("Conv2D", "DepthwiseConv2dNative", onnx="Conv")
-tf_rule("MatMul", onnx="Gemm")
-tf_rule("Relu", onnx="Relu")
-tf_rule("Relu6", onnx="Clip")
-tf_rule("LeakyRelu", onnx="LeakyRelu")
-tf_rule("Sigmoid", onnx="Sigmoid")
-tf_rule("Tanh", onnx="Tanh")
-tf_rule("Softmax", onnx="Softmax")
-tf_rule("ConcatV2", onnx="Concat")
-tf_rule("MaxPool", onnx="MaxPool")
-tf_rule("AvgPool", onnx="AveragePool")
-tf_rule("Reshape", onnx="Reshape")
-tf_rule("Squeeze", onnx="Squeeze")
-tf_rule("Identity", onnx="Identity")
-tf_rule("Pad", onnx="Pad")
-
-
-@tf_rule("Add", "AddV2", "Mul")
-def binary_rule(node: NodeDef, by_name: dict) -> str | None:
-    """Two run-time operands only: a constant operand would stay a float constant."""
-    if any(const_value(by_name.get(ref.split(":")[0])) is not None for ref in node.input):
-        return None
-    return "Mul" if node.op == "Mul" else "Add"
-
-
-@tf_rule("Mean")
-def mean_rule(node: NodeDef, by_name: dict) -> str | None:
-    axes = const_value(by_name.get(node.input[1].split(":")[0]))
-    return "ReduceMean" if axes is not None and sorted(np.atleast_1d(axes).tolist()) == [1, 2] else None
+from rq_tf1.ops import TF_OP_RULES, WEIGHTED_OPS
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,9 @@ from rq_tf1.graphdef import (
     tensor_name,
     weight_view,
 )
+from rq_tf1.ops import WEIGHTED_OPS
 
 BYPASSED_OPS = frozenset({"Identity", "CheckNumerics", "StopGradient", "PreventGradient", "Snapshot"})
-WEIGHTED_OPS = frozenset({"Conv2D", "DepthwiseConv2dNative", "MatMul"})
 STATEFUL_OPS = frozenset({"Placeholder", "PlaceholderWithDefault", "RandomUniform", "RandomStandardNormal", "TruncatedNormal"})
 
 

@@ -13,6 +13,7 @@ import keras
 from keras import tree
 
 from rq_common.errors import SpecError
+from rq_common.optable import facts_for
 from rq_common.pipeline.placement import FloatOp, OpNode, follows_from_others, place_quantizers
 from rq_common.spec import Preset, get_preset
 from rq_tf2.attention import decompose_attention, parts_of
@@ -187,7 +188,8 @@ def _expand(graph: FunctionalGraph, preset: Preset, configs, freeze_bn_after):
             step_out = node.outputs if i == len(steps) - 1 else ((id(node.keras_node), i),)
             keys.append((step_in, step_out))
             reason = step.float_reason
-            if step.op in ("Add", "Mul", "MatMul", "Concat") and len(step_in) < 2 and not step.constant_operand:
+            facts = facts_for(step.op)
+            if facts is not None and facts.operands and len(step_in) < 2 and not step.constant_operand:
                 reason = reason or f"{step.op} with a constant operand is not quantized by rq-tf2 (use a layer for the constant)"
             op_nodes.append(OpNode(step.name, step.op, step_in, step_out, reason, step.fusable))
         expanded[id(node.keras_node)] = _Expanded(steps, keys, layer_preset)

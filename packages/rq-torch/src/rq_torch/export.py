@@ -13,6 +13,7 @@ from torch import fx
 
 from rq_common.format import ExportResult, canonicalize, validate
 from rq_common.io import save_onnx
+from rq_common.optable import facts_for
 from rq_common.qmath import QParams
 from rq_torch.calibrate import require_calibrated
 from rq_torch.quantizer import TensorQuantizer
@@ -26,14 +27,17 @@ def _bias_qparams(model: fx.GraphModule, exported: onnx.ModelProto) -> dict[str,
     initializers = {t.name for t in exported.graph.initializer}
     out = {}
     for node in exported.graph.node:
-        if node.op_type not in ("Conv", "ConvTranspose", "Gemm") or len(node.input) < 3 or node.input[2] not in initializers:
+        facts = facts_for(node.op_type)
+        if facts is None or facts.bias is None or len(node.input) <= facts.bias or node.input[facts.bias] not in initializers:
             continue
         layer = next((layer for prefix, layer in layers.items() if node.name.startswith(prefix)), None)
         if layer is None or getattr(layer, "bias_quantizer", None) is not None:
             continue
         qp = layer.bias_qparams()
         if qp is not None:
-            out[node.input[2]] = QParams(layer.bias_scale.numpy().reshape(qp.scale.shape), qp.zero_point, qp.spec, qp.axis)
+            out[node.input[facts.bias]] = QParams(
+                layer.bias_scale.numpy().reshape(qp.scale.shape), qp.zero_point, qp.spec, qp.axis
+            )
     return out
 
 

@@ -1,5 +1,5 @@
 """What ONNX op each traced torch call becomes, so that rq-torch places quantizers by the same
-coverage and NPU rules as rq-onnx (rq_common.spec.op_coverage and npu_rules)."""
+coverage and NPU rules as rq-onnx (rq_common.optable)."""
 
 from __future__ import annotations
 

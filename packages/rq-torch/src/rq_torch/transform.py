@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from rq_common.calibration import ScaleGroups
+from rq_common.optable import NpuRole, facts_for, has_npu_role
 from rq_common.pipeline.placement import OpNode, follows_from_others, place_quantizers
 from rq_common.qmath import fold_batchnorm
-from rq_common.qmath.npu_rules import FUSABLE_ACTIVATIONS
 from rq_common.spec import Preset, get_preset
 from rq_torch.attention import to_plain_forms
 from rq_torch.fake_quant import check_exportable
@@ -187,7 +187,8 @@ def _lift_scalar_operands(gm: fx.GraphModule, preset: Preset, plan: TorchPlan) -
     """``x * 0.125`` becomes x times a quantized constant (weight spec), as rq-onnx stores the
     constant operand of Add / Mul: the export then holds it as an int8 initializer."""
     for node in list(gm.graph.nodes):
-        if onnx_op(gm, node) not in ("Add", "Mul") or not _is_float_tensor(node):
+        facts = facts_for(onnx_op(gm, node))
+        if facts is None or not facts.constant_operand or not _is_float_tensor(node):
             continue
         args = list(node.args)
         for i, arg in enumerate(args):
@@ -271,7 +272,7 @@ def _quantizer_after(node: fx.Node, gm: fx.GraphModule) -> TensorQuantizer | Non
     users = list(node.users)
     if len(users) == 1 and users[0].op == "call_module" and isinstance(gm.get_submodule(users[0].target), TensorQuantizer):
         return gm.get_submodule(users[0].target)
-    if len(users) == 1 and onnx_op(gm, users[0]) in FUSABLE_ACTIVATIONS:
+    if len(users) == 1 and has_npu_role(onnx_op(gm, users[0]), NpuRole.FUSED_ACTIVATION):
         return _quantizer_after(users[0], gm)
     return None
 

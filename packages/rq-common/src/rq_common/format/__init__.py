@@ -15,7 +15,6 @@ from rq_common.format.canonicalize import MIN_OPSET, REWRITES, CanonicalizeResul
 from rq_common.format.gemm import fuse_matmul_bias
 from rq_common.format.graph import GraphIndex, QdqParams, output_qdq_params, qdq_params
 from rq_common.format.layernorm import fuse_layer_norms
-from rq_common.format.oprules import OP_RULES, OpRule, register_op_rule
 from rq_common.format.result import ExportResult
 from rq_common.format.validate import CHECKS, Violation, ViolationKind, validate
 
@@ -25,12 +24,10 @@ __all__ = [
     "CHECKS",
     "DEFAULT_OPSET",
     "MIN_OPSET",
-    "OP_RULES",
     "REWRITES",
     "CanonicalizeResult",
     "ExportResult",
     "GraphIndex",
-    "OpRule",
     "QdqParams",
     "QdqPieces",
     "Violation",
@@ -45,7 +42,6 @@ __all__ = [
     "output_qdq_params",
     "qdq_params",
     "qparams_initializers",
-    "register_op_rule",
     "replace_initializer_with_quantized",
     "replace_initializers_with_quantized",
     "validate",

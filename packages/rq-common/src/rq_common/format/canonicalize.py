@@ -42,13 +42,21 @@ from onnx import numpy_helper
 from rq_common.errors import FormatError
 from rq_common.format.builder import make_quantized_constant, replace_initializer_with_quantized
 from rq_common.format.gemm import fuse_matmul_bias
-from rq_common.format.graph import DEQUANTIZE, QUANTIZE, GraphIndex, QdqParams, attribute, node_label, qdq_params
-from rq_common.format.oprules import OP_RULES, constant_role
+from rq_common.format.graph import (
+    DEQUANTIZE,
+    QUANTIZE,
+    GraphIndex,
+    QdqParams,
+    attribute,
+    constant_role,
+    node_label,
+    qdq_params,
+)
+from rq_common.optable import Role, facts_for
 from rq_common.qmath.bias import bias_qparams
 from rq_common.qmath.qparams import QParams
 from rq_common.qmath.reference import quantize
 from rq_common.spec.dtypes import QuantDType
-from rq_common.spec.op_coverage import PASS_THROUGH_OPS
 from rq_common.spec.presets import Preset, get_preset
 
 MIN_OPSET = 13
@@ -172,7 +180,9 @@ def transpose_quantized_weights(ctx: CanonicalizeContext) -> None:
     _remove_unused(ctx)
 
 
-LAYOUT_OPS = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
+def _is_layout(op_type: str) -> bool:
+    facts = facts_for(op_type)
+    return facts is not None and facts.layout
 
 
 @rewrite
@@ -188,7 +198,7 @@ def _hoist_one_layout_op(ctx: CanonicalizeContext) -> bool:
         if q.op_type != QUANTIZE or index.is_constant(q.input[0]):
             continue
         readers = index.consumers_of(q.output[0])
-        if len(readers) != 1 or readers[0][1] != 0 or readers[0][0].op_type not in LAYOUT_OPS:
+        if len(readers) != 1 or readers[0][1] != 0 or not _is_layout(readers[0][0].op_type):
             continue
         layout = readers[0][0]
         after = index.consumers_of(layout.output[0])
@@ -281,7 +291,8 @@ def quantize_around_pass_through(ctx: CanonicalizeContext) -> None:
 def _quantize_one_pass_through(ctx: CanonicalizeContext) -> bool:
     index = ctx.index()
     for node in ctx.model.graph.node:
-        if node.op_type not in PASS_THROUGH_OPS or not node.input or index.is_constant(node.input[0]):
+        facts = facts_for(node.op_type)
+        if facts is None or facts.role is not Role.PASS_THROUGH or not node.input or index.is_constant(node.input[0]):
             continue
         before = index.producers.get(node.input[0])
         readers = [r for out in node.output for r, _ in index.consumers_of(out)]
@@ -385,14 +396,14 @@ def quantize_float_bias(ctx: CanonicalizeContext) -> None:
     index = ctx.index()
     graph = ctx.model.graph
     for node in list(graph.node):
-        rule = OP_RULES.get(node.op_type)
-        if rule is None or rule.bias_input is None or len(node.input) <= rule.bias_input:
+        rule = facts_for(node.op_type)
+        if rule is None or rule.bias is None or len(node.input) <= rule.bias:
             continue
-        bias_name = node.input[rule.bias_input]
+        bias_name = node.input[rule.bias]
         bias = index.constant(bias_name) if bias_name else None
         if bias is None or not np.issubdtype(bias.dtype, np.floating):
             continue
-        producers = [index.producers.get(node.input[i]) for i in (0, rule.weight_input)]
+        producers = [index.producers.get(node.input[i]) for i in (0, rule.weight)]
         if any(p is None or p.op_type != DEQUANTIZE for p in producers):
             continue
         params = [qdq_params(index, p) for p in producers]
@@ -404,7 +415,7 @@ def quantize_float_bias(ctx: CanonicalizeContext) -> None:
         qparams = bias_qparams(bias, input_qp, weight_qp, ctx.preset.bias, ctx.preset.bias_rule)
         pieces = make_quantized_constant(f"{node.name or node.output[0]}_bias", bias, qparams)
         pieces.add_to(graph, 0)
-        node.input[rule.bias_input] = pieces.output
+        node.input[rule.bias] = pieces.output
         ctx.log.append(f"{node_label(node)}: float bias '{bias_name}' stored as {qparams.spec.dtype.value}")
     _remove_unused(ctx)
 

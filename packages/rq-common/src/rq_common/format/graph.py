@@ -9,6 +9,7 @@ import onnx
 from onnx import numpy_helper
 
 from rq_common.errors import FormatError
+from rq_common.optable import facts_for
 from rq_common.qmath.qparams import QParams
 from rq_common.spec.dtypes import QuantDType
 from rq_common.spec.quant_spec import Granularity, QuantSpec
@@ -189,3 +190,12 @@ def order_nodes_from_outputs(model: onnx.ModelProto) -> None:
     nodes = [graph.node[i] for i in placed]
     del graph.node[:]
     graph.node.extend(nodes)
+
+
+def constant_role(index: GraphIndex, dq: onnx.NodeProto) -> str:
+    """'bias' when a constant DequantizeLinear feeds some op's bias slot, else 'weight'."""
+    for consumer, slot in index.consumers_of(dq.output[0]):
+        facts = facts_for(consumer.op_type)
+        if facts is not None and facts.bias == slot:
+            return "bias"
+    return "weight"

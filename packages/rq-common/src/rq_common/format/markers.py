@@ -19,10 +19,11 @@ import onnx
 from onnx import numpy_helper
 
 from rq_common.format.graph import DEQUANTIZE, QUANTIZE
-from rq_common.format.oprules import OP_RULES
+from rq_common.optable import OP_TABLE, ops_where
 from rq_common.qmath import QParams
 
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add")
+# the ops whose constant input a framework layer quantizes: its weight, or a constant operand
+WEIGHTED_OPS = ops_where(lambda facts: facts.weight is not None or facts.constant_operand)
 
 
 @dataclass(frozen=True)
@@ -74,22 +75,22 @@ def marked_constant_qparams(model: onnx.ModelProto, layers: Mapping[str, LayerPa
     known: dict[str, QParams] = {}
     for node in graph.node:
         marker = marker_in(node, layers, initializers) if node.op_type in WEIGHTED_OPS else None
-        if marker is None or (node.op_type == "Add" and not layers[marker].constant_operand):
+        facts = OP_TABLE.get(node.op_type)
+        if marker is None or (facts.weight is None and not layers[marker].constant_operand):
             continue
         slots = [i for i, name in enumerate(node.input) if name in initializers]
         if not slots:
             continue
         layer = layers[marker]
-        weight_slot = 1 if node.op_type != "Add" and 1 in slots else slots[0]
+        weight_slot = facts.weight if facts.weight in slots else slots[0]
         weight = layer.weight
         if weight.per_channel:
             rank = len(next(t for t in graph.initializer if t.name == node.input[weight_slot]).dims)
-            axis = OP_RULES[node.op_type].weight_axis(node) % rank
+            axis = facts.weight_axis(node) % rank
             weight = QParams(weight.scale, weight.zero_point, weight.spec.replace(axis=axis), axis=axis)
         _claim(graph, node, weight_slot, weight, known)
-        rule = OP_RULES.get(node.op_type)
-        if rule is not None and rule.bias_input in slots and layer.bias is not None:
-            _claim(graph, node, rule.bias_input, layer.bias, known)
+        if facts.bias in slots and layer.bias is not None:
+            _claim(graph, node, facts.bias, layer.bias, known)
     return known
 
 

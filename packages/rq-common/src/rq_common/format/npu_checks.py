@@ -8,6 +8,7 @@ import onnx
 
 from rq_common.format.graph import DEQUANTIZE, QUANTIZE, GraphIndex, attribute, node_label, qdq_params
 from rq_common.format.validate import ValidationContext, Violation, ViolationKind, check
+from rq_common.optable import NpuRole, facts_for, has_npu_role
 from rq_common.qmath import npu_rules
 from rq_common.qmath.qparams import is_power_of_two
 
@@ -28,7 +29,7 @@ def _dq_position(index: GraphIndex, tensor: str) -> int | None:
 def output_quantize(index: GraphIndex, node: onnx.NodeProto) -> onnx.NodeProto | None:
     """The QuantizeLinear that quantizes ``node``'s output, through one fused ReLU/Clip if there."""
     readers = index.consumers_of(node.output[0])
-    if len(readers) == 1 and readers[0][0].op_type in npu_rules.FUSABLE_ACTIVATIONS:
+    if len(readers) == 1 and has_npu_role(readers[0][0].op_type, NpuRole.FUSED_ACTIVATION):
         readers = index.consumers_of(readers[0][0].output[0])
     quantizers = [r for r, _ in readers if r.op_type == QUANTIZE]
     return quantizers[0] if quantizers else None
@@ -109,12 +110,12 @@ def _add_positions(ctx: ValidationContext) -> Iterator[Violation]:
 def _fused_activations(ctx: ValidationContext) -> Iterator[Violation]:
     index = ctx.index
     for node in ctx.model.graph.node:
-        if node.op_type not in npu_rules.FUSABLE_ACTIVATIONS:
+        if not has_npu_role(node.op_type, NpuRole.FUSED_ACTIVATION):
             continue
         dq = index.producers.get(node.input[0])
         q = index.producers.get(dq.input[0]) if dq is not None and dq.op_type == DEQUANTIZE else None
         source = index.producers.get(q.input[0]) if q is not None and q.op_type == QUANTIZE else None
-        if source is not None and source.op_type in npu_rules.FUSING_OPS:
+        if source is not None and has_npu_role(source.op_type, NpuRole.FUSES_ACTIVATION):
             yield Violation(
                 ViolationKind.NPU_UNFUSED_ACTIVATION,
                 node_label(node),
@@ -127,9 +128,9 @@ def _fused_activations(ctx: ValidationContext) -> Iterator[Violation]:
 def _shared_scales(ctx: ValidationContext) -> Iterator[Violation]:
     index = ctx.index
     for node in ctx.model.graph.node:
-        if node.op_type not in npu_rules.SHARED_SCALE_OPS:
+        if not has_npu_role(node.op_type, NpuRole.SHARED_SCALE):
             continue
-        inputs = node.input if node.op_type == "Concat" else node.input[:1]
+        inputs = [node.input[i] for i in facts_for(node.op_type).quantized_slots(node)]
         positions = [_dq_position(index, name) for name in inputs]
         q = next((r for r, _ in index.consumers_of(node.output[0]) if r.op_type == QUANTIZE), None)
         positions.append(_q_position(index, q))

@@ -17,9 +17,9 @@ import onnx
 from onnx import TensorProto
 
 from rq_common.format.canonicalize import MIN_OPSET
-from rq_common.format.graph import DEQUANTIZE, QUANTIZE, GraphIndex, QdqParams, node_label, qdq_params
-from rq_common.format.oprules import OP_RULES, constant_role
+from rq_common.format.graph import DEQUANTIZE, QUANTIZE, GraphIndex, QdqParams, constant_role, node_label, qdq_params
 from rq_common.io import is_over_protobuf_limit, save_with_external_data
+from rq_common.optable import OpFacts, facts_for, ops_where
 from rq_common.qmath.qparams import is_power_of_two
 from rq_common.spec.methods import BiasScaleRule
 from rq_common.spec.presets import Preset, get_preset
@@ -94,7 +94,9 @@ def validate(
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model))
     preset = get_preset(preset)
-    required = preset.target.requires_quantized_ops if required_ops is None else frozenset(required_ops)
+    if required_ops is None:  # the weighted ops of rq_common.optable, where the target cannot run them in float
+        required_ops = ops_where(lambda facts: facts.weight is not None) if preset.target.requires_quantized_compute else ()
+    required = frozenset(required_ops)
     ctx = ValidationContext(model, GraphIndex(model), preset, frozenset(float_nodes), frozenset(required), source)
     return [v for c in CHECKS for v in c(ctx)]
 
@@ -240,7 +242,7 @@ def _qdq_pairs(ctx: ValidationContext) -> Iterator[Violation]:
 def _quantized_ops(ctx: ValidationContext) -> Iterator[Violation]:
     index = ctx.index
     for node in ctx.model.graph.node:
-        rule = OP_RULES.get(node.op_type)
+        rule = facts_for(node.op_type)
         if rule is None or node.name in ctx.float_nodes:  # kept in float on purpose: float inputs are fine
             continue
         slots = rule.quantized_slots(node)
@@ -275,10 +277,10 @@ def _quantized_ops(ctx: ValidationContext) -> Iterator[Violation]:
         yield from _bias(ctx, node, rule)
 
 
-def _bias(ctx: ValidationContext, node: onnx.NodeProto, rule) -> Iterator[Violation]:
-    if rule.bias_input is None or len(node.input) <= rule.bias_input or not node.input[rule.bias_input]:
+def _bias(ctx: ValidationContext, node: onnx.NodeProto, rule: OpFacts) -> Iterator[Violation]:
+    if rule.bias is None or len(node.input) <= rule.bias or not node.input[rule.bias]:
         return
-    index, label, name = ctx.index, node_label(node), node.input[rule.bias_input]
+    index, label, name = ctx.index, node_label(node), node.input[rule.bias]
     bias_dq = index.producers.get(name)
     if bias_dq is None or bias_dq.op_type != DEQUANTIZE:
         yield Violation(
@@ -290,7 +292,7 @@ def _bias(ctx: ValidationContext, node: onnx.NodeProto, rule) -> Iterator[Violat
         return
     if ctx.preset.bias_rule is not BiasScaleRule.PRODUCT:
         return
-    producers = [index.producers.get(node.input[i]) for i in (0, rule.weight_input)]
+    producers = [index.producers.get(node.input[i]) for i in (0, rule.weight)]
     if any(p is None or p.op_type != DEQUANTIZE for p in producers):
         return
     bias_params, input_params, weight_params = (qdq_params(index, n) for n in (bias_dq, *producers))

@@ -3,7 +3,7 @@
 A framework package describes its graph as OpNodes (the ONNX op type each node exports to, and
 the run-time float tensors it reads and writes) and gets back which tensors to quantize, which of
 them share a scale, and which ops stay in float, with the reason. The rules are rq's op coverage
-and the NPU's rules (rq_common.spec.op_coverage, rq_common.qmath.npu_rules):
+and the NPU's rules, from rq_common.optable:
 - an own-scale op (Conv, Gemm, MatMul, Add, Concat, pooling, activations, ...) has its inputs and
   its output quantized, the output with its own scale;
 - a pass-through op (Reshape, Transpose, MaxPool, ...) is quantized when its input is, and its
@@ -19,8 +19,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 from rq_common.calibration.groups import ScaleGroups
-from rq_common.qmath.npu_rules import FUSABLE_ACTIVATIONS, FUSING_OPS, SHARED_SCALE_OPS
-from rq_common.spec.op_coverage import OWN_SCALE_OPS, PASS_THROUGH_OPS
+from rq_common.optable import NpuRole, Role, facts_for, has_npu_role
 
 
 @dataclass(frozen=True)
@@ -80,11 +79,12 @@ def place_quantizers(
             continue
         by_name[node.name] = node
         placement.quantized_ops.append(node.name)
-        quantized.update(node.inputs if node.op in OWN_SCALE_OPS else node.inputs[:1])
+        role = facts_for(node.op).role
+        quantized.update(node.inputs if role is Role.OWN_SCALE else node.inputs[:1])
         quantized.update(node.outputs)
-        if node.op in PASS_THROUGH_OPS:
+        if role is Role.PASS_THROUGH:
             shared += [(node.inputs[0], out) for out in node.outputs]
-        elif fixed_point_rules and node.op in SHARED_SCALE_OPS:
+        elif fixed_point_rules and has_npu_role(node.op, NpuRole.SHARED_SCALE):
             shared += [(node.outputs[0], source) for source in node.inputs]
     _fuse_activations(nodes, by_name, quantized, set(graph_outputs), placement)
     order = [*graph_inputs, *(t for node in nodes for t in (*node.inputs, *node.outputs))]
@@ -113,10 +113,11 @@ def _float_reason(node: OpNode, quantized: set[Hashable]) -> str | None:
         return f"no quantization rule for {node.name}: runs in float"
     if not node.inputs or not node.outputs:
         return NO_RUNTIME_TENSOR
-    if node.op in PASS_THROUGH_OPS:
-        return None if node.inputs[0] in quantized else PASSES_THROUGH
-    if node.op not in OWN_SCALE_OPS:
+    facts = facts_for(node.op)
+    if facts is None:
         return f"{node.op} is not quantized by rq"
+    if facts.role is Role.PASS_THROUGH:
+        return None if node.inputs[0] in quantized else PASSES_THROUGH
     return None
 
 
@@ -127,10 +128,15 @@ def _fuse_activations(nodes, by_name, quantized, graph_outputs, placement) -> No
         for t in node.inputs:
             readers[t] = readers.get(t, 0) + 1
     for node in nodes:
-        if node.name not in by_name or node.op not in FUSABLE_ACTIVATIONS or not node.fusable:
+        if node.name not in by_name or not has_npu_role(node.op, NpuRole.FUSED_ACTIVATION) or not node.fusable:
             continue
         source = node.inputs[0]
         before = producer.get(source)
-        if before is not None and before.op in FUSING_OPS and readers.get(source) == 1 and source not in graph_outputs:
+        if (
+            before is not None
+            and has_npu_role(before.op, NpuRole.FUSES_ACTIVATION)
+            and readers.get(source) == 1
+            and source not in graph_outputs
+        ):
             quantized.discard(source)
             placement.fused.append(source)

@@ -4,7 +4,8 @@ With a power-of-two scale 2^-pos, a tensor's integers carry ``pos`` fractional b
 computes Conv/Gemm in integers and shifts: the accumulator (position w_pos + in_pos) is shifted
 right by ``shift_cut`` to reach the output position, and the int8 bias is shifted left by
 ``shift_bias`` to reach the accumulator's. vai_q_onnx and Quark enforce these limits; every rq
-package repairs its positions with the functions here and the validator checks them.
+package repairs its positions with the functions here and the validator checks them. Which ops
+fuse an activation or share one scale is in rq_common.optable (``OpFacts.npu``).
 """
 
 from __future__ import annotations
@@ -18,9 +19,6 @@ SHIFT_BIAS_MAX = 15
 ACCUMULATOR_BITS = 24
 ADD_MAX_POSITION_GAP = 7
 LEAKY_ALPHA_STEPS = 256
-FUSABLE_ACTIVATIONS = frozenset({"Relu", "Clip"})  # fused into the producing op: no Q/DQ between
-FUSING_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Add"})  # the ops an activation fuses into
-SHARED_SCALE_OPS = frozenset({"Concat", "MaxPool", "AveragePool"})  # inputs and output share one scale
 
 
 def position(scale) -> int:

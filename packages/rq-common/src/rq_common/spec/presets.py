@@ -27,11 +27,9 @@ class Target:
     activation_dtypes: frozenset[QuantDType]
     weight_dtypes: frozenset[QuantDType]
     bias_dtypes: frozenset[QuantDType]
-    requires_quantized_ops: frozenset[str] = frozenset()  # ops that cannot run in float there
+    requires_quantized_compute: bool = False  # its weighted ops (Conv, Gemm, MatMul) cannot run in float
     fixed_point_rules: bool = False  # the NPU's shift limits and fusions (rq_common.qmath.npu_rules)
 
-
-_NPU_COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
 NPU_CNN_TARGET = Target(
     name="npu_cnn",
@@ -41,7 +39,7 @@ NPU_CNN_TARGET = Target(
     activation_dtypes=frozenset({QuantDType.UINT8, QuantDType.INT8}),
     weight_dtypes=frozenset({QuantDType.INT8}),
     bias_dtypes=frozenset({QuantDType.INT8, QuantDType.INT32}),
-    requires_quantized_ops=_NPU_COMPUTE_OPS,
+    requires_quantized_compute=True,
     fixed_point_rules=True,
 )
 NPU_TRANSFORMER_TARGET = Target(
@@ -52,7 +50,7 @@ NPU_TRANSFORMER_TARGET = Target(
     activation_dtypes=frozenset({QuantDType.INT8}),
     weight_dtypes=frozenset({QuantDType.INT8}),
     bias_dtypes=frozenset({QuantDType.INT32}),
-    requires_quantized_ops=_NPU_COMPUTE_OPS,
+    requires_quantized_compute=True,
 )
 CPU_TARGET = Target(
     name="cpu",

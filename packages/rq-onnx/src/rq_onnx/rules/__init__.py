@@ -1,6 +1,7 @@
-"""The op-rule registry (see registry.py); importing this package registers every rule in ops.py."""
+"""rq-onnx's reasons to keep covered nodes in float (see registry.py); importing this package
+registers every check in ops.py."""
 
 from rq_onnx.rules import ops  # noqa: F401
-from rq_onnx.rules.registry import RULES, QuantizeRule, RuleContext, register, rule_for
+from rq_onnx.rules.registry import FLOAT_REASONS, RuleContext, declines, float_reason
 
-__all__ = ["RULES", "QuantizeRule", "RuleContext", "register", "rule_for"]
+__all__ = ["FLOAT_REASONS", "RuleContext", "declines", "float_reason"]

@@ -1,13 +1,14 @@
-"""The op rules. Grouped by what the op does with scales; each line is one op's rule."""
+"""The ONNX-only reasons to keep a covered node in float, one function per op."""
 
 from __future__ import annotations
 
 import onnx
 
 from rq_common.format.graph import attribute
-from rq_onnx.rules.registry import QuantizeRule, RuleContext, register
+from rq_onnx.rules.registry import RuleContext, declines
 
 
+@declines("Gemm")
 def _gemm_reason(node: onnx.NodeProto, ctx: RuleContext) -> str | None:
     if attribute(node, "alpha", 1.0) != 1.0 or attribute(node, "beta", 1.0) != 1.0:
         return "Gemm with alpha or beta != 1 (the bias scale rule assumes y = A B + C)"
@@ -25,6 +26,7 @@ def _gemm_reason(node: onnx.NodeProto, ctx: RuleContext) -> str | None:
     return None
 
 
+@declines("Conv", "ConvTranspose")
 def _conv_reason(node: onnx.NodeProto, ctx: RuleContext) -> str | None:
     if not ctx.is_constant(node.input[1]):
         return f"{node.op_type} with run-time weights"
@@ -33,56 +35,10 @@ def _conv_reason(node: onnx.NodeProto, ctx: RuleContext) -> str | None:
     return None
 
 
+@declines("Gather")
 def _gather_reason(node: onnx.NodeProto, ctx: RuleContext) -> str | None:
     if ctx.is_constant(node.input[0]):
         return "Gather from a constant table (an embedding) stays float"
     if not ctx.is_constant(node.input[1]):
         return "Gather with run-time indices"
     return None
-
-
-def _needs_constant_inputs(*slots: int):
-    def reason(node: onnx.NodeProto, ctx: RuleContext) -> str | None:
-        for slot in slots:
-            if slot < len(node.input) and node.input[slot] and not ctx.is_constant(node.input[slot]):
-                return f"{node.op_type} input {slot} is computed at run time"
-        return None
-
-    return reason
-
-
-# compute ops: quantized inputs (constants become int8 weights), a bias, an own output scale
-register(QuantizeRule.like_format("Conv", float_reason=_conv_reason))
-register(QuantizeRule.like_format("ConvTranspose", float_reason=_conv_reason))
-register(QuantizeRule.like_format("Gemm", float_reason=_gemm_reason))
-register(QuantizeRule.like_format("MatMul"))  # constant weight, or activation x activation (attention)
-
-# elementwise and reducing ops with their own output scale
-for _op in ("Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool"):
-    register(QuantizeRule.like_format(_op))
-register(QuantizeRule("PRelu", (0, 1)))
-for _op in (
-    "Relu",
-    "LeakyRelu",
-    "Sigmoid",
-    "HardSigmoid",
-    "HardSwish",
-    "Tanh",
-    "Softmax",
-    "Erf",
-    "Gelu",
-    "LayerNormalization",
-):
-    register(QuantizeRule(_op, (0,)))
-register(QuantizeRule("Clip", (0,), float_reason=_needs_constant_inputs(1, 2)))
-register(QuantizeRule("Resize", (0,), float_reason=_needs_constant_inputs(1, 2, 3)))
-register(QuantizeRule("ReduceMean", (0,), float_reason=_needs_constant_inputs(1)))
-
-# pass-through ops: the output is the input's values rearranged (or their max): same scale
-for _op in ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity"):
-    register(QuantizeRule(_op, (0,), pass_through=True, float_reason=_needs_constant_inputs(1)))
-register(QuantizeRule("Slice", (0,), pass_through=True, float_reason=_needs_constant_inputs(1, 2, 3, 4)))
-register(QuantizeRule("Split", (0,), pass_through=True, float_reason=_needs_constant_inputs(1)))
-register(QuantizeRule("Gather", (0,), pass_through=True, float_reason=_gather_reason))
-register(QuantizeRule("MaxPool", (0,), pass_through=True))
-register(QuantizeRule("Pad", (0,), pass_through=True, float_reason=_needs_constant_inputs(1, 2, 3)))

@@ -1,9 +1,8 @@
-"""What rq-onnx does with each op type: one small rule per op, registered by op type.
+"""When rq-onnx declines to quantize a node that rq_common.optable covers.
 
-A rule names the input slots whose tensors get quantized (run-time tensors get Q/DQ, constants
-are stored as int8 weights), the bias slot, and whether the output is a pass-through that keeps
-its input's scale (shape ops, MaxPool, Pad). ``float_reason`` lets a rule decline a node it
-cannot quantize soundly; the node then stays float and the report says why.
+What an op's quantized slots, weight, bias and role are is the op table's (rq_common.optable).
+This registry holds what only an ONNX graph can show: a Gemm with alpha != 1, a Conv with run-time
+weights, a Gather from an embedding table. A declined node stays in float and the report says why.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from rq_common.format.oprules import OP_RULES as FORMAT_RULES
+from rq_common.optable import OpFacts
 
 FloatReason = Callable[[onnx.NodeProto, "RuleContext"], "str | None"]
 
@@ -29,33 +28,27 @@ class RuleContext:
         return name in self.constants
 
 
-@dataclass(frozen=True)
-class QuantizeRule:
-    op_type: str
-    inputs: tuple[int, ...] | None = (0,)  # slots to quantize; None: every input (Concat)
-    bias_input: int | None = None
-    pass_through: bool = False  # output keeps input 0's scale; quantized only when input 0 is
-    float_reason: FloatReason | None = None
-
-    def slots(self, node: onnx.NodeProto) -> list[int]:
-        indices = range(len(node.input)) if self.inputs is None else self.inputs
-        return [i for i in indices if i < len(node.input) and node.input[i]]
-
-    @classmethod
-    def like_format(cls, op_type: str, **extra) -> QuantizeRule:
-        """The rule whose quantized inputs and bias slot are those the int8 format checks
-        (rq_common.format.OP_RULES), so that the two can never disagree."""
-        fmt = FORMAT_RULES[op_type]
-        return cls(op_type, fmt.quantized_inputs, bias_input=fmt.bias_input, **extra)
+FLOAT_REASONS: dict[str, FloatReason] = {}
 
 
-RULES: dict[str, QuantizeRule] = {}
+def declines(*op_types: str) -> Callable[[FloatReason], FloatReason]:
+    """Register a check that returns why a node of these op types stays in float (or None)."""
+
+    def register(reason: FloatReason) -> FloatReason:
+        for op_type in op_types:
+            FLOAT_REASONS[op_type] = reason
+        return reason
+
+    return register
 
 
-def register(rule: QuantizeRule) -> QuantizeRule:
-    RULES[rule.op_type] = rule
-    return rule
-
-
-def rule_for(op_type: str) -> QuantizeRule | None:
-    return RULES.get(op_type)
+def float_reason(node: onnx.NodeProto, facts: OpFacts, ctx: RuleContext) -> str | None:
+    """The op's own check first, then the table's slots that must hold constants."""
+    own = FLOAT_REASONS.get(node.op_type)
+    reason = own(node, ctx) if own is not None else None
+    if reason:
+        return reason
+    for slot in facts.constants:
+        if slot < len(node.input) and node.input[slot] and not ctx.is_constant(node.input[slot]):
+            return f"{node.op_type} input {slot} is computed at run time"
+    return None
