@@ -97,7 +97,7 @@ def rq_quantize(model_path, out, name, data, method="minmax", batch=1, preset="c
         str(out),
         Reader(name, data, batch),
         preset=preset,
-        method=method if preset == "cpu" else None,
+        calibrate_method=method if preset == "cpu" else None,
         quiet=True,
         report_batches=1,
     )

@@ -105,7 +105,7 @@ def with_onnx(weights, data: Data, preset: str, out: Path, qat: bool, quiet: boo
     reader = ArrayReader({"x": data.x_train[:CALIBRATION_IMAGES]}, batch_size=1)
     result = quantize_static(out / "digits_float.onnx", out / f"onnx_{preset}.onnx", reader, preset=preset, quiet=quiet)
     result.report.to_html(out / f"report_{preset}.html")
-    return result.output_path
+    return result.path
 
 
 def with_torch(weights, data: Data, preset: str, out: Path, qat: bool, quiet: bool) -> Path:
@@ -150,12 +150,12 @@ def with_tf1(weights, data: Data, preset: str, out: Path, qat: bool, quiet: bool
         ["x"],
         ["logits"],
         lambda i: {"x": calibration[32 * i : 32 * (i + 1)]},
-        calib_iter=CALIBRATION_IMAGES // 32,
+        max_calibration_batches=CALIBRATION_IMAGES // 32,
         output_dir=out / f"tf1_{preset}",
         preset=preset,
         quiet=quiet,
     )
-    return result.onnx_model
+    return result.path
 
 
 QUANTIZERS = {"onnx": with_onnx, "torch": with_torch, "tf2": with_tf2, "tf1": with_tf1}

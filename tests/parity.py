@@ -7,6 +7,7 @@ import onnx
 
 from rq_common.format import GraphIndex, qdq_params
 from rq_common.format.npu_checks import output_quantize
+from rq_common.optable import ops_where
 from rq_common.spec import get_preset
 
 
@@ -73,7 +74,7 @@ def package_test_module(package: str, name: str):
     return sys.modules[module_name]
 
 
-LAYOUT_OPS = frozenset({"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
+LAYOUT_OPS = ops_where(lambda facts: facts.layout)
 
 
 def canonical_ops(model: onnx.ModelProto) -> list[dict]:

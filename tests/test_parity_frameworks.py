@@ -69,13 +69,13 @@ def quantize_all(network: str, preset: str, folder) -> dict[str, tuple[onnx.Mode
         ["x"],
         ["logits"],
         lambda i: {"x": batches[i]},
-        calib_iter=len(batches),
+        max_calibration_batches=len(batches),
         output_dir=folder / "tf1",
         preset=preset,
         quiet=True,
     )
     assert result.violations == []
-    out["tf1"] = (onnx.load(str(result.onnx_model)), True)
+    out["tf1"] = (onnx.load(str(result.path)), True)
     return out
 
 

@@ -27,7 +27,7 @@ def test_rq_tf1_and_rq_onnx_write_the_same_int8_model(tmp_path, request, network
         ["x"],
         ["logits"],
         lambda i: {"x": batches[i]},
-        calib_iter=4,
+        max_calibration_batches=4,
         output_dir=tmp_path / "out",
         preset=preset,
         quiet=True,
@@ -40,6 +40,6 @@ def test_rq_tf1_and_rq_onnx_write_the_same_int8_model(tmp_path, request, network
     reader = ArrayReader({"x:0": np.concatenate(batches)}, batch_size=1)
     from_onnx = quantize_static(tmp_path / "float.onnx", tmp_path / "onnx.onnx", reader, preset=preset, quiet=True)
     assert result.violations == [] and from_onnx.violations == []
-    assert_same_layers(onnx.load(str(result.onnx_model)), from_onnx.model, preset)
+    assert_same_layers(onnx.load(str(result.path)), from_onnx.model, preset)
     written = {f"tf1/{p.name}": p for p in sorted((tmp_path / "out").iterdir())}
     assert_recorded_bytes(request, {**written, "onnx": tmp_path / "onnx.onnx"})

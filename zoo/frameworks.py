@@ -162,13 +162,13 @@ def _rq_tf1(entry, graph: FrozenGraph, calibration: Samples, preset: str, out: P
         graph.input_nodes,
         graph.output_nodes,
         lambda i: feeds[i],
-        calib_iter=len(feeds),
+        max_calibration_batches=len(feeds),
         output_dir=output_dir,
         input_shapes=shapes,
         preset=preset,
         quiet=True,
     )
-    shutil.copyfile(result.onnx_model, out)
+    shutil.copyfile(result.path, out)
     return _summary(result.violations, result.notes, result.float_ops)
 
 

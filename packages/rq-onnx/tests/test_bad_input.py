@@ -96,14 +96,14 @@ def test_unsupported_op_stays_float_and_is_reported(tmp_path):
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     result = quantize_static(model, tmp_path / "q.onnx", ArrayReader("x", np.ones((3, 4), np.float32)), preset="cpu", quiet=True)
-    assert [(f.node, f.op_type) for f in result.float_ops] == [("sin", "Sin")]
+    assert [(f.node, f.op) for f in result.float_ops] == [("sin", "Sin")]
     assert "kept in float: sin (Sin): no quantization rule for Sin" in result.report.notes[0]
     assert (tmp_path / "q.onnx").exists()
 
 
 def test_already_quantized_model_is_rejected(tmp_path, model_path):
     result = quantize_static(model_path, tmp_path / "q.onnx", ArrayReader("input", data()), preset="cpu", quiet=True)
-    expect_error(tmp_path / "again", ModelLoadError, "already quantized", result.output_path, ArrayReader("input", data()))
+    expect_error(tmp_path / "again", ModelLoadError, "already quantized", result.path, ArrayReader("input", data()))
 
 
 def test_input_file_is_not_modified(tmp_path, model_path):

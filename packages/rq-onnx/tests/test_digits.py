@@ -27,9 +27,9 @@ def test_accuracy_drop_at_most_one_point(digits_model, preset):
     assert result.violations == []
     float_acc = np.mean(run(model, {"x": x_test})[0].argmax(1) == y_test)
     if preset == "npu_cnn":  # batch 1 on the NPU
-        logits = np.concatenate([run(str(result.output_path), {"x": x_test[i : i + 1]})[0] for i in range(len(x_test))])
+        logits = np.concatenate([run(str(result.path), {"x": x_test[i : i + 1]})[0] for i in range(len(x_test))])
     else:
-        logits = run(str(result.output_path), {"x": x_test})[0]
+        logits = run(str(result.path), {"x": x_test})[0]
     int8_acc = np.mean(logits.argmax(1) == y_test)
     assert float_acc > 0.95
     assert float_acc - int8_acc <= 0.010, (float_acc, int8_acc)

@@ -93,7 +93,9 @@ def test_large_bias_on_small_inputs_gets_a_repaired_bias_position(tmp_path):
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     data = np.random.default_rng(0).uniform(-0.1, 0.1, (8, 1, 4, 4)).astype(np.float32)
-    result = quantize_static(model, None, ArrayReader("x", data), preset="npu_cnn", quiet=True, method="pot_nonoverflow")
+    result = quantize_static(
+        model, None, ArrayReader("x", data), preset="npu_cnn", quiet=True, calibrate_method="pot_nonoverflow"
+    )
     index = GraphIndex(result.model)
     bias_dq = next(
         n for n in result.model.graph.node if n.op_type == "DequantizeLinear" and n.output[0] == "conv_bias_dequantized"

@@ -7,8 +7,8 @@ from nets import GraphBuilder
 from onnx import TensorProto, helper
 
 from rq_common.cpu_features import u8s8_kernels_may_saturate
-from rq_onnx import quantize_static
 from rq_common.optable import OP_TABLE
+from rq_onnx import quantize_static
 
 from conftest import ArrayReader, run, sqnr_db
 

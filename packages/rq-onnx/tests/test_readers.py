@@ -95,7 +95,7 @@ def test_an_onnxruntime_reader_works_unchanged(tmp_path):
             return next(self.data, None)
 
     result = quantize_static(nets.resnet_block_net(), tmp_path / "q.onnx", OrtStyleReader(), preset="cpu", quiet=True)
-    assert result.violations == [] and result.output_path.exists()
+    assert result.violations == [] and result.path.exists()
     lo, hi = result.qparams["input"].representable_range()
     assert lo <= -1.0 and hi >= 2.0 - float(result.qparams["input"].scale)
 
@@ -112,7 +112,7 @@ def test_external_data_for_large_models(tmp_path):
         use_external_data=True,
         quiet=True,
     )
-    assert written.output_path == tmp_path / "big.onnx"
+    assert written.path == tmp_path / "big.onnx"
     assert (tmp_path / "big.onnx.data").stat().st_size > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]
     inline = quantize_static(nets.resnet_block_net(), None, ArrayReader("input", data), preset="cpu", quiet=True)

@@ -60,6 +60,32 @@ def test_quantize_with_vai_q_flags_writes_both_models(setup, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+def test_ignore_nodes_keeps_them_in_float_and_the_models_still_agree(setup, capsys):
+    graph, tmp = setup
+    assert main(quantize_args(graph, tmp / "out", **{"--ignore_nodes": "expand/Conv2D"})) == 0
+    assert "float: expand/Conv2D: excluded by name" in capsys.readouterr().out
+    import onnx
+
+    model = onnx.load(str(tmp / "out" / "quantized.onnx"))
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    initializers = {t.name: t for t in model.graph.initializer}
+    float_convs = [
+        n for n in convs if n.input[1] in initializers and initializers[n.input[1]].data_type == onnx.TensorProto.FLOAT
+    ]
+    assert len(float_convs) == 1 and len(convs) == 4  # the excluded Conv keeps its float weight
+    x = np.random.default_rng(9).standard_normal((2, 16, 16, 3)).astype(np.float32)
+    from rq_tf1 import run_eval_model
+
+    (expected,) = run_eval_model(tmp / "out" / "quantize_eval_model.pb", {"x": x}, ["logits"])
+    # unoptimized: ORT's optimized float Conv (NCHWc, FMA) rounds its sums unlike TF's
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    got = ort.InferenceSession(str(tmp / "out" / "quantized.onnx"), options).run(None, {"x:0": x})[0]
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_inspect_lists_what_happens_to_each_node(setup, capsys):
     graph, _ = setup
     assert main(["inspect", "--input_frozen_graph", str(graph)]) == 0
@@ -78,6 +104,7 @@ def test_inspect_lists_what_happens_to_each_node(setup, capsys):
         ({"--input_fn": "calib_data.wrong_keys"}, r"returned keys \['images'\]; the input nodes are \['x'\]"),
         ({"--input_shapes": "?,32,32,3"}, r"--input_shapes gives \(None, 32, 32, 3\) for 'x', but the graph declares \?,16,16,3"),
         ({"--calib_iter": "0"}, "calibrate on at least one batch"),
+        ({"--ignore_nodes": "expand/conv"}, "--ignore_nodes names 'expand/conv'.*close names: expand/Conv2D"),
     ],
 )
 def test_bad_input_is_one_line_and_no_output_directory(setup, capsys, changes, message):

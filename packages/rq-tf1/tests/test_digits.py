@@ -53,13 +53,13 @@ def test_digits_cnn_loses_at_most_one_and_a_half_points(tmp_path):
         ["x"],
         ["logits"],
         lambda i: {"x": x_train[32 * i : 32 * (i + 1)]},
-        calib_iter=8,
+        max_calibration_batches=8,
         output_dir=tmp_path / "out",
         input_shapes="?,8,8,1",
         preset="npu_cnn",
         quiet=True,
     )
     assert result.violations == []
-    (eval_logits,) = rq_tf1.run_eval_model(result.eval_model, {"x": x_test}, ["logits"])
+    (eval_logits,) = rq_tf1.run_eval_model(result.files["eval_model"], {"x": x_test}, ["logits"])
     assert float_acc - accuracy(eval_logits) <= 0.015
-    assert accuracy(run_ort(result.onnx_model, {"x:0": x_test})) == accuracy(eval_logits)
+    assert accuracy(run_ort(result.path, {"x:0": x_test})) == accuracy(eval_logits)

@@ -19,19 +19,26 @@ def test_eval_model_and_onnx_agree(tmp_path, network, preset):
     build, shape = nets.NETWORKS[network]
     graph = nets.freeze(build, shape, tmp_path / "float.pb")
     result = rq_tf1.quantize_frozen_graph(
-        graph, ["x"], ["logits"], Calibration(shape), calib_iter=8, output_dir=tmp_path / "out", preset=preset, quiet=True
+        graph,
+        ["x"],
+        ["logits"],
+        Calibration(shape),
+        max_calibration_batches=8,
+        output_dir=tmp_path / "out",
+        preset=preset,
+        quiet=True,
     )
     assert result.violations == [] and result.float_ops == []
-    assert validate(result.onnx_model, preset) == []
+    assert validate(result.path, preset) == []
     x = np.random.default_rng(1).standard_normal((8, *shape)).astype(np.float32)
-    (expected,) = rq_tf1.run_eval_model(result.eval_model, {"x": x}, ["logits"])
+    (expected,) = rq_tf1.run_eval_model(result.files["eval_model"], {"x": x}, ["logits"])
     (float_out,) = rq_tf1.run_eval_model(graph, {"x": x}, ["logits"])
-    step = output_step(result.onnx_model)
-    as_written = run_ort(result.onnx_model, {"x:0": x}, as_written=True)
+    step = output_step(result.path)
+    as_written = run_ort(result.path, {"x:0": x}, as_written=True)
     if preset == "npu_cnn":
         np.testing.assert_array_equal(as_written, expected)
     assert np.abs(as_written - expected).max() / step <= 1.0001
     if not u8s8_kernels_may_saturate():  # ORT's u8s8 kernels without VNNI clip pair sums (rq_common.cpu_features)
-        assert np.abs(run_ort(result.onnx_model, {"x:0": x}) - expected).max() / step <= 1.0001
+        assert np.abs(run_ort(result.path, {"x:0": x}) - expected).max() / step <= 1.0001
     sqnr = 10 * np.log10(np.sum(float_out**2) / np.sum((expected - float_out) ** 2))
     assert sqnr > 20  # and it still computes the float graph's function

@@ -20,7 +20,7 @@ def test_sequential_model_and_tf_data_calibration(tmp_path):
     labels = rng.integers(0, 4, 40)
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)  # (x, y) batches, as fit() takes
     qmodel = rq_tf2.quantize_model(model, preset="npu_cnn")
-    rq_tf2.calibrate(qmodel, dataset, steps=3, quiet=True)
+    rq_tf2.calibrate(qmodel, dataset, max_calibration_batches=3, quiet=True)
     observed = rq_tf2.quantize_model(model, preset="npu_cnn")
     rq_tf2.calibrate(observed, images[:24], batch_size=8, quiet=True)  # the same 24 samples as arrays
     scales = lambda m: [float(layer.scale.numpy()) for layer in m.layers if isinstance(layer, rq_tf2.ActivationQuantizer)]  # noqa: E731

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import rq_tf2
+from rq_common.spec import get_preset
 from rq_tf2.attention import decompose_attention, parts_of
 from rq_tf2.graph import functional_graph
 
@@ -48,10 +49,10 @@ def test_every_part_of_the_attention_is_quantized(tmp_path):
 
 def test_exclude_and_layer_configs_name_the_attention_layer():
     model = nets.attention_encoder()
-    kept = rq_tf2.quantize_model(model, preset="cpu", exclude=["attention"])
+    kept = rq_tf2.quantize_model(model, preset="cpu", exclude_nodes=["attention"])
     assert isinstance(kept.get_layer("attention"), L.MultiHeadAttention)
     configured = rq_tf2.quantize_model(
-        model, preset="cpu", layer_configs={"attention": rq_tf2.LayerConfig(overrides={"per_channel": False})}
+        model, preset="cpu", layer_configs={"attention": rq_tf2.LayerConfig(preset=get_preset("cpu", per_channel=False))}
     )
     assert configured.get_layer("attention_query").preset.weight.per_channel is False
     assert configured.get_layer("ff1").preset.weight.per_channel is True

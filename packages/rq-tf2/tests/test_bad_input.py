@@ -7,6 +7,7 @@ import pytest
 
 import rq_tf2
 from rq_common.errors import CalibrationDataError, RqError
+from rq_common.spec import get_preset
 
 from conftest import run_ort
 
@@ -137,13 +138,16 @@ def test_export_before_calibration(tmp_path):
 
 def test_exclude_names_a_layer_the_model_lacks():
     with pytest.raises(ValueError, match="does not have"):
-        rq_tf2.quantize_model(small_model(), exclude=["conv2"])
+        rq_tf2.quantize_model(small_model(), exclude_nodes=["conv2"])
 
 
 def test_excluded_layer_runs_in_float(tmp_path):
     model = nets.resnet_style()
     qmodel = rq_tf2.quantize_model(
-        model, preset="cpu", exclude=["fc"], layer_configs={"head_conv": rq_tf2.LayerConfig(overrides={"per_channel": False})}
+        model,
+        preset="cpu",
+        exclude_nodes=["fc"],
+        layer_configs={"head_conv": rq_tf2.LayerConfig(preset=get_preset("cpu", per_channel=False))},
     )
     assert type(qmodel.get_layer("fc")) is L.Dense
     assert not qmodel.get_layer("head_conv").weight_spec.per_channel and qmodel.get_layer("stem_conv").weight_spec.per_channel

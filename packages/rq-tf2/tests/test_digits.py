@@ -40,7 +40,7 @@ def test_ptq_and_qat_keep_accuracy(digits, trained):
     x_train, x_test, y_train, y_test = digits
     float_acc = accuracy(trained, x_test, y_test)
     assert float_acc > 0.95
-    qmodel = rq_tf2.quantize_model(trained, preset="npu_cnn", calib_dataset=x_train[:256], calib_steps=8, quiet=True)
+    qmodel = rq_tf2.quantize_model(trained, preset="npu_cnn", calib_dataset=x_train[:256], max_calibration_batches=8, quiet=True)
     ptq_acc = accuracy(qmodel, x_test, y_test)
     assert float_acc - ptq_acc <= 0.015
     compile_for_qat(qmodel)

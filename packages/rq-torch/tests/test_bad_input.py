@@ -7,6 +7,7 @@ from torch import nn
 
 import rq_torch
 from rq_common.errors import CalibrationDataError, SpecError
+from rq_common.spec import get_preset
 from rq_torch.errors import NotCalibratedError, TraceError
 
 
@@ -40,7 +41,7 @@ def test_untraceable_submodule_can_be_a_leaf_and_stays_float():
             return self.fc(torch.flatten(self.inner(x), 1))
 
     qmodel = rq_torch.quantize_model(Wrapper(), torch.randn(1, 3, 8, 8), leaf_modules=[DataDependent])
-    reasons = {f.target: f.reason for f in qmodel.rq_plan.float_ops}
+    reasons = {f.op: f.reason for f in qmodel.rq_plan.float_ops}
     assert reasons["inner"].startswith("no quantization rule for inner")
     assert reasons["torch.flatten"] == "its input is not quantized, so the values pass through in float"
 
@@ -73,9 +74,9 @@ def test_nan_in_calibration_data():
 
 def test_impossible_override():
     with pytest.raises(SpecError, match="weight.granularity"):
-        rq_torch.quantize_model(nets.ResNetStyle(), torch.randn(1, 3, 16, 16), preset="npu_cnn", per_channel=True)
+        rq_torch.quantize_model(nets.ResNetStyle(), torch.randn(1, 3, 16, 16), preset=get_preset("npu_cnn", per_channel=True))
     with pytest.raises(SpecError, match="cannot be exported by torch"):
-        rq_torch.quantize_model(nets.ResNetStyle(), torch.randn(1, 3, 16, 16), preset="cpu", weight_narrow_range=True)
+        rq_torch.quantize_model(nets.ResNetStyle(), torch.randn(1, 3, 16, 16), preset=get_preset("cpu", weight_narrow_range=True))
 
 
 @pytest.mark.parametrize("dropout", [nn.Dropout(0.2), nn.Dropout2d(0.2), nn.AlphaDropout(0.2), nn.FeatureAlphaDropout(0.2)])

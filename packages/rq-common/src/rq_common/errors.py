@@ -24,6 +24,11 @@ class FormatError(RqError, ValueError):
     """An ONNX model that cannot be brought into the rq int8 format."""
 
 
+class NotCalibratedError(RqError, RuntimeError):
+    """A quantized model was exported (or trained, or observed outside calibration) before
+    calibration gave it scales; the message names the call that gives them."""
+
+
 def run_command(program: str, command: Callable[[], int]) -> int:
     """A CLI command under rq's error contract: an RqError or OSError (a missing file, a full disk)
     or Ctrl-C is one line on stderr naming the problem, and a non-zero exit; never a traceback."""

@@ -4,9 +4,9 @@ from rq_onnx import quantize_static
 quantize_static("model.onnx", "model_int8.onnx", reader, preset="npu_cnn")
 """
 
-from rq_onnx.api import QuantizeResult, quantize_static
+from rq_common.pipeline import QuantizeResult
+from rq_onnx.api import quantize_static
 from rq_onnx.calibrate import CalibrationDataReader
-from rq_onnx.options import QuantizeOptions
 from rq_onnx.readers import ArrayReader, ImageFolderReader, NpyFolderReader, NpzReader, RandomDataReader, open_calibration_data
 
 __version__ = "0.1.0"
@@ -17,7 +17,6 @@ __all__ = [
     "ImageFolderReader",
     "NpyFolderReader",
     "NpzReader",
-    "QuantizeOptions",
     "QuantizeResult",
     "RandomDataReader",
     "open_calibration_data",

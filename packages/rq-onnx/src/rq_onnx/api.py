@@ -4,47 +4,24 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import onnx
 
 from rq_common.errors import SpecError
-from rq_common.format import Violation, validate
+from rq_common.format import validate
 from rq_common.io import save_onnx
-from rq_common.qmath import QParams
+from rq_common.pipeline import QuantizeResult
 from rq_common.report import QuantReport
-from rq_common.spec import Preset, get_preset
+from rq_common.spec import CalibrationMethod, Preset, get_preset
 from rq_onnx.calibrate import CalibrationDataReader, calibrate
 from rq_onnx.finalize import finalize_plan
-from rq_onnx.options import PRESET_SHORTHANDS, QuantizeOptions
-from rq_onnx.plan import FloatOp, make_plan, name_nodes
+from rq_onnx.options import QuantizeOptions
+from rq_onnx.plan import make_plan, name_nodes
 from rq_onnx.prepare import load_model, prepare_model
 from rq_onnx.report import error_report
 from rq_onnx.write import fix_batch_to_one, write_quantized
-
-
-@dataclass
-class QuantizeResult:
-    """What quantize_static produced and what it noticed."""
-
-    output_path: Path | None
-    model: onnx.ModelProto
-    preset: Preset
-    report: QuantReport
-    float_ops: list[FloatOp]
-    notes: list[str]
-    violations: list[Violation]
-    qparams: dict[str, QParams] = field(default_factory=dict)
-
-
-def split_overrides(overrides: dict[str, Any]) -> tuple[QuantizeOptions, dict[str, Any]]:
-    """Keyword arguments -> (QuantizeOptions, preset overrides); unknown names raise SpecError."""
-    option_names = QuantizeOptions.field_names()
-    options = {k: v for k, v in overrides.items() if k in option_names}
-    preset_overrides = {PRESET_SHORTHANDS.get(k, k): v for k, v in overrides.items() if k not in option_names}
-    return QuantizeOptions(**options), preset_overrides
 
 
 def quantize_static(
@@ -52,18 +29,29 @@ def quantize_static(
     model_output: str | Path | None,
     calibration_data_reader: CalibrationDataReader,
     preset: str | Preset = "npu_cnn",
-    **overrides: Any,
+    *,
+    per_channel: bool | None = None,
+    calibrate_method: CalibrationMethod | str | None = None,
+    exclude_op_types: Sequence[str] = (),
+    exclude_nodes: Sequence[str] = (),
+    max_calibration_batches: int | None = None,
+    report_batches: int = 16,
+    use_external_data: bool = False,
+    report_path: str | Path | None = None,
+    quiet: bool = False,
 ) -> QuantizeResult:
     """Quantize a float ONNX model to rq's int8 format.
 
     ``calibration_data_reader`` follows ONNX Runtime's protocol (get_next() -> dict or None).
-    ``overrides`` are preset fields (``per_channel=True``, ``activation_method="percentile"`` or
-    ``method=...``, ``activation_dtype="int8"``, ``weight_dtype=...``) and QuantizeOptions fields
-    (``exclude_op_types``, ``exclude_nodes``, ``use_external_data``, ``report_path``, ``quiet``).
-    The output file is written whole at the end, or not at all; the input is never modified.
+    ``preset``: a name, or a Preset changed as needed (``get_preset("cpu", activation_dtype="int8")``);
+    ``per_channel`` and ``calibrate_method`` (the activations' method) change it as ONNX Runtime's
+    arguments of those names do. The other arguments are QuantizeOptions (see there). The output
+    file is written whole at the end, or not at all; the input is never modified.
     """
-    options, preset_overrides = split_overrides(overrides)
-    preset = get_preset(preset, **preset_overrides)
+    options = QuantizeOptions(
+        exclude_op_types, exclude_nodes, max_calibration_batches, report_batches, use_external_data, report_path, quiet
+    )
+    preset = get_preset(preset, per_channel=per_channel, activation_method=calibrate_method)
     notes: list[str] = []
     if getattr(calibration_data_reader, "is_random", False):
         notes.append("WARNING: calibrated on random data (asked for explicitly): scales do not reflect real inputs")
@@ -95,7 +83,7 @@ def quantize_static(
     violations = validate(quantized, preset, float_nodes=[f.node for f in plan.float_ops])
 
     report = QuantReport(title=f"rq-onnx: {preset.name}", notes=list(notes))
-    report.notes += [f"kept in float: {f.node} ({f.op_type}): {f.reason}" for f in plan.float_ops]
+    report.notes += [f"kept in float: {f.node} ({f.op}): {f.reason}" for f in plan.float_ops]
     report.notes += [f"format violation: {v}" for v in violations]
     if rewind:
         calibration_data_reader.rewind()
@@ -104,13 +92,25 @@ def quantize_static(
         feeds = calibration.kept_batches
     error_report(model, quantized, dequantized, act, feeds, report)
 
-    output_path = None
+    files = {}
     if model_output is not None:
-        output_path = save_model(quantized, Path(model_output), options.use_external_data)
+        files["onnx"] = save_model(quantized, Path(model_output), options.use_external_data)
     if options.report_path is not None:
         writer = report.to_json if options.report_path.suffix == ".json" else report.to_html
         writer(options.report_path)
-    return QuantizeResult(output_path, quantized, preset, report, plan.float_ops, notes, violations, act)
+        files["report"] = options.report_path
+    return QuantizeResult(
+        files.get("onnx"),
+        quantized,
+        preset,
+        quantized_ops=list(plan.quantized_nodes),
+        float_ops=plan.float_ops,
+        notes=notes,
+        violations=violations,
+        qparams=act,
+        files=files,
+        report=report,
+    )
 
 
 def _reader_batches(reader, limit: int):

@@ -46,7 +46,7 @@ def cmd_quantize(args) -> int:
         args.output,
         _reader(args, model),
         preset=args.preset,
-        method=args.method,
+        calibrate_method=args.method,
         per_channel=True if args.per_channel else None,
         exclude_nodes=tuple(args.exclude_nodes),
         exclude_op_types=tuple(args.exclude_op_types),
@@ -57,11 +57,11 @@ def cmd_quantize(args) -> int:
     for note in result.notes:
         print(f"note: {note}")
     for op in result.float_ops:
-        print(f"float: {op.node} ({op.op_type}): {op.reason}")
+        print(f"float: {op.node} ({op.op}): {op.reason}")
     for violation in result.violations:
         print(f"violation: {violation}")
     _print_table(result.report, limit=args.show)
-    print(f"wrote {result.output_path}" + (f", report {args.report}" if args.report else ""))
+    print(f"wrote {result.path}" + (f", report {args.report}" if args.report else ""))
     return 1 if result.violations else 0
 
 

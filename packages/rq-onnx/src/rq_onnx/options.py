@@ -1,8 +1,8 @@
-"""Typed options of quantize_static (everything that is not a preset field)."""
+"""The options of one quantize_static run (everything that is not a preset field), checked."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from rq_common.errors import SpecError
@@ -35,11 +35,3 @@ class QuantizeOptions:
             object.__setattr__(self, "report_path", Path(self.report_path))
         if self.max_calibration_batches is not None and self.max_calibration_batches < 1:
             raise SpecError("max_calibration_batches", "must be at least 1")
-
-    @classmethod
-    def field_names(cls) -> set[str]:
-        return {f.name for f in fields(cls)}
-
-
-# names quantize_static accepts as shorthands for preset fields (as ONNX Runtime's users know them)
-PRESET_SHORTHANDS = {"method": "activation_method", "calibrate_method": "activation_method"}

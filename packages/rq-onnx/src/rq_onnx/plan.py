@@ -12,16 +12,9 @@ from onnx import TensorProto, numpy_helper
 from rq_common.calibration import ScaleGroups
 from rq_common.format.graph import attribute
 from rq_common.optable import NpuRole, facts_for
-from rq_common.pipeline.placement import OpNode, place_quantizers
+from rq_common.pipeline.placement import EXCLUDED, FloatOp, OpNode, place_quantizers
 from rq_common.spec import Preset
 from rq_onnx.rules import RuleContext, float_reason
-
-
-@dataclass(frozen=True)
-class FloatOp:
-    node: str
-    op_type: str
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -133,7 +126,7 @@ def _op_type(graph: onnx.GraphProto, name: str) -> str:
 
 def _float_reason(node, rule, ctx, types, exclude_op_types, exclude_nodes) -> str | None:
     if node.name in exclude_nodes:
-        return "excluded by name (kept in float on request)"
+        return EXCLUDED
     if node.op_type in exclude_op_types:
         return f"op type {node.op_type} excluded (kept in float on request)"
     if rule is None or node.domain not in ("", "ai.onnx"):

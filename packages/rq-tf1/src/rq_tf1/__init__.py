@@ -1,12 +1,12 @@
 """rq-tf1: quantize TF1 frozen graphs (vai_q_tensorflow's flow, on tf.compat.v1) to rq's int8 ONNX.
 
-result = rq_tf1.quantize_frozen_graph("model.pb", ["input"], ["logits"], "calib.input_fn", calib_iter=100, output_dir="out")
+result = rq_tf1.quantize_frozen_graph("model.pb", ["input"], ["logits"], "calib.input_fn", max_calibration_batches=100, output_dir="out")
 """
 
+from rq_common.pipeline import QuantizeResult
 from rq_tf1.api import (
     EVAL_MODEL,
     ONNX_MODEL,
-    QuantizeResult,
     inspect_frozen_graph,
     parse_input_shapes,
     quantize_frozen_graph,

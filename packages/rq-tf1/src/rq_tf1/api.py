@@ -9,17 +9,15 @@ from __future__ import annotations
 import importlib
 import shutil
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 from rq_common.errors import SpecError
-from rq_common.format import Violation
 from rq_common.io import save_onnx
-from rq_common.pipeline.placement import FloatOp
+from rq_common.pipeline import QuantizeResult
 from rq_common.spec import CalibrationMethod, Preset, get_preset
 from rq_tf1.calibrate import calibrate
 from rq_tf1.errors import GraphError, InputFnError
@@ -32,16 +30,6 @@ from rq_tf1.transforms import prepare
 EVAL_MODEL = "quantize_eval_model.pb"
 ONNX_MODEL = "quantized.onnx"
 VAI_METHODS = {0: CalibrationMethod.POT_NONOVERFLOW, 1: CalibrationMethod.POT_MINMSE}  # vai_q_tensorflow's --method
-
-
-@dataclass
-class QuantizeResult:
-    output_dir: Path
-    eval_model: Path
-    onnx_model: Path
-    violations: list[Violation]
-    float_ops: list[FloatOp]
-    notes: list[str] = field(default_factory=list)
 
 
 def parse_input_shapes(text: str | None, count: int) -> list[tuple | None]:
@@ -89,12 +77,15 @@ def check_shapes(graph_def: GraphDef, inputs: list[str], shapes: list[tuple | No
     return known
 
 
-def prepare_and_plan(input_frozen_graph, input_nodes, output_nodes, preset) -> tuple[GraphDef, GraphDef, Tf1Plan]:
+def prepare_and_plan(
+    input_frozen_graph, input_nodes, output_nodes, preset, exclude_nodes=()
+) -> tuple[GraphDef, GraphDef, Tf1Plan]:
     graph_def = load_frozen_graph(input_frozen_graph)
     require_nodes(graph_def, input_nodes, "--input_nodes")
     require_nodes(graph_def, output_nodes, "--output_nodes")
+    require_nodes(graph_def, exclude_nodes, "--ignore_nodes")
     prepared = prepare(graph_def, input_nodes, output_nodes)
-    return graph_def, prepared, make_plan(prepared, input_nodes, output_nodes, preset)
+    return graph_def, prepared, make_plan(prepared, input_nodes, output_nodes, preset, exclude_nodes)
 
 
 def quantize_frozen_graph(
@@ -102,36 +93,49 @@ def quantize_frozen_graph(
     input_nodes: list[str],
     output_nodes: list[str],
     input_fn: str | Callable[[int], dict],
-    calib_iter: int = 100,
+    max_calibration_batches: int = 100,
     output_dir: str | Path = "quantize_results",
     input_shapes: str | None = None,
     preset: str | Preset = "npu_cnn",
     method: int | None = None,
+    exclude_nodes: Sequence[str] = (),
     quiet: bool = False,
-    **overrides,
 ) -> QuantizeResult:
     """vai_q_tensorflow's quantize: writes ``output_dir/quantize_eval_model.pb`` (runs in TF and
     computes what the int8 model computes) and ``output_dir/quantized.onnx`` (the int8 format).
-    ``method``: 0 = power-of-two NonOverflow, 1 = power-of-two MinMSE (vai_q's numbering)."""
-    if method is not None:
-        if method not in VAI_METHODS:
-            raise SpecError("--method", f"{method}: use 0 (power-of-two NonOverflow) or 1 (power-of-two MinMSE)")
-        overrides.setdefault("activation_method", VAI_METHODS[method])
-    preset = get_preset(preset, **overrides)
+    ``method``: 0 = power-of-two NonOverflow, 1 = power-of-two MinMSE (vai_q's numbering), for the
+    activations. ``max_calibration_batches``: input_fn is called for 0 .. this - 1 (``--calib_iter``).
+    ``exclude_nodes``: nodes kept in float (``--ignore_nodes``). ``preset``: a name, or a Preset."""
+    if method is not None and method not in VAI_METHODS:
+        raise SpecError("--method", f"{method}: use 0 (power-of-two NonOverflow) or 1 (power-of-two MinMSE)")
+    preset = get_preset(preset, activation_method=VAI_METHODS.get(method))
     fn = load_input_fn(input_fn)
-    _, prepared, plan = prepare_and_plan(input_frozen_graph, input_nodes, output_nodes, preset)
+    _, prepared, plan = prepare_and_plan(input_frozen_graph, input_nodes, output_nodes, preset, exclude_nodes)
     shapes = check_shapes(prepared, input_nodes, parse_input_shapes(input_shapes, len(input_nodes)))
-    scales = calibrate(prepared, plan, preset, input_nodes, shapes, fn, calib_iter, quiet=quiet)
+    scales = calibrate(prepared, plan, preset, input_nodes, shapes, fn, max_calibration_batches, quiet=quiet)
     eval_graph, _, _ = quantized_graph(prepared, plan, scales, output_nodes, for_export=False)
     export_graph, activation_markers, weight_markers = quantized_graph(prepared, plan, scales, output_nodes, for_export=True)
-    float_nodes = [op.node for op in plan.placement.float_ops]
+    float_nodes = plan.float_nodes()
     model, violations, log = to_onnx(
         export_graph, input_nodes, output_nodes, activation_markers, weight_markers, scales, preset, float_nodes
     )
-    return _write(Path(output_dir), eval_graph, model, violations, plan, scales.notes + log)
+    files = _write(Path(output_dir), eval_graph, model)
+    return QuantizeResult(
+        files["onnx"],
+        model,
+        preset,
+        quantized_ops=list(plan.placement.quantized_ops),
+        float_ops=plan.placement.float_ops,
+        notes=scales.notes,
+        violations=violations,
+        qparams={tensor: scales.of_tensor(plan, tensor) for tensor in plan.placement.quantized},
+        log=log,
+        files=files,
+    )
 
 
-def _write(output_dir: Path, eval_graph: GraphDef, model: onnx.ModelProto, violations, plan: Tf1Plan, notes) -> QuantizeResult:
+def _write(output_dir: Path, eval_graph: GraphDef, model: onnx.ModelProto) -> dict[str, Path]:
+    """Both files, moved into ``output_dir`` together; their paths by role."""
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
     try:
@@ -142,9 +146,7 @@ def _write(output_dir: Path, eval_graph: GraphDef, model: onnx.ModelProto, viola
             (staging / name).replace(output_dir / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return QuantizeResult(
-        output_dir, output_dir / EVAL_MODEL, output_dir / ONNX_MODEL, violations, plan.placement.float_ops, notes
-    )
+    return {"eval_model": output_dir / EVAL_MODEL, "onnx": output_dir / ONNX_MODEL}
 
 
 def inspect_frozen_graph(input_frozen_graph, input_nodes=None, output_nodes=None, preset="npu_cnn") -> list[tuple[str, str, str]]:

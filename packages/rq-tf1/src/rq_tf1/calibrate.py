@@ -1,4 +1,4 @@
-"""Calibration: run the prepared float graph in a tf.compat.v1 Session for ``calib_iter`` batches from
+"""Calibration: run the prepared float graph in a tf.compat.v1 Session for ``max_calibration_batches`` batches from
 the user's input_fn, feed every quantized tensor to rq_common's observers (one per scale group),
 then finalize every scale (rq_common.pipeline.finalize, the NPU's position rules included)."""
 
@@ -64,18 +64,20 @@ def calibrate(
     inputs: list[str],
     shapes: dict[str, tuple],
     input_fn: Callable[[int], dict],
-    calib_iter: int,
+    max_calibration_batches: int,
     quiet: bool = False,
 ) -> Scales:
-    if calib_iter < 1:
-        raise CalibrationDataError(f"--calib_iter is {calib_iter}; calibrate on at least one batch")
+    if max_calibration_batches < 1:
+        raise CalibrationDataError(
+            f"max_calibration_batches (--calib_iter) is {max_calibration_batches}; calibrate on at least one batch"
+        )
     groups = plan.placement.groups.members()
     calibrators = {root: Calibrator(preset.activation, preset.activation_method, name=str(root)) for root in groups}
     fetch = [t for t in plan.placement.quantized]
     with tf.Graph().as_default() as graph:
         tf.graph_util.import_graph_def(graph_def, name="")
         with tf.compat.v1.Session(graph=graph) as session:
-            for i in tqdm(range(calib_iter), desc="calibrating", disable=quiet, file=sys.stderr):
+            for i in tqdm(range(max_calibration_batches), desc="calibrating", disable=quiet, file=sys.stderr):
                 feed = check_feed(input_fn(i), inputs, shapes, i)
                 values = session.run(fetch, {tensor_name(k): v for k, v in feed.items()})
                 for tensor, value in zip(fetch, values):

@@ -1,7 +1,7 @@
 """rq-tf1: vai_q_tensorflow's command line, so existing scripts change only the program name.
 
     rq-tf1 quantize --input_frozen_graph F.pb --input_nodes a,b --input_shapes ?,224,224,3:? \\
-        --output_nodes y --input_fn pkg.mod.fn --calib_iter 100 --output_dir DIR [--preset npu_cnn] [--method 0|1]
+        --output_nodes y --input_fn pkg.mod.fn --calib_iter 100 --output_dir DIR [--preset npu_cnn] [--method 0|1] [--ignore_nodes n1,n2]
     rq-tf1 inspect --input_frozen_graph F.pb [--input_nodes a] [--output_nodes y] [--preset npu_cnn]
 
 Errors print one line naming the problem and the fix, and exit with status 2.
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     quantize.add_argument(
         "--method", type=int, choices=(0, 1), default=None, help="0: power-of-two NonOverflow, 1: power-of-two MinMSE"
     )
+    quantize.add_argument("--ignore_nodes", default=None, help="comma-separated node names to keep in float")
     quantize.add_argument("--quiet", action="store_true", help="no progress bar")
     inspect = commands.add_parser("inspect", help="list the nodes and what rq-tf1 does with each")
     inspect.add_argument("--input_frozen_graph", required=True)
@@ -57,15 +58,16 @@ def _run(args) -> int:
         _names(args.input_nodes),
         _names(args.output_nodes),
         args.input_fn,
-        calib_iter=args.calib_iter,
+        max_calibration_batches=args.calib_iter,
         output_dir=args.output_dir,
         input_shapes=args.input_shapes,
         preset=args.preset,
         method=args.method,
+        exclude_nodes=_names(args.ignore_nodes) or (),
         quiet=args.quiet,
     )
-    print(f"wrote {result.eval_model}")
-    print(f"wrote {result.onnx_model}")
+    print(f"wrote {result.files['eval_model']}")
+    print(f"wrote {result.path}")
     for op in result.float_ops:
         print(f"float: {op.node}: {op.reason}")
     for violation in result.violations:

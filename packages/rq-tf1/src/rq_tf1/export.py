@@ -9,7 +9,7 @@ import re
 
 import onnx
 
-from rq_common.format import Violation
+from rq_common.format import DEFAULT_OPSET, Violation
 from rq_common.format.marked_export import finish_marked_export, unconverted_ops
 from rq_common.format.markers import LayerParams
 from rq_common.qmath import QParams
@@ -32,7 +32,7 @@ def to_onnx(
     scales: Scales,
     preset: Preset,
     float_nodes: list[str],
-    opset: int = 17,
+    opset: int = DEFAULT_OPSET,
 ) -> tuple[onnx.ModelProto, list[Violation], list[str]]:
     import tf2onnx
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rq_common.pipeline.placement import OpNode, Placement, place_quantizers
+from rq_common.pipeline.placement import EXCLUDED, OpNode, Placement, place_quantizers
 from rq_common.spec import Preset
 from rq_tf1.graphdef import GraphDef, NodeDef, const_value, nodes_by_name, readers, tensor_name
 from rq_tf1.ops import TF_OP_RULES, WEIGHTED_OPS
@@ -34,9 +34,16 @@ class Tf1Plan:
     weighted: list[WeightedOp] = field(default_factory=list)
     adds: list[list[str]] = field(default_factory=list)  # the quantized input tensors of each Add
     fused_output: dict[str, str] = field(default_factory=dict)  # weighted op -> tensor after its fused ReLU
+    bias_adds: dict[str, str] = field(default_factory=dict)  # weighted op -> the BiasAdd merged into it
+
+    def float_nodes(self) -> list[str]:
+        """The nodes that run in float, with the BiasAdds merged into them (tf2onnx names the
+        merged Conv after its BiasAdd)."""
+        nodes = [op.node for op in self.placement.float_ops]
+        return nodes + [self.bias_adds[n] for n in nodes if n in self.bias_adds]
 
 
-def make_plan(graph_def: GraphDef, inputs: list[str], outputs: list[str], preset: Preset) -> Tf1Plan:
+def make_plan(graph_def: GraphDef, inputs: list[str], outputs: list[str], preset: Preset, exclude_nodes=()) -> Tf1Plan:
     by_name, read = nodes_by_name(graph_def), readers(graph_def)
     bias_of: dict[str, NodeDef] = {}
     for node in graph_def.node:
@@ -75,11 +82,14 @@ def make_plan(graph_def: GraphDef, inputs: list[str], outputs: list[str], preset
                 runtime = runtime[:1]
         elif op is None:
             reason = f"no quantization rule for TF op {node.op}: runs in float"
+        if node.name in exclude_nodes:
+            reason = EXCLUDED
         op_nodes.append(OpNode(node.name, op, tuple(runtime), (out,), reason))
     placement = place_quantizers(
         op_nodes, [tensor_name(n) for n in inputs], [tensor_name(n) for n in outputs], preset.target.fixed_point_rules
     )
     plan = Tf1Plan(placement, [w for w in weighted if w.node in placement.quantized_ops])
+    plan.bias_adds = {node: bias_add.name for node, bias_add in bias_of.items()}
     quantized = set(placement.quantized)
     for node in op_nodes:
         if node.op == "Add" and node.name in placement.quantized_ops:

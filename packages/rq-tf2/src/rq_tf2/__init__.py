@@ -5,9 +5,10 @@ rq_tf2.calibrate(qmodel, calib_dataset)
 rq_tf2.export_onnx(qmodel, "model_int8.onnx")
 """
 
+from rq_common.pipeline import QuantizeResult
 from rq_tf2.calibrate import calibrate, finalize
 from rq_tf2.errors import ExportError, NotCalibratedError, UnsupportedModelError
-from rq_tf2.export import ExportResult, export_onnx
+from rq_tf2.export import export_onnx
 from rq_tf2.layers import (
     BiasAdd,
     MatMul,
@@ -24,10 +25,10 @@ from rq_tf2.transform import LayerConfig, quantize_model
 __version__ = "0.1.0"
 
 __all__ = [
+    "QuantizeResult",
     "ActivationQuantizer",
     "BiasAdd",
     "ExportError",
-    "ExportResult",
     "LayerConfig",
     "MatMul",
     "Mode",

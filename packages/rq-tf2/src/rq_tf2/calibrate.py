@@ -132,20 +132,28 @@ def _inputs(batch, model: keras.Model) -> list[np.ndarray]:
 
 
 def calibrate(
-    model: keras.Model, data: Iterable, steps: int | None = None, batch_size: int = 32, quiet: bool = False
+    model: keras.Model,
+    data: Iterable,
+    max_calibration_batches: int | None = None,
+    batch_size: int = 32,
+    quiet: bool = False,
 ) -> keras.Model:
     """Run ``data`` through the model with observers on (weights in float), then give every
-    quantizer its scale. ``steps``: at most this many batches."""
+    quantizer its scale. ``max_calibration_batches``: at most this many batches."""
     wiring = links(model)
     for q in wiring.quantizers:
         q.reset()
         q.mode = Mode.OBSERVE
     for twin in wiring.twins:
         twin.mode = Mode.OFF
-    total = steps if steps is not None else (len(data) if hasattr(data, "__len__") and not isinstance(data, np.ndarray) else None)
+    total = (
+        max_calibration_batches
+        if max_calibration_batches is not None
+        else (len(data) if hasattr(data, "__len__") and not isinstance(data, np.ndarray) else None)
+    )
     count = 0
     try:
-        batches = itertools.islice(_batches(data, batch_size, len(model.inputs)), steps)
+        batches = itertools.islice(_batches(data, batch_size, len(model.inputs)), max_calibration_batches)
         for batch in tqdm(batches, total=total, desc="calibrating", disable=quiet, file=sys.stderr):
             arrays = _inputs(batch, model)
             model(arrays if len(arrays) > 1 else arrays[0], training=False)

@@ -19,10 +19,11 @@ import keras
 import onnx
 import tensorflow as tf
 
-from rq_common.format import ExportResult, fuse_layer_norms
+from rq_common.format import DEFAULT_OPSET, fuse_layer_norms
 from rq_common.format.marked_export import finish_marked_export, unconverted_ops
 from rq_common.format.markers import LayerParams
 from rq_common.io import save_onnx
+from rq_common.pipeline import QuantizeResult
 from rq_tf2.calibrate import Links, require_calibrated
 from rq_tf2.errors import ExportError
 from rq_tf2.fake_quant import exporting
@@ -32,7 +33,7 @@ from rq_tf2.quantizer import ActivationQuantizer
 MARKER = "rqexport{}x"
 
 
-def export_onnx(model: keras.Model, path: str | Path, opset: int = 17) -> ExportResult:
+def export_onnx(model: keras.Model, path: str | Path, opset: int = DEFAULT_OPSET) -> QuantizeResult:
     """Write the int8 format of ``model`` (calibrated by rq_tf2.calibrate) to ``path``."""
     import tf2onnx
 
@@ -71,7 +72,22 @@ def export_onnx(model: keras.Model, path: str | Path, opset: int = 17) -> Export
         rewrite=lambda exported: _fuse_layer_norms(exported, markers),
     )
     path = save_onnx(result.model, path)
-    return ExportResult(path, result.model, violations, result.log)
+    return QuantizeResult(
+        path,
+        result.model,
+        preset,
+        quantized_ops=[
+            layer.name
+            for layer in model.layers
+            if layer.name not in float_layers and not isinstance(layer, (ActivationQuantizer, keras.layers.InputLayer))
+        ],
+        float_ops=list(getattr(model, "rq_float_ops", [])),
+        notes=list(getattr(model, "rq_notes", [])),
+        violations=violations,
+        qparams={quantizer.name: quantizer.qparams() for quantizer in wiring.quantizers},
+        log=result.log,
+        files={"onnx": path},
+    )
 
 
 def _check_converted(model: onnx.ModelProto) -> None:

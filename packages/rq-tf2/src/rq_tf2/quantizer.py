@@ -9,7 +9,6 @@ scale was ever calibrated.
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import Any
 
 import keras
@@ -17,18 +16,13 @@ import numpy as np
 import tensorflow as tf
 
 from rq_common import Calibrator
+from rq_common.pipeline.mode import Mode
 from rq_common.qmath import QParams
 from rq_common.spec import CalibrationMethod, Preset, QuantSpec, preset_from_config, preset_to_config
 from rq_tf2.errors import NotCalibratedError
 from rq_tf2.fake_quant import export_fake_quantize, fake_quantize, is_exporting
 
 PACKAGE = "rq_tf2"
-
-
-class Mode(Enum):
-    OFF = 0
-    OBSERVE = 1
-    QUANTIZE = 2
 
 
 def state_weight(layer: keras.layers.Layer, name: str, shape=(), dtype="float32", initializer="zeros"):

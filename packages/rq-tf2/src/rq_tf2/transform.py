@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import keras
@@ -14,7 +14,7 @@ from keras import tree
 
 from rq_common.errors import SpecError
 from rq_common.optable import facts_for
-from rq_common.pipeline.placement import FloatOp, OpNode, follows_from_others, place_quantizers
+from rq_common.pipeline.placement import EXCLUDED, FloatOp, OpNode, follows_from_others, place_quantizers
 from rq_common.spec import Preset, get_preset
 from rq_tf2.attention import decompose_attention, parts_of
 from rq_tf2.graph import FunctionalGraph, GraphNode, functional_graph, rebuild
@@ -22,16 +22,14 @@ from rq_tf2.layers import QUANT_TWINS, QuantWeightedMixin
 from rq_tf2.quantizer import ActivationQuantizer, Mode
 from rq_tf2.rules import RuleContext, Step, steps_for
 
-EXCLUDED = "excluded (kept in float on request)"
-
 
 @dataclass(frozen=True)
 class LayerConfig:
-    """Per-layer settings: keep the layer in float, or change the preset for its weights and its
-    output (``overrides``: preset fields such as weight_method="minmax", per_channel=False)."""
+    """Per-layer settings: keep the layer in float, or quantize its weights and its output by another
+    preset of the same target (``get_preset("cpu", weight_method="minmax", per_channel=False)``)."""
 
     exclude: bool = False
-    overrides: Mapping[str, Any] = field(default_factory=dict)
+    preset: Preset | str | None = None
 
 
 @dataclass
@@ -45,27 +43,27 @@ def quantize_model(
     model: keras.Model,
     preset: str | Preset = "npu_cnn",
     *,
-    exclude: Sequence[str] = (),
+    exclude_nodes: Sequence[str] = (),
     layer_configs: Mapping[str, LayerConfig] | None = None,
     freeze_bn_after: int | None = None,
     calib_dataset: Any = None,
-    calib_steps: int | None = None,
+    max_calibration_batches: int | None = None,
     calib_batch_size: int = 32,
     quiet: bool = False,
-    **overrides: Any,
 ) -> keras.Model:
     """A quantized copy of a Sequential or Functional ``model`` (layer names and weights kept; the
     original is not changed).
 
-    ``exclude``: layer names to keep in float; ``layer_configs``: name -> LayerConfig.
+    ``preset``: a name, or a Preset changed as needed (``get_preset("cpu", per_channel=False)``).
+    ``exclude_nodes``: layer names to keep in float; ``layer_configs``: name -> LayerConfig.
     ``freeze_bn_after``: for QAT, keep each BatchNormalization after a Conv apart and learning from
     batch statistics for this many training steps, then frozen (None: fold it now, as PTQ does).
-    ``calib_dataset`` / ``calib_steps`` / ``calib_batch_size``: calibrate at once (the one-call
-    form of Vitis AI's quantizer). ``overrides``: preset fields (``per_channel``, ``activation_method``...).
+    ``calib_dataset`` / ``max_calibration_batches`` / ``calib_batch_size``: calibrate at once (the
+    one-call form of Vitis AI's quantizer).
     """
-    preset = get_preset(preset, **overrides)
+    preset = get_preset(preset)
     configs = dict(layer_configs or {})
-    for name in exclude:
+    for name in exclude_nodes:
         configs[name] = LayerConfig(exclude=True)
     graph = functional_graph(model)
     _check_names(graph, configs)
@@ -124,7 +122,7 @@ def quantize_model(
     if calib_dataset is not None:
         from rq_tf2.calibrate import calibrate
 
-        calibrate(qmodel, calib_dataset, steps=calib_steps, batch_size=calib_batch_size, quiet=quiet)
+        calibrate(qmodel, calib_dataset, max_calibration_batches, batch_size=calib_batch_size, quiet=quiet)
     return qmodel
 
 
@@ -133,7 +131,8 @@ def _check_names(graph: FunctionalGraph, configs: Mapping[str, LayerConfig]) -> 
     unknown = sorted(set(configs) - names)
     if unknown:
         raise SpecError(
-            "layer_configs", f"layer_configs / exclude name {unknown}, which the model does not have; its layers: {sorted(names)}"
+            "layer_configs",
+            f"layer_configs / exclude_nodes name {unknown}, which the model does not have; its layers: {sorted(names)}",
         )
 
 
@@ -166,7 +165,7 @@ def _expand(graph: FunctionalGraph, preset: Preset, configs, freeze_bn_after):
     for node in graph.nodes:
         inputs = tuple(aliases.get(k, k) for k in node.inputs)
         config = configs.get(node.name, LayerConfig())
-        layer_preset = preset.override(**config.overrides) if config.overrides else preset
+        layer_preset = _layer_preset(preset, config.preset)
         if id(node.keras_node) in folded_bn:
             aliases[node.outputs[0]] = inputs[0]
             expanded[id(node.keras_node)] = _Expanded([], [], layer_preset)
@@ -194,6 +193,19 @@ def _expand(graph: FunctionalGraph, preset: Preset, configs, freeze_bn_after):
             op_nodes.append(OpNode(step.name, step.op, step_in, step_out, reason, step.fusable))
         expanded[id(node.keras_node)] = _Expanded(steps, keys, layer_preset)
     return expanded, op_nodes, aliases
+
+
+def _layer_preset(preset: Preset, layer: Preset | str | None) -> Preset:
+    if layer is None:
+        return preset
+    layer = get_preset(layer)
+    if layer.target != preset.target:
+        raise SpecError(
+            "layer_configs",
+            f"a layer's preset '{layer.name}' is for target '{layer.target.name}', the model's for "
+            f"'{preset.target.name}': give it a preset of the model's target",
+        )
+    return layer
 
 
 def _float_copy(operation) -> Step:

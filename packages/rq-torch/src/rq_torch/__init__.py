@@ -5,8 +5,9 @@ rq_torch.calibrate(qmodel, loader)
 rq_torch.export_onnx(qmodel, example_inputs, "model_int8.onnx")
 """
 
+from rq_common.pipeline import QuantizeResult
 from rq_torch.calibrate import calibrate, finalize
-from rq_torch.export import ExportResult, export_onnx
+from rq_torch.export import export_onnx
 from rq_torch.modules import (
     Add,
     Cat,
@@ -25,10 +26,10 @@ from rq_torch.transform import quantize_model, quantizer_parameters, weight_para
 __version__ = "0.1.0"
 
 __all__ = [
+    "QuantizeResult",
     "Add",
     "Cat",
     "ConvBn2d",
-    "ExportResult",
     "MatMul",
     "Mode",
     "Mul",

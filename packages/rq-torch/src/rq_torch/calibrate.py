@@ -43,7 +43,9 @@ def _inputs(batch, count: int) -> tuple:
     raise CalibrationDataError(f"a calibration batch is a {type(batch).__name__}; give tensors, tuples of tensors, or dicts")
 
 
-def calibrate(model: fx.GraphModule, data: Iterable, num_batches: int | None = None, quiet: bool = False) -> fx.GraphModule:
+def calibrate(
+    model: fx.GraphModule, data: Iterable, max_calibration_batches: int | None = None, quiet: bool = False
+) -> fx.GraphModule:
     """Run ``data`` (a DataLoader or any iterable of batches) through the model with observers on,
     then give every quantizer its scale. Returns the model, in eval mode, quantizing."""
     plan = _plan(model)
@@ -57,9 +59,11 @@ def calibrate(model: fx.GraphModule, data: Iterable, num_batches: int | None = N
         model.get_submodule(name).mode = Mode.OFF
     model.eval()
     count = 0
-    total = num_batches if num_batches is not None else (len(data) if hasattr(data, "__len__") else None)
+    total = max_calibration_batches if max_calibration_batches is not None else (len(data) if hasattr(data, "__len__") else None)
     with torch.no_grad():
-        for batch in tqdm(itertools.islice(data, num_batches), total=total, desc="calibrating", disable=quiet, file=sys.stderr):
+        for batch in tqdm(
+            itertools.islice(data, max_calibration_batches), total=total, desc="calibrating", disable=quiet, file=sys.stderr
+        ):
             count += 1
             if isinstance(batch, dict):
                 model(**batch)

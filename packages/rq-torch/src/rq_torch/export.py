@@ -11,11 +11,12 @@ import onnx
 import torch
 from torch import fx
 
-from rq_common.format import ExportResult, canonicalize, validate
+from rq_common.format import DEFAULT_OPSET, canonicalize, validate
 from rq_common.io import save_onnx
 from rq_common.optable import facts_for
+from rq_common.pipeline import QuantizeResult
 from rq_common.qmath import QParams
-from rq_torch.calibrate import require_calibrated
+from rq_torch.calibrate import activation_quantizers, require_calibrated
 from rq_torch.quantizer import TensorQuantizer
 from rq_torch.transform import quant_layers
 
@@ -41,7 +42,7 @@ def _bias_qparams(model: fx.GraphModule, exported: onnx.ModelProto) -> dict[str,
     return out
 
 
-def export_onnx(model: fx.GraphModule, example_inputs, path: str | Path, opset: int = 17) -> ExportResult:
+def export_onnx(model: fx.GraphModule, example_inputs, path: str | Path, opset: int = DEFAULT_OPSET) -> QuantizeResult:
     """Write the int8 format of ``model`` (calibrated by rq_torch.calibrate) to ``path``."""
     require_calibrated(model)
     for module in model.modules():
@@ -71,4 +72,15 @@ def export_onnx(model: fx.GraphModule, example_inputs, path: str | Path, opset: 
     result = canonicalize(exported, plan.preset, weight_qparams=_bias_qparams(model, exported))
     violations = validate(result.model, plan.preset, required_ops=() if plan.float_ops else None)
     path = save_onnx(result.model, path)
-    return ExportResult(path, result.model, violations, result.log)
+    return QuantizeResult(
+        path,
+        result.model,
+        plan.preset,
+        quantized_ops=list(plan.quantized_ops),
+        float_ops=list(plan.float_ops),
+        notes=list(getattr(model, "rq_notes", [])),
+        violations=violations,
+        qparams={name: quantizer.qparams() for name, quantizer in activation_quantizers(model).items()},
+        log=result.log,
+        files={"onnx": path},
+    )

@@ -8,7 +8,6 @@ loads with torch.load(weights_only=True); the exporter sees only tensors.
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import NamedTuple
 
 import numpy as np
@@ -16,16 +15,11 @@ import torch
 from torch import nn
 
 from rq_common import Calibrator
+from rq_common.pipeline.mode import Mode
 from rq_common.qmath import QParams
 from rq_common.spec import CalibrationMethod, QuantSpec
 from rq_torch.errors import NotCalibratedError
 from rq_torch.fake_quant import fake_quantize
-
-
-class Mode(Enum):
-    OFF = 0
-    OBSERVE = 1
-    QUANTIZE = 2
 
 
 class _ReadQParams(NamedTuple):

@@ -17,7 +17,7 @@ from torch import fx, nn
 
 from rq_common.calibration import ScaleGroups
 from rq_common.optable import NpuRole, facts_for, has_npu_role
-from rq_common.pipeline.placement import OpNode, follows_from_others, place_quantizers
+from rq_common.pipeline.placement import EXCLUDED, FloatOp, OpNode, follows_from_others, place_quantizers
 from rq_common.qmath import fold_batchnorm
 from rq_common.spec import Preset, get_preset
 from rq_torch.attention import to_plain_forms
@@ -26,13 +26,6 @@ from rq_torch.modules import QUANT_LAYERS, ConvBn2d, QuantLayerMixin, QuantLinea
 from rq_torch.ops import onnx_op
 from rq_torch.quantizer import TensorQuantizer
 from rq_torch.trace import functionalize_inplace, shape_propagate, trace
-
-
-@dataclass(frozen=True)
-class FloatOp:
-    node: str
-    target: str
-    reason: str
 
 
 @dataclass
@@ -44,6 +37,7 @@ class TorchPlan:
     layers: list[str] = field(default_factory=list)
     adds: list[list[str]] = field(default_factory=list)  # per Add: the quantizers of its inputs
     constants: list[tuple[str, str]] = field(default_factory=list)  # (quantizer, buffer) of lifted scalars
+    quantized_ops: list[str] = field(default_factory=list)
     float_ops: list[FloatOp] = field(default_factory=list)
     input_names: list[str] = field(default_factory=list)
 
@@ -101,22 +95,21 @@ def quantize_model(
     preset: str | Preset = "npu_cnn",
     *,
     leaf_modules: Sequence[type[nn.Module]] = (),
-    exclude: Sequence[str] = (),
+    exclude_nodes: Sequence[str] = (),
     learn_scales: bool = False,
     freeze_bn_after: int | None = None,
-    **overrides: Any,
 ) -> fx.GraphModule:
     """A traced copy of ``model`` with quantizers in place (the original is left as it is).
 
     ``example_inputs``: a tensor or a tuple of tensors the model takes. ``leaf_modules``: module
-    types fx must not trace into (they run in float). ``exclude``: node names or module paths to
+    types fx must not trace into (they run in float). ``exclude_nodes``: node names or module paths to
     keep in float. ``freeze_bn_after``: for QAT, keep BatchNorm learning from batch statistics for
     this many training steps, then freeze its statistics (None: fold it now, as PTQ does).
     ``learn_scales``: activation scales become parameters for QAT (LSQ for float
-    presets; TQT's log2 threshold, rounded, for power-of-two presets). ``overrides``: preset fields
-    (``per_channel``, ``activation_method``, ...).
+    presets; TQT's log2 threshold, rounded, for power-of-two presets). ``preset``: a name, or a
+    Preset changed as needed (``get_preset("cpu", per_channel=False)``).
     """
-    preset = get_preset(preset, **overrides)
+    preset = get_preset(preset)
     for kind in ("activation", "weight"):
         check_exportable(getattr(preset, kind), kind)
     example_inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
@@ -131,7 +124,7 @@ def quantize_model(
     plan = TorchPlan(preset, input_names=[n.name for n in gm.graph.nodes if n.op == "placeholder"])
     _lift_scalar_operands(gm, preset, plan)
     shape_propagate(gm, example_inputs)
-    quantized, groups, node_ops = _plan(gm, preset, set(exclude), plan)
+    quantized, groups, node_ops = _plan(gm, preset, set(exclude_nodes), plan)
     quantizer_of = _insert_quantizers(gm, quantized, groups, preset, plan, learn_scales)
     _swap_layers(gm, node_ops, quantizer_of, preset, plan, freeze_bn_after or 0)
     gm.recompile()
@@ -154,9 +147,9 @@ def _warn_float(gm: fx.GraphModule, float_ops: list[FloatOp]) -> None:
             or (node.op == "call_module" and isinstance(gm.get_submodule(node.target), TensorQuantizer))
         ):
             continue
-        if op.reason.startswith("excluded") or follows_from_others(op.reason):
+        if op.reason == EXCLUDED or follows_from_others(op.reason):
             continue
-        warnings.warn(f"rq_torch: '{op.target}' (node {op.node}) stays in float: {op.reason}", stacklevel=3)
+        warnings.warn(f"rq_torch: '{op.op}' (node {op.node}) stays in float: {op.reason}", stacklevel=3)
 
 
 def decompose_gelu(gm: fx.GraphModule) -> None:
@@ -217,7 +210,7 @@ def _plan(gm, preset, exclude, plan) -> tuple[list[fx.Node], ScaleGroups, dict[f
             continue
         ops[node.name], names[node.name] = onnx_op(gm, node), _target_name(node)
         excluded = node.name in exclude or (node.op == "call_module" and node.target in exclude)
-        reason = "excluded (kept in float on request)" if excluded else None
+        reason = EXCLUDED if excluded else None
         if ops[node.name] is None and not excluded:
             reason = f"no quantization rule for {names[node.name]}: runs in float"
         op_nodes.append(OpNode(node.name, ops[node.name], tuple(_tensor_args(node)), (node,), reason))
@@ -228,6 +221,7 @@ def _plan(gm, preset, exclude, plan) -> tuple[list[fx.Node], ScaleGroups, dict[f
             fx.node.map_arg(node.args, outputs.append)
     placement = place_quantizers(op_nodes, inputs, outputs, preset.target.fixed_point_rules)
     plan.float_ops.extend(FloatOp(f.node, names[f.node], f.reason) for f in placement.float_ops)
+    plan.quantized_ops = list(placement.quantized_ops)
     by_name = {n.name: n for n in gm.graph.nodes}
     node_ops = {by_name[name]: ops[name] for name in placement.quantized_ops}
     return placement.quantized, placement.groups, node_ops

@@ -11,14 +11,11 @@ from rq_common.format.builder import (
     replace_initializer_with_quantized,
     replace_initializers_with_quantized,
 )
-from rq_common.format.canonicalize import MIN_OPSET, REWRITES, CanonicalizeResult, canonicalize
+from rq_common.format.canonicalize import DEFAULT_OPSET, MIN_OPSET, REWRITES, CanonicalizeResult, canonicalize
 from rq_common.format.gemm import fuse_matmul_bias
 from rq_common.format.graph import GraphIndex, QdqParams, output_qdq_params, qdq_params
 from rq_common.format.layernorm import fuse_layer_norms
-from rq_common.format.result import ExportResult
 from rq_common.format.validate import CHECKS, Violation, ViolationKind, validate
-
-DEFAULT_OPSET = 17
 
 __all__ = [
     "CHECKS",
@@ -26,7 +23,6 @@ __all__ = [
     "MIN_OPSET",
     "REWRITES",
     "CanonicalizeResult",
-    "ExportResult",
     "GraphIndex",
     "QdqParams",
     "QdqPieces",

@@ -60,6 +60,7 @@ from rq_common.spec.dtypes import QuantDType
 from rq_common.spec.presets import Preset, get_preset
 
 MIN_OPSET = 13
+DEFAULT_OPSET = 17  # what every rq exporter writes and rq-onnx upgrades to (LayerNormalization exists)
 
 
 @dataclass

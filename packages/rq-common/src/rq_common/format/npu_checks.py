@@ -115,7 +115,7 @@ def _fused_activations(ctx: ValidationContext) -> Iterator[Violation]:
         dq = index.producers.get(node.input[0])
         q = index.producers.get(dq.input[0]) if dq is not None and dq.op_type == DEQUANTIZE else None
         source = index.producers.get(q.input[0]) if q is not None and q.op_type == QUANTIZE else None
-        if source is not None and has_npu_role(source.op_type, NpuRole.FUSES_ACTIVATION):
+        if source is not None and has_npu_role(source.op_type, NpuRole.FUSES_ACTIVATION) and source.name not in ctx.float_nodes:
             yield Violation(
                 ViolationKind.NPU_UNFUSED_ACTIVATION,
                 node_label(node),

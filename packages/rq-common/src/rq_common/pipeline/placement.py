@@ -43,6 +43,9 @@ class OpNode:
 
 @dataclass(frozen=True)
 class FloatOp:
+    """An op kept in float: its node, what it is (the ONNX op type, or the framework's call when it
+    exports to none rq covers) and why."""
+
     node: str
     op: str | None
     reason: str
@@ -96,6 +99,7 @@ def place_quantizers(
     return placement
 
 
+EXCLUDED = "excluded by name (kept in float on request)"
 NO_RUNTIME_TENSOR = "it reads or writes no run-time float tensor"
 PASSES_THROUGH = "its input is not quantized, so the values pass through in float"
 

@@ -1,13 +1,14 @@
-"""Bring the default-domain opset to 17 (from 10 or later); older models are rejected."""
+"""Bring the default-domain opset to rq's (DEFAULT_OPSET, 17) from 10 or later; older models are rejected."""
 
 from __future__ import annotations
 
 import onnx
 from onnx import version_converter
 
+from rq_common.format import DEFAULT_OPSET
 from rq_onnx.errors import ModelLoadError
 
-TARGET_OPSET = 17
+TARGET_OPSET = DEFAULT_OPSET
 OLDEST_OPSET = 10
 
 
