@@ -11,6 +11,7 @@ import onnx
 
 from rq_common.errors import RqError, run_command
 from rq_common.format import validate
+from rq_common.format.builder import DEQUANTIZED
 from rq_common.report import QuantReport
 from rq_common.spec import ALIASES, PRESETS, CalibrationMethod
 from rq_onnx.api import quantize_static
@@ -81,7 +82,7 @@ def cmd_compare(args) -> int:
     # the int8 model's dequantized copy of a float tensor T is named T_dequantized (rq's builders)
     float_tensors = {o for n in float_model.graph.node for o in n.output} | {i.name for i in float_model.graph.input}
     dequantized = sorted({n.output[0] for n in int8_model.graph.node if n.op_type == "DequantizeLinear"})
-    suffix = "_dequantized"
+    suffix = DEQUANTIZED
     pairs = [(t, t) for t in common] + [
         (t[: -len(suffix)], t) for t in dequantized if t.endswith(suffix) and t[: -len(suffix)] in float_tensors
     ]

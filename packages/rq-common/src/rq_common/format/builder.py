@@ -17,6 +17,8 @@ from rq_common.format.graph import DEQUANTIZE, QUANTIZE, GraphIndex
 from rq_common.qmath.qparams import QParams
 from rq_common.qmath.reference import quantize
 
+DEQUANTIZED = "_dequantized"  # the DequantizeLinear output of tensor T is T_dequantized (rq-onnx compare pairs them)
+
 
 @dataclass
 class QdqPieces:
@@ -65,7 +67,7 @@ def make_qdq(tensor: str, qparams: QParams, prefix: str | None = None, output: s
     prefix = prefix or tensor
     scale, zero_point = f"{prefix}_scale", f"{prefix}_zero_point"
     quantized = f"{prefix}_quantized"
-    output = output or f"{prefix}_dequantized"
+    output = output or f"{prefix}{DEQUANTIZED}"
     attrs = _axis_attrs(qparams)
     return QdqPieces(
         nodes=[
@@ -81,7 +83,7 @@ def make_quantized_constant(name: str, values: np.ndarray, qparams: QParams, out
     """An integer initializer ``<name>_quantized`` feeding one DequantizeLinear (weights, bias)."""
     values = np.asarray(values)
     q = quantize(values, qparams)
-    output = output or f"{name}_dequantized"
+    output = output or f"{name}{DEQUANTIZED}"
     attrs = _axis_attrs(qparams, values.ndim)
     quantized = f"{name}_quantized"
     return QdqPieces(

@@ -69,6 +69,7 @@ class CanonicalizeContext:
     preset: Preset
     weight_qparams: Mapping[str, QParams]
     log: list[str] = field(default_factory=list)
+    claim_weights: Callable[[onnx.ModelProto], Mapping[str, QParams]] | None = None
 
     def index(self) -> GraphIndex:
         return GraphIndex(self.model)
@@ -92,17 +93,20 @@ class CanonicalizeResult:
 def canonicalize(
     model: onnx.ModelProto,
     preset: Preset | str,
-    weight_qparams: Mapping[str, QParams] | None = None,
+    weight_qparams: Mapping[str, QParams] | Callable[[onnx.ModelProto], Mapping[str, QParams]] | None = None,
 ) -> CanonicalizeResult:
     """A copy of ``model`` in the int8 format of ``preset``, and a log of what was rewritten.
 
     ``weight_qparams`` maps float initializer names to the QParams a framework quantized them
-    with, for exporters that fold fake-quantized weights into float constants.
+    with, for exporters that fold fake-quantized weights into float constants; or it is a function
+    that finds them in the model once its MatMul + bias pairs are Gemms (the fusion's first rewrite;
+    exporters that claim bias constants by their Gemm slot need it, and it runs only here).
     """
     preset = get_preset(preset)
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    ctx = CanonicalizeContext(out, preset, dict(weight_qparams or {}))
+    claim = weight_qparams if callable(weight_qparams) else None
+    ctx = CanonicalizeContext(out, preset, {} if claim else dict(weight_qparams or {}), claim_weights=claim)
     opset = ctx.index().opset
     if opset < MIN_OPSET:
         raise FormatError(
@@ -117,6 +121,8 @@ def canonicalize(
 @rewrite
 def fuse_matmul_bias_into_gemm(ctx: CanonicalizeContext) -> None:
     ctx.log.extend(fuse_matmul_bias(ctx.model))
+    if ctx.claim_weights is not None:
+        ctx.weight_qparams = dict(ctx.claim_weights(ctx.model))
 
 
 @rewrite

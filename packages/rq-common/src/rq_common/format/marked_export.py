@@ -2,8 +2,8 @@
 
 Both packages export with tf2onnx after putting markers in the names of what their quantizers and
 weighted ops emit (rq_common.format.markers). What follows the conversion is the same for both:
-stable names, the exact Q/DQ parameters, MatMul + bias as Gemm, the canonicalizer with the exact
-weight QParams, short names, and the validator.
+stable names, the exact Q/DQ parameters, the canonicalizer (MatMul + bias as Gemm, then the exact
+weight QParams), short names, and the validator.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping
 import onnx
 
 from rq_common.format.canonicalize import CanonicalizeResult, canonicalize
-from rq_common.format.gemm import fuse_matmul_bias
 from rq_common.format.graph import order_nodes_from_outputs
 from rq_common.format.markers import (
     LayerParams,
@@ -59,8 +58,8 @@ def finish_marked_export(
     rewrite(model)
     del model.graph.value_info[:]  # tensor types changed (uint8 -> the preset's); inferred again
     model = onnx.shape_inference.infer_shapes(model)
-    fuse_matmul_bias(model)  # before the constants are claimed: the bias goes to the Gemm's bias slot
-    result = canonicalize(model, preset, weight_qparams=marked_constant_qparams(model, layers))
+    # the constants are claimed once the canonicalizer has made MatMul + bias a Gemm (bias slot)
+    result = canonicalize(model, preset, weight_qparams=lambda fused: marked_constant_qparams(fused, layers))
     float_nodes = [n.name for n in result.model.graph.node if is_float_node(n.name)]
     renamed = shorten_names(result.model, drop=not_a_layer)
     name_constants_by_first_reader(result.model)
