@@ -129,7 +129,7 @@ def _rq_onnx(entry, model: onnx.ModelProto, calibration: Samples, preset: str, o
     if not float_path.exists():
         entry.export_float(model, float_path)
     result = quantize_static(float_path, out, SampleReader(calibration, input_names(float_path)), preset=preset, quiet=True)
-    return _summary(result.violations, result.notes, result.float_ops)
+    return _summary(result)
 
 
 def _rq_torch(entry, model, calibration: Samples, preset: str, out: Path, work: Path) -> dict:
@@ -139,7 +139,7 @@ def _rq_torch(entry, model, calibration: Samples, preset: str, out: Path, work: 
     qmodel = rq_torch.quantize_model(model, example, preset=preset)
     rq_torch.calibrate(qmodel, [entry.torch_inputs(s) for s in calibration.inputs], quiet=True)
     result = rq_torch.export_onnx(qmodel, example, out)
-    return _summary(result.violations, qmodel.rq_notes, qmodel.rq_plan.float_ops)
+    return _summary(result)
 
 
 def _rq_tf2(entry, model, calibration: Samples, preset: str, out: Path, work: Path) -> dict:
@@ -148,7 +148,7 @@ def _rq_tf2(entry, model, calibration: Samples, preset: str, out: Path, work: Pa
     batches = [s if len(s) > 1 else s[0] for s in calibration.inputs]
     qmodel = rq_tf2.quantize_model(model, preset=preset, calib_dataset=batches, quiet=True)
     result = rq_tf2.export_onnx(qmodel, out)
-    return _summary(result.violations, qmodel.rq_notes, qmodel.rq_float_ops)
+    return _summary(result)
 
 
 def _rq_tf1(entry, graph: FrozenGraph, calibration: Samples, preset: str, out: Path, work: Path) -> dict:
@@ -169,15 +169,15 @@ def _rq_tf1(entry, graph: FrozenGraph, calibration: Samples, preset: str, out: P
         quiet=True,
     )
     shutil.copyfile(result.path, out)
-    return _summary(result.violations, result.notes, result.float_ops)
+    return _summary(result)
 
 
-def _summary(violations, notes, float_ops) -> dict:
-    """What a quantizer reported, as JSON: every package's FloatOp has the node and the reason."""
+def _summary(result) -> dict:
+    """What a quantizer reported (every package returns rq_common.pipeline.QuantizeResult), as JSON."""
     return {
-        "violations": [str(v) for v in violations],
-        "notes": [str(n) for n in notes],
-        "float_ops": [f"{op.node}: {op.reason}" for op in float_ops],
+        "violations": [str(v) for v in result.violations],
+        "notes": [str(n) for n in result.notes],
+        "float_ops": [f"{op.node}: {op.reason}" for op in result.float_ops],
     }
 
 
@@ -216,4 +216,4 @@ def ort_quantize(float_path: Path, calibration: Samples, out: Path) -> dict:
     finally:
         os.chdir(here)
         shutil.rmtree(scratch, ignore_errors=True)
-    return _summary([], [], [])
+    return {"violations": [], "notes": [], "float_ops": []}  # ORT reports none of these

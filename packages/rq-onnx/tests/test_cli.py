@@ -87,6 +87,23 @@ def test_errors_are_one_line_and_exit_2(files, capsys):
     assert not (files / "o.onnx").exists()
 
 
+def test_ctrl_c_and_os_errors_are_one_line_and_write_nothing(files, capsys, monkeypatch):
+    args = ["quantize", str(files / "float.onnx"), str(files / "o.onnx"), "--calib-data", str(files / "calib.npz"), "--quiet"]
+    # the output folder is a file: the OSError comes when the model is saved, after calibration
+    blocked = ["quantize", str(files / "float.onnx"), str(files / "calib.npz" / "o.onnx"), *args[3:]]
+    assert main(blocked) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rq-onnx: error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("rq_onnx.api.calibrate", interrupted)
+    assert main(args) == 130
+    assert capsys.readouterr().err.strip() == "rq-onnx: interrupted; nothing was written"
+    assert not (files / "o.onnx").exists()
+
+
 def test_same_inputs_give_byte_identical_files(files):
     for name in ("a.onnx", "b.onnx"):
         assert (

@@ -21,6 +21,11 @@ INPUT_FN = textwrap.dedent(
 
     def wrong_keys(iteration):
         return {"images": np.zeros((4, 16, 16, 3), np.float32)}
+
+    def interrupted(iteration):
+        if iteration == 2:
+            raise KeyboardInterrupt
+        return input_fn(iteration)
     """
 )
 
@@ -114,6 +119,14 @@ def test_bad_input_is_one_line_and_no_output_directory(setup, capsys, changes, m
     assert err.startswith("rq-tf1: error:") and re.search(message, err), err
     assert not (tmp / "out").exists()
     assert not [p for p in tmp.iterdir() if p.name.startswith(".out-")]  # no staging left behind
+
+
+def test_ctrl_c_during_calibration_is_one_line_exit_130_and_nothing_written(setup, capsys):
+    graph, tmp = setup
+    assert main(quantize_args(graph, tmp / "out", **{"--input_fn": "calib_data.interrupted"})) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "rq-tf1: interrupted; nothing was written"
+    assert not (tmp / "out").exists()
 
 
 def test_graph_that_is_not_frozen_or_not_a_graph(tmp_path, capsys):

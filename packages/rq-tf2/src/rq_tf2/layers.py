@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from rq_common import Calibrator
+from rq_common import pipeline
 from rq_common.qmath import QParams, bias_qparams
 from rq_common.spec import BiasScaleRule, CalibrationMethod, Preset, preset_from_config, preset_to_config
 from rq_tf2.fake_quant import fake_quantize, is_exporting
@@ -161,7 +161,8 @@ class QuantWeightedMixin:
         def derive(kernel_np, bias_np, input_scale, step, scale, zero_point, bias_scale):
             if self.preset.weight_method not in MINMAX_METHODS and int(step) % HISTOGRAM_REFRESH_STEPS:
                 return scale, zero_point, bias_scale
-            qp = _weight_qparams(kernel_np, self.weight_spec, self.preset.weight_method)
+            spec = self.weight_spec
+            qp = pipeline.weight_qparams(kernel_np, spec.axis if spec.per_channel else None, self.preset, self.name)
             scale = np.asarray(qp.scale, np.float32).reshape(scale.shape)
             zero_point = np.asarray(qp.zero_point, np.float32).reshape(zero_point.shape)
             if bias_np.size and self.preset.bias_rule is BiasScaleRule.PRODUCT:
@@ -255,12 +256,6 @@ class QuantWeightedMixin:
             "batchnorm": self.batchnorm,
             "freeze_bn_after": self.freeze_bn_after,
         }
-
-
-def _weight_qparams(kernel: np.ndarray, spec, method) -> QParams:
-    calibrator = Calibrator(spec, method, name="kernel")
-    calibrator.update(np.asarray(kernel, np.float32))
-    return calibrator.qparams()
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rq_common import pipeline
 from rq_common.qmath import QParams, bias_qparams, compute_qparams
 from rq_common.spec import BiasScaleRule, CalibrationMethod, Granularity, Preset
 from rq_torch.fake_quant import check_exportable, quantize_dequantize_wide
@@ -34,6 +35,7 @@ class QuantLayerMixin:
             spec = spec.replace(axis=self.weight_axis)
         check_exportable(spec, "weight")
         self.layer_name = name
+        self.preset = preset
         self.qat_steps = 0
         self.weight_quantizer = TensorQuantizer(
             spec,
@@ -73,11 +75,13 @@ class QuantLayerMixin:
         return self.bias
 
     def weight_qparams(self) -> QParams:
-        """Re-derive the weight's QParams from the current weights (rq_common decides)."""
+        """Re-derive the weight's QParams from the current weights, by the one rule every package
+        uses (rq_common.pipeline.weight_qparams), and hold them."""
         q = self.weight_quantizer
-        q.reset()
-        q.observe(self.float_weight())
-        return q.finalize()
+        values = self.float_weight().detach().to(torch.float32).cpu().numpy()
+        qparams = pipeline.weight_qparams(values, q.spec.axis if q.spec.per_channel else None, self.preset, q.tensor_name)
+        q.set_qparams(qparams)
+        return qparams
 
     def bias_qparams(self) -> QParams | None:
         bias = self.float_bias()
