@@ -51,6 +51,7 @@ from rq_common.format.graph import (
     constant_role,
     node_label,
     qdq_params,
+    remove_unused_initializers,
 )
 from rq_common.optable import Role, facts_for
 from rq_common.qmath.bias import bias_qparams
@@ -442,12 +443,7 @@ def _remove_unused(ctx: CanonicalizeContext) -> None:
             break
         for n in dead:
             graph.node.remove(n)
-    index = ctx.index()
-    used = set(index.consumers) | index.graph_outputs
-    keep = [t for t in graph.initializer if t.name in used]
-    if len(keep) != len(graph.initializer):
-        del graph.initializer[:]
-        graph.initializer.extend(keep)
+    remove_unused_initializers(graph)
 
 
 __all__ = ["REWRITES", "CanonicalizeResult", "QdqParams", "canonicalize"]

@@ -80,6 +80,43 @@ class GraphIndex:
         return self.consumers.get(name, [])
 
 
+# -- in-place edits (an index made before an edit is stale after it: make a new one) --------------
+def set_initializer(graph: onnx.GraphProto, name: str, value: np.ndarray) -> None:
+    """Add the initializer ``name``, or replace its value."""
+    tensor = numpy_helper.from_array(np.asarray(value), name)
+    for existing in graph.initializer:
+        if existing.name == name:
+            existing.CopyFrom(tensor)
+            return
+    graph.initializer.append(tensor)
+
+
+def rename_reads(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Every node that reads ``old`` reads ``new`` instead."""
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
+
+
+def remove_unused_initializers(graph: onnx.GraphProto) -> None:
+    """Initializers nothing reads go (the graph's inputs stay as they are)."""
+    used = {x for n in graph.node for x in n.input} | {o.name for o in graph.output}
+    keep = [t for t in graph.initializer if t.name in used]
+    if len(keep) != len(graph.initializer):
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
+
+
+def unique_name(graph: onnx.GraphProto, base: str) -> str:
+    """``base``, or ``base_<n>`` when a tensor of the graph already has that name."""
+    taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output} | {v.name for v in graph.input}
+    name, i = base, 1
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    return name
+
+
 def node_label(node: onnx.NodeProto) -> str:
     return node.name or f"<{node.op_type} -> {node.output[0] if node.output else '?'}>"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx
 
-from rq_onnx.prepare.graph_edit import graph_output_names, remove_unused_initializers, rename_tensor_reads
+from rq_common.format.graph import GraphIndex, remove_unused_initializers, rename_reads
 
 # inference forms that pass input 0 through unchanged
 PASS_THROUGH_AT_INFERENCE = frozenset({"Identity", "Dropout"})
@@ -12,14 +12,14 @@ PASS_THROUGH_AT_INFERENCE = frozenset({"Identity", "Dropout"})
 
 def remove_training_nodes(model: onnx.ModelProto, notes: list[str]) -> None:
     graph = model.graph
-    outputs = graph_output_names(graph)
+    index = GraphIndex(model)  # its readers of a mask output stay right: only pass-through nodes go
     removed = []
     for node in list(graph.node):
-        if node.op_type not in PASS_THROUGH_AT_INFERENCE or node.output[0] in outputs:
+        if node.op_type not in PASS_THROUGH_AT_INFERENCE or node.output[0] in index.graph_outputs:
             continue
-        if any(o and o != node.output[0] and _is_read(graph, o) for o in node.output):
+        if any(o and o != node.output[0] and index.consumers_of(o) for o in node.output):
             continue  # a Dropout mask someone reads: leave it
-        rename_tensor_reads(graph, node.output[0], node.input[0])
+        rename_reads(graph, node.output[0], node.input[0])
         graph.node.remove(node)
         removed.append(node.op_type)
     if removed:
@@ -27,14 +27,10 @@ def remove_training_nodes(model: onnx.ModelProto, notes: list[str]) -> None:
     remove_dead_nodes(model)
 
 
-def _is_read(graph: onnx.GraphProto, name: str) -> bool:
-    return any(name in n.input for n in graph.node)
-
-
 def remove_dead_nodes(model: onnx.ModelProto) -> None:
     """Drop nodes none of whose outputs reach a graph output, then unused initializers."""
     graph = model.graph
-    needed = graph_output_names(graph)
+    needed = {o.name for o in graph.output}
     keep = []
     for node in reversed(graph.node):
         if any(o in needed for o in node.output):

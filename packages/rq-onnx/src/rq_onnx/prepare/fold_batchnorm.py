@@ -9,14 +9,14 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from rq_common.format.graph import GraphIndex, set_initializer, unique_name
 from rq_common.qmath import fold_batchnorm as fold_batchnorm_arrays
 from rq_common.qmath import fold_scale_shift
-from rq_onnx.prepare.graph_edit import constant_value, consumers, graph_output_names, set_initializer, unique_name
 
 
-def _bn_params(graph: onnx.GraphProto, bn: onnx.NodeProto) -> tuple[list[np.ndarray], float] | None:
+def _bn_params(index: GraphIndex, bn: onnx.NodeProto) -> tuple[list[np.ndarray], float] | None:
     """([gamma, beta, mean, var], epsilon) when all are constants."""
-    values = [constant_value(graph, name) for name in bn.input[1:5]]
+    values = [index.constant(name) for name in bn.input[1:5]]
     if any(v is None for v in values):
         return None
     return values, next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
@@ -33,11 +33,12 @@ def fold_batchnorm(model: onnx.ModelProto, notes: list[str], lone_to_depthwise: 
     for bn in list(graph.node):
         if not _is_inference_bn(bn):
             continue
-        params = _bn_params(graph, bn)
+        index = GraphIndex(model)  # again for each BatchNorm: every fold edits the graph
+        params = _bn_params(index, bn)
         if params is None:
             continue
-        producer = next((n for n in graph.node if bn.input[0] in n.output), None)
-        if producer is not None and _fold_into_conv(graph, producer, bn, *params):
+        producer = index.producers.get(bn.input[0])
+        if producer is not None and _fold_into_conv(index, producer, bn, *params):
             folded += 1
         elif lone_to_depthwise and _to_depthwise_conv(graph, bn, *params):
             converted += 1
@@ -47,21 +48,21 @@ def fold_batchnorm(model: onnx.ModelProto, notes: list[str], lone_to_depthwise: 
         notes.append(f"turned {converted} lone BatchNormalization node(s) into depthwise 1x1 Conv for the NPU")
 
 
-def _fold_into_conv(graph, conv, bn, bn_values, eps) -> bool:
-    if conv.op_type != "Conv" or len(consumers(graph, conv.output[0])) != 1 or conv.output[0] in graph_output_names(graph):
+def _fold_into_conv(index: GraphIndex, conv, bn, bn_values, eps) -> bool:
+    if conv.op_type != "Conv" or len(index.consumers_of(conv.output[0])) != 1 or conv.output[0] in index.graph_outputs:
         return False
-    constants = _conv_constants(graph, conv)
+    constants = _conv_constants(index, conv)
     if constants is None:
         return False
-    _absorb(graph, conv, bn, *fold_batchnorm_arrays(*constants, *bn_values, eps), "bn")
+    _absorb(index.model.graph, conv, bn, *fold_batchnorm_arrays(*constants, *bn_values, eps), "bn")
     return True
 
 
-def _conv_constants(graph, conv) -> tuple[np.ndarray, np.ndarray | None] | None:
+def _conv_constants(index: GraphIndex, conv) -> tuple[np.ndarray, np.ndarray | None] | None:
     """The Conv's constant weight and bias (None for no bias); None when either is not constant."""
-    weight = constant_value(graph, conv.input[1])
+    weight = index.constant(conv.input[1])
     has_bias = len(conv.input) > 2 and conv.input[2]
-    bias = constant_value(graph, conv.input[2]) if has_bias else None
+    bias = index.constant(conv.input[2]) if has_bias else None
     if weight is None or (has_bias and bias is None):
         return None
     return weight, bias
@@ -108,30 +109,29 @@ def fold_scale_shift_into_conv(model: onnx.ModelProto, notes: list[str]) -> None
     """Conv -> Mul(per-channel constant) / Add(per-channel constant): folded into the Conv's weight
     and bias. This is how TensorFlow writes a Keras BatchNormalization it did not fuse (after a
     depthwise conv), and what tf2onnx leaves of it."""
-    graph = model.graph
     folded = 0
-    while _fold_one_scale_shift(graph):
+    while _fold_one_scale_shift(GraphIndex(model)):
         folded += 1
     if folded:
         notes.append(f"folded {folded} per-channel Mul/Add node(s) (BatchNorm written out) into the preceding Conv")
 
 
-def _fold_one_scale_shift(graph: onnx.GraphProto) -> bool:
-    for conv in graph.node:
-        if conv.op_type != "Conv" or conv.output[0] in graph_output_names(graph):
+def _fold_one_scale_shift(index: GraphIndex) -> bool:
+    for conv in index.model.graph.node:
+        if conv.op_type != "Conv" or conv.output[0] in index.graph_outputs:
             continue
-        readers = [node for node, _ in consumers(graph, conv.output[0])]
-        constants = _conv_constants(graph, conv)
+        readers = [node for node, _ in index.consumers_of(conv.output[0])]
+        constants = _conv_constants(index, conv)
         if len(readers) != 1 or readers[0].op_type not in ("Mul", "Add") or constants is None:
             continue
         op = readers[0]
         weight, bias = constants
         other = op.input[1] if op.input[0] == conv.output[0] else op.input[0]
-        per_channel = _per_output_channel(constant_value(graph, other), weight.shape[0], weight.ndim)
+        per_channel = _per_output_channel(index.constant(other), weight.shape[0], weight.ndim)
         if per_channel is None:
             continue
         scale, shift = (per_channel, 0.0) if op.op_type == "Mul" else (1.0, per_channel)
-        _absorb(graph, conv, op, *fold_scale_shift(weight, bias, scale, shift), op.op_type.lower())
+        _absorb(index.model.graph, conv, op, *fold_scale_shift(weight, bias, scale, shift), op.op_type.lower())
         return True
     return False
 

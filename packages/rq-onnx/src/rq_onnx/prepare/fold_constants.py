@@ -7,8 +7,6 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from rq_onnx.prepare.graph_edit import graph_output_names, initializer_map
-
 NOT_FOLDED = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"})
 
 
@@ -29,10 +27,10 @@ def _single_node_model(model: onnx.ModelProto, node: onnx.NodeProto, inputs: lis
 def fold_constants(model: onnx.ModelProto, notes: list[str]) -> None:
     constants_to_initializers(model)
     graph = model.graph
-    outputs = graph_output_names(graph)
+    outputs = {o.name for o in graph.output}
     folded = 0
     for node in list(graph.node):
-        known = initializer_map(graph)
+        known = {t.name: t for t in graph.initializer}
         if (
             node.domain not in ("", "ai.onnx")
             or node.op_type in NOT_FOLDED
