@@ -65,16 +65,16 @@ def test_wrong_shape(tmp_path, model_path):
     expect_error(tmp_path, CalibrationReaderError, "has shape", model_path, ArrayReader("input", data()[:, :, :8]))
 
 
-def test_opset_below_10(tmp_path):
+def test_opset_below_7(tmp_path):
     graph = helper.make_graph(
         [helper.make_node("Relu", ["x"], ["y"])],
         "old",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
     )
-    old = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+    old = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 6)], ir_version=3)
     expect_error(
-        tmp_path, ModelLoadError, "opset 9; rq-onnx reads opset 10 and later", old, ArrayReader("x", np.ones((2, 4), np.float32))
+        tmp_path, ModelLoadError, "opset 6; rq-onnx reads opset 7 and later", old, ArrayReader("x", np.ones((2, 4), np.float32))
     )
 
 

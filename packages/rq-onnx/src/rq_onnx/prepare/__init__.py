@@ -8,7 +8,7 @@ from rq_common.format import fuse_layer_norms, fuse_matmul_bias
 from rq_common.qmath.npu_rules import is_leaky_alpha_exact, round_leaky_alpha
 from rq_common.spec import Preset
 from rq_onnx.errors import ModelLoadError
-from rq_onnx.prepare.cleanup import remove_dead_nodes, remove_training_nodes
+from rq_onnx.prepare.cleanup import initializers_out_of_inputs, remove_dead_nodes, remove_training_nodes
 from rq_onnx.prepare.fold_batchnorm import fold_batchnorm, fold_scale_shift_into_conv
 from rq_onnx.prepare.fold_constants import fold_constants
 from rq_onnx.prepare.load import load_model
@@ -55,6 +55,7 @@ def prepare_model(model: onnx.ModelProto, preset: Preset, notes: list[str]) -> o
     written-out LayerNormalization and MatMul + bias fused."""
     reject_quantized(model)
     model = upgrade_opset(model, notes)
+    initializers_out_of_inputs(model, notes)
     remove_training_nodes(model, notes)
     fold_constants(model, notes)
     model = infer_shapes(model)

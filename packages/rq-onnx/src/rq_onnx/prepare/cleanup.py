@@ -40,3 +40,16 @@ def remove_dead_nodes(model: onnx.ModelProto) -> None:
         del graph.node[:]
         graph.node.extend(reversed(keep))
     remove_unused_initializers(graph)
+
+
+def initializers_out_of_inputs(model: onnx.ModelProto, notes: list[str]) -> None:
+    """Old exporters (IR version < 4) also list every initializer as a graph input; such an input
+    is a weight a caller could override, so ONNX Runtime cannot treat it as a constant. The
+    quantized model replaces those weights, so the inputs go."""
+    graph = model.graph
+    initializers = {t.name for t in graph.initializer}
+    inputs = [v for v in graph.input if v.name not in initializers]
+    if len(inputs) != len(graph.input):
+        notes.append(f"{len(graph.input) - len(inputs)} initializer(s) were also graph inputs: now constants only")
+        del graph.input[:]
+        graph.input.extend(inputs)

@@ -1,4 +1,9 @@
-"""Bring the default-domain opset to rq's (DEFAULT_OPSET, 17) from 10 or later; older models are rejected."""
+"""Bring the default-domain opset to rq's (DEFAULT_OPSET, 17) with onnx's version converter.
+
+The classic ONNX Model Zoo CNNs are opset 7 to 9; the converter upgrades them with the same outputs
+(Upsample becomes Resize, BatchNormalization loses its spatial attribute). Older opsets predate
+the ops' current forms and are refused, as is anything the converter cannot convert.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from rq_common.format import DEFAULT_OPSET
 from rq_onnx.errors import ModelLoadError
 
 TARGET_OPSET = DEFAULT_OPSET
-OLDEST_OPSET = 10
+OLDEST_OPSET = 7
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -27,9 +32,14 @@ def upgrade_opset(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
         )
     try:
         converted = version_converter.convert_version(model, TARGET_OPSET)
-    except Exception as error:  # the converter raises bare RuntimeErrors from C++
+    except Exception as error:  # the converter raises bare RuntimeErrors from C++, naming the op
+        reason = " ".join(str(error).split())
         raise ModelLoadError(
-            f"could not convert the model from opset {opset} to {TARGET_OPSET}: {error}; re-export it with opset {TARGET_OPSET}"
+            f"onnx's version converter cannot bring the model from opset {opset} to {TARGET_OPSET} ({reason}); "
+            f"re-export it with opset {TARGET_OPSET}"
         ) from None
+    # the converter keeps the IR version, and opset 17 needs a newer one than an opset-7 model has
+    needed = onnx.helper.find_min_ir_version_for(list(converted.opset_import), ignore_unknown=True)
+    converted.ir_version = max(converted.ir_version, needed)
     notes.append(f"opset upgraded from {opset} to {TARGET_OPSET}")
     return converted
