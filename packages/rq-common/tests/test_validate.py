@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from rq_common.format import ViolationKind, validate
 
@@ -37,11 +37,44 @@ def test_opset_too_low(rng):
     assert [v.kind for v in violations] == [ViolationKind.OPSET_TOO_LOW]
 
 
-def test_non_float_io(rng):
+def test_quantized_integers_at_the_graph_boundary(rng):
     model, _ = quantized_conv_model(rng, "cpu")
-    model.graph.output.append(helper.make_tensor_value_info("y_quantized", TensorProto.UINT8, [1, 4, 8, 8]))
+    quantized_output = next(n.output[0] for n in model.graph.node if n.op_type == "QuantizeLinear")
+    model.graph.output.append(helper.make_tensor_value_info(quantized_output, TensorProto.UINT8, None))
     violations = [v for v in validate(model, "cpu") if v.kind is ViolationKind.NON_FLOAT_IO]
-    assert [v.tensor for v in violations] == ["y_quantized"]
+    assert [v.tensor for v in violations] == [quantized_output]
+
+
+def test_integer_inputs_and_outputs_of_the_float_model_are_legal():
+    """A text model's token ids (int64) in, and an argmax (int64) out, around a quantized MatMul."""
+    from rq_common.format import make_qdq, make_quantized_constant
+    from rq_common.qmath import compute_qparams
+    from rq_common.spec import get_preset
+
+    preset = get_preset("cpu")
+    table = np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32)
+    weight = np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32)
+    act = compute_qparams(np.float64(-3), np.float64(3), preset.activation)
+    w_spec = preset.weight.replace(granularity="per_tensor", axis=None)
+    w = make_quantized_constant("w", weight, compute_qparams(np.float64(weight.min()), np.float64(weight.max()), w_spec))
+    qdq = make_qdq("embedded", act)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["table", "ids"], ["embedded"]),
+            *qdq.nodes,
+            *w.nodes,
+            helper.make_node("MatMul", [qdq.output, w.output], ["logits"]),
+            helper.make_node("ArgMax", ["logits"], ["best"], axis=-1, keepdims=0),
+        ],
+        "text",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [2, 5])],
+        [helper.make_tensor_value_info("best", TensorProto.INT64, [2, 5])],
+        [numpy_helper.from_array(table, "table"), *qdq.initializers, *w.initializers],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert ViolationKind.NON_FLOAT_IO not in kinds(model, "cpu")
+    (best,) = run_ort(model, {"ids": np.arange(10).reshape(2, 5)})
+    assert best.shape == (2, 5)
 
 
 def test_missing_qdq_on_activation_input(rng):

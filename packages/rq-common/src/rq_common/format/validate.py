@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto
 
 from rq_common.format.canonicalize import MIN_OPSET
 from rq_common.format.graph import DEQUANTIZE, QUANTIZE, GraphIndex, QdqParams, constant_role, node_label, qdq_params
@@ -122,25 +121,28 @@ def _opset(ctx: ValidationContext) -> Iterator[Violation]:
         yield Violation(ViolationKind.OPSET_TOO_LOW, "<model>", "", f"opset {ctx.index.opset} < {MIN_OPSET}; upgrade to 17")
 
 
-_FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
-
-
 @check
 def _float_io(ctx: ValidationContext) -> Iterator[Violation]:
-    graph = ctx.model.graph
-    initializers = set(ctx.index.initializers)
-    for kind, values in (("input", graph.input), ("output", graph.output)):
-        for value in values:
-            if value.name in initializers:
-                continue
-            elem_type = value.type.tensor_type.elem_type
-            if elem_type not in _FLOAT_TYPES:
-                yield Violation(
-                    ViolationKind.NON_FLOAT_IO,
-                    f"<graph {kind}>",
-                    value.name,
-                    f"graph {kind} has type {TensorProto.DataType.Name(elem_type)}; graph inputs and outputs stay float",
-                )
+    """Quantized integers do not cross the graph's boundary: no graph input is read by a
+    DequantizeLinear and no graph output is written by a QuantizeLinear. Inputs and outputs of
+    other types (token ids, byte images, masks) are the float model's own and stay as they are."""
+    index = ctx.index
+    for value in ctx.model.graph.input:
+        if value.name not in index.initializers and any(r.op_type == DEQUANTIZE for r, _ in index.consumers_of(value.name)):
+            yield Violation(
+                ViolationKind.NON_FLOAT_IO,
+                "<graph input>",
+                value.name,
+                "graph input is read by a DequantizeLinear; the int8 model takes the float model's inputs",
+            )
+    for value in ctx.model.graph.output:
+        if index.producer_op(value.name) == QUANTIZE:
+            yield Violation(
+                ViolationKind.NON_FLOAT_IO,
+                "<graph output>",
+                value.name,
+                "graph output is written by a QuantizeLinear; the int8 model gives the float model's outputs",
+            )
 
 
 def _tensor_roles(ctx: ValidationContext) -> Iterator[tuple[onnx.NodeProto, str, QdqParams]]:
