@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
@@ -133,28 +134,27 @@ def quantize_model(
     return gm
 
 
-FLOAT_BY_DESIGN = "rq_float_by_design"  # node.meta key: rq-torch itself wrote this op to run in float
-
-
 def _warn_float(gm: fx.GraphModule, float_ops: list[FloatOp]) -> None:
-    """Name every op that runs in float, but for those kept on request, pass-through ops, the
-    lifted constants' own quantizers and the ops rq-torch writes in float on purpose."""
+    """Name every op that runs in float, but for those kept on request, pass-through ops and the
+    lifted constants' own quantizers."""
     nodes = {node.name: node for node in gm.graph.nodes}
     for op in float_ops:
         node = nodes.get(op.node)
-        if node is not None and (
-            node.meta.get(FLOAT_BY_DESIGN)
-            or (node.op == "call_module" and isinstance(gm.get_submodule(node.target), TensorQuantizer))
-        ):
+        if node is not None and node.op == "call_module" and isinstance(gm.get_submodule(node.target), TensorQuantizer):
             continue
         if op.reason == EXCLUDED or follows_from_others(op.reason):
             continue
         warnings.warn(f"rq_torch: '{op.op}' (node {op.node}) stays in float: {op.reason}", stacklevel=3)
 
 
+INVERSE_SQRT2 = float(np.float32(1.0 / np.float64(np.float32(math.sqrt(2.0)))))
+
+
 def decompose_gelu(gm: fx.GraphModule) -> None:
     """GELU as the ops the ONNX exporter writes at opset 17 (x * 0.5 * (1 + erf(x / sqrt 2))), so
-    each gets its quantizer where rq-onnx puts one on the same decomposition."""
+    each gets its quantizer where rq-onnx puts one on the same decomposition. The division is a
+    multiplication by the reciprocal, computed as rq-onnx computes it from the exported float32
+    sqrt(2) (rq_common.format.divisions_to_multiplications), so both quantize the same constant."""
     for node in list(gm.graph.nodes):
         module = gm.get_submodule(node.target) if node.op == "call_module" else None
         is_gelu = isinstance(module, nn.GELU) and module.approximate == "none"
@@ -165,8 +165,7 @@ def decompose_gelu(gm: fx.GraphModule) -> None:
             continue
         x = node.args[0]
         with gm.graph.inserting_before(node):
-            scaled = gm.graph.call_function(operator.truediv, (x, math.sqrt(2.0)))
-            scaled.meta[FLOAT_BY_DESIGN] = True  # x / sqrt(2) feeds Erf in float, as in rq-onnx
+            scaled = gm.graph.call_function(operator.mul, (x, INVERSE_SQRT2))
             shifted = gm.graph.call_function(operator.add, (gm.graph.call_function(torch.erf, (scaled,)), 1.0))
             out = gm.graph.call_function(operator.mul, (gm.graph.call_function(operator.mul, (x, shifted)), 0.5))
         node.replace_all_uses_with(out)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx
 
-from rq_common.format import fuse_layer_norms, fuse_matmul_bias
+from rq_common.format import divisions_to_multiplications, fuse_hard_activations, fuse_layer_norms, fuse_matmul_bias
 from rq_common.qmath.npu_rules import is_leaky_alpha_exact, round_leaky_alpha
 from rq_common.spec import Preset
 from rq_onnx.errors import ModelLoadError
@@ -33,6 +33,11 @@ def reject_quantized(model: onnx.ModelProto) -> None:
         )
 
 
+def _count(notes: list[str], log: list[str], what: str) -> None:
+    if log:
+        notes.append(f"{len(log)} {what}")
+
+
 def round_leaky_alphas(model: onnx.ModelProto, notes: list[str]) -> None:
     """The NPU computes LeakyRelu with alpha in steps of 1/256: calibrate what it will run."""
     for node in model.graph.node:
@@ -58,6 +63,8 @@ def prepare_model(model: onnx.ModelProto, preset: Preset, notes: list[str]) -> o
     initializers_out_of_inputs(model, notes)
     remove_training_nodes(model, notes)
     fold_constants(model, notes)
+    _count(notes, divisions_to_multiplications(model), "Div node(s) by a constant became Mul by its reciprocal")
+    _count(notes, fuse_hard_activations(model), "written-out HardSigmoid / HardSwish chain(s) fused into one op")
     model = infer_shapes(model)
     fold_batchnorm(model, notes, lone_to_depthwise=preset.target.fixed_point_rules)
     fold_scale_shift_into_conv(model, notes)
