@@ -110,3 +110,31 @@ def test_input_file_is_not_modified(tmp_path, model_path):
     before = model_path.read_bytes()
     quantize_static(model_path, tmp_path / "q.onnx", ArrayReader("input", data()), quiet=True)
     assert model_path.read_bytes() == before
+
+
+class CountingReader(ArrayReader):
+    """Counts the batches it served: a check "before calibration" serves none."""
+
+    served = 0
+
+    def get_next(self):
+        CountingReader.served += 1
+        return super().get_next()
+
+
+@pytest.mark.parametrize("case", ["over the input", "a folder", "under a file"])
+def test_output_path_checked_before_calibration(tmp_path, model_path, case):
+    from rq_common.errors import OutputPathError
+
+    before = model_path.read_bytes()
+    (tmp_path / "folder.onnx").mkdir()
+    out = {"over the input": model_path, "a folder": tmp_path / "folder.onnx", "under a file": model_path / "int8.onnx"}[case]
+    CountingReader.served = 0
+    with pytest.raises(
+        OutputPathError,
+        match={"over the input": "is the input model", "a folder": "is a folder", "under a file": "is a file, not a folder"}[
+            case
+        ],
+    ):
+        quantize_static(model_path, out, CountingReader("input", data()), quiet=True)
+    assert CountingReader.served == 0 and model_path.read_bytes() == before

@@ -109,11 +109,13 @@ def test_inspect_lists_what_happens_to_each_node(setup, capsys):
         ({"--input_fn": "calib_data.wrong_keys"}, r"returned keys \['images'\]; the input nodes are \['x'\]"),
         ({"--input_shapes": "?,32,32,3"}, r"--input_shapes gives \(None, 32, 32, 3\) for 'x', but the graph declares \?,16,16,3"),
         ({"--calib_iter": "0"}, "calibrate on at least one batch"),
+        ({"--output_dir": "{graph}"}, "is the input model; write the int8 model to another path"),
         ({"--ignore_nodes": "expand/conv"}, "--ignore_nodes names 'expand/conv'.*close names: expand/Conv2D"),
     ],
 )
 def test_bad_input_is_one_line_and_no_output_directory(setup, capsys, changes, message):
     graph, tmp = setup
+    changes = {flag: value.format(graph=graph) for flag, value in changes.items()}
     assert main(quantize_args(graph, tmp / "out", **changes)) == 2
     err = capsys.readouterr().err
     assert err.startswith("rq-tf1: error:") and re.search(message, err), err

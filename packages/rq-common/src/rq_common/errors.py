@@ -24,6 +24,11 @@ class FormatError(RqError, ValueError):
     """An ONNX model that cannot be brought into the rq int8 format."""
 
 
+class OutputPathError(RqError, ValueError):
+    """An output path rq cannot write to (over an input, a folder, a read-only place), found before
+    any work is done."""
+
+
 class NotCalibratedError(RqError, RuntimeError):
     """A quantized model was exported (or trained, or observed outside calibration) before
     calibration gave it scales; the message names the call that gives them."""

@@ -8,6 +8,29 @@ from pathlib import Path
 
 import onnx
 
+from rq_common.errors import OutputPathError
+
+
+def check_output_path(path: str | Path, inputs: tuple = (), folder: bool = False) -> Path:
+    """Before any work: ``path`` can be written (a file, or a folder with ``folder``) without
+    overwriting one of ``inputs``, in a folder that exists or can be made, and that is writable.
+    Raises OutputPathError naming what is wrong and what to do."""
+    path = Path(path)
+    for source in inputs:
+        if isinstance(source, (str, Path)) and path.resolve() == Path(source).resolve():
+            raise OutputPathError(f"the output {path} is the input model; write the int8 model to another path")
+    if path.exists() and path.is_dir() != folder:
+        kind = "a folder" if path.is_dir() else "a file"
+        raise OutputPathError(f"the output {path} is {kind}; give a {'folder' if folder else 'file'} path")
+    existing = path.parent if not folder else path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputPathError(f"cannot write {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK):
+        raise OutputPathError(f"cannot write {path}: the folder {existing} is not writable; choose another output path")
+    return path
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write via a temporary file in the same folder, then rename: never a half-written file."""

@@ -11,7 +11,7 @@ import onnx
 
 from rq_common.errors import SpecError
 from rq_common.format import validate
-from rq_common.io import save_onnx
+from rq_common.io import check_output_path, save_onnx
 from rq_common.pipeline import QuantizeResult
 from rq_common.report import QuantReport
 from rq_common.spec import CalibrationMethod, Preset, get_preset
@@ -48,6 +48,9 @@ def quantize_static(
     arguments of those names do. The other arguments are QuantizeOptions (see there). The output
     file is written whole at the end, or not at all; the input is never modified.
     """
+    for path in (model_output, report_path):
+        if path is not None:
+            check_output_path(path, inputs=(model_input,))
     options = QuantizeOptions(
         exclude_op_types, exclude_nodes, max_calibration_batches, report_batches, use_external_data, report_path, quiet
     )

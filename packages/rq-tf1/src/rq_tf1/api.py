@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from rq_common.errors import SpecError
-from rq_common.io import save_onnx
+from rq_common.io import check_output_path, save_onnx
 from rq_common.pipeline import QuantizeResult
 from rq_common.spec import CalibrationMethod, Preset, get_preset
 from rq_tf1.calibrate import calibrate
@@ -106,6 +106,7 @@ def quantize_frozen_graph(
     ``method``: 0 = power-of-two NonOverflow, 1 = power-of-two MinMSE (vai_q's numbering), for the
     activations. ``max_calibration_batches``: input_fn is called for 0 .. this - 1 (``--calib_iter``).
     ``exclude_nodes``: nodes kept in float (``--ignore_nodes``). ``preset``: a name, or a Preset."""
+    check_output_path(output_dir, inputs=(input_frozen_graph,), folder=True)
     if method is not None and method not in VAI_METHODS:
         raise SpecError("--method", f"{method}: use 0 (power-of-two NonOverflow) or 1 (power-of-two MinMSE)")
     preset = get_preset(preset, activation_method=VAI_METHODS.get(method))
