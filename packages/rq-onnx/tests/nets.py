@@ -114,9 +114,23 @@ def layer_norm(g: GraphBuilder, x: str, d: int, written_out: bool = False) -> st
     return g.op("Add", [g.op("Mul", [g.op("Div", [centered, std]), gamma]), beta])
 
 
+def hf_additive_mask(g: GraphBuilder, form: str) -> str:
+    """A Hugging Face encoder's additive attention mask from its int64 ``attention_mask`` [N, T]:
+    0 where a token counts, -inf (``where_inf``, recent transformers) or float32's lowest value
+    (``finfo_min``, older ones) where it does not; shaped [N, 1, 1, T] to broadcast over the scores."""
+    mask = g.op("Unsqueeze", ["attention_mask", g.const(np.array([1, 2], np.int64), "axes")])
+    if form == "where_inf":
+        masked = g.op("Equal", [mask, g.const(np.array(0, np.int64), "zero_i")])
+        return g.op("Where", [masked, g.const(np.float32(-np.inf), "minus_inf"), g.const(np.float32(0.0), "zero_f")])
+    keep = g.op("Cast", [mask], to=TensorProto.FLOAT)
+    return g.op("Mul", [g.op("Sub", [g.const(np.float32(1.0), "one_f"), keep]), g.const(np.finfo(np.float32).min, "lowest")])
+
+
 def transformer_encoder_net(
-    seed: int = 0, tokens: int = 8, d: int = 32, heads: int = 4, written_out_layer_norm: bool = False
+    seed: int = 0, tokens: int = 8, d: int = 32, heads: int = 4, written_out_layer_norm: bool = False, mask: str | None = None
 ) -> onnx.ModelProto:
+    """One pre-norm encoder block; ``mask`` ("where_inf" / "finfo_min") adds an ``attention_mask``
+    input applied to the scores as a Hugging Face export writes it."""
     g = GraphBuilder(seed)
     hd = d // heads
     x = "tokens"
@@ -130,6 +144,8 @@ def transformer_encoder_net(
     scores = g.op(
         "Mul", [g.op("MatMul", [q, g.op("Transpose", [k], perm=[0, 1, 3, 2])]), g.const(np.float32(1 / np.sqrt(hd)), "scale")]
     )
+    if mask is not None:
+        scores = g.op("Add", [scores, hf_additive_mask(g, mask)])
     attn = g.op("MatMul", [g.op("Softmax", [scores], axis=-1), v])
     merged = g.op("Reshape", [g.op("Transpose", [attn], perm=[0, 2, 1, 3]), g.const(np.array([0, tokens, d], np.int64), "merge")])
     x = g.op("Add", [x, g.linear(merged, d, d)])
@@ -146,10 +162,10 @@ def transformer_encoder_net(
     )
     g.op("Add", [x, g.linear(gelu, 2 * d, d)])
     g.nodes[-1].output[0] = "encoded"  # the residual sum is the graph output
-    return g.model(
-        [helper.make_tensor_value_info("tokens", TensorProto.FLOAT, ["N", tokens, d])],
-        [helper.make_tensor_value_info("encoded", TensorProto.FLOAT, ["N", tokens, d])],
-    )
+    inputs = [helper.make_tensor_value_info("tokens", TensorProto.FLOAT, ["N", tokens, d])]
+    if mask is not None:
+        inputs.append(helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["N", tokens]))
+    return g.model(inputs, [helper.make_tensor_value_info("encoded", TensorProto.FLOAT, ["N", tokens, d])])
 
 
 def digits_mlp(hidden: int = 64):

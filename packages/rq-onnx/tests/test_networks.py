@@ -97,3 +97,34 @@ def test_npu_batch_fix_leaves_an_output_whose_first_dimension_is_not_the_batch()
     dims = result.model.graph.output[0].type.tensor_type.shape.dim
     assert [d.dim_param or d.dim_value for d in dims] == ["W", 1, 4, 8]
     assert run(result.model, {"x": data[:1]})[0].shape == (16, 1, 4, 8)
+
+
+@pytest.mark.parametrize("form", ["where_inf", "finfo_min"])
+@pytest.mark.parametrize("preset", ["npu_cnn", "npu_transformer", "cpu"])
+def test_masked_attention_quantizes_as_well_as_the_unmasked_block(form, preset):
+    """Hugging Face's additive mask (-inf or float's lowest value where a token is padding): the mask
+    path and its Softmax stay float, everything else is quantized, and the SQNR is the unmasked
+    block's within 1 dB."""
+    from rq_onnx import ArrayReader as Reader
+    from rq_onnx.masks import MASK_REASON
+
+    rng = np.random.default_rng(0)
+    tokens = rng.standard_normal((24, 8, 32)).astype(np.float32)
+    attention_mask = np.ones((24, 8), np.int64)
+    attention_mask[::2, 5:] = 0  # every other sequence is 5 tokens long, padded to 8
+    plain, masked = nets.transformer_encoder_net(), nets.transformer_encoder_net(mask=form)
+
+    def sqnr(model, feeds):
+        result = quantize_static(model, None, Reader(feeds, 4), preset=preset, quiet=True)
+        assert result.violations == []
+        one = {k: v[:1] for k, v in feeds.items()}
+        reference = np.concatenate([run(model, {k: v[i : i + 1] for k, v in feeds.items()})[0] for i in range(16, 24)])
+        quantized = np.concatenate([run(result.model, {k: v[i : i + 1] for k, v in feeds.items()})[0] for i in range(16, 24)])
+        assert np.isfinite(run(result.model, one)[0]).all()
+        return sqnr_db(reference, quantized), result
+
+    unmasked_db, _ = sqnr(plain, {"tokens": tokens})
+    masked_db, result = sqnr(masked, {"tokens": tokens, "attention_mask": attention_mask})
+    kept = {(f.op, f.reason) for f in result.float_ops if f.reason == MASK_REASON}
+    assert {op for op, _ in kept} >= {"Add", "Softmax"} and not [f for f in result.float_ops if f.op == "MatMul"]
+    assert masked_db >= unmasked_db - 1.0, (masked_db, unmasked_db)

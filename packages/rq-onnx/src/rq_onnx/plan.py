@@ -14,6 +14,7 @@ from rq_common.format.graph import attribute
 from rq_common.optable import NpuRole, facts_for
 from rq_common.pipeline.placement import EXCLUDED, FloatOp, OpNode, place_quantizers
 from rq_common.spec import Preset
+from rq_onnx.masks import masked_nodes
 from rq_onnx.rules import RuleContext, float_reason
 
 
@@ -82,10 +83,11 @@ def make_plan(model: onnx.ModelProto, preset: Preset, exclude_op_types=(), exclu
     constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     ctx = RuleContext(constants)
     types = tensor_types(model)
+    masked = masked_nodes(model)
     op_nodes = []
     for node in graph.node:
         rule = facts_for(node.op_type)
-        reason = _float_reason(node, rule, ctx, types, exclude_op_types, exclude_nodes)
+        reason = _float_reason(node, rule, ctx, types, exclude_op_types, exclude_nodes) or masked.get(node.name)
         slots = rule.quantized_slots(node) if rule is not None and not reason else range(len(node.input))
         inputs = tuple(node.input[i] for i in slots if node.input[i] and node.input[i] not in constants)
         outputs = tuple(o for o in node.output if o and types.get(o, TensorProto.FLOAT) == TensorProto.FLOAT)
