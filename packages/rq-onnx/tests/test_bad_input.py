@@ -138,3 +138,32 @@ def test_output_path_checked_before_calibration(tmp_path, model_path, case):
     ):
         quantize_static(model_path, out, CountingReader("input", data()), quiet=True)
     assert CountingReader.served == 0 and model_path.read_bytes() == before
+
+
+def test_infinities_stop_calibration_unless_the_policy_ignores_them(tmp_path):
+    """A float input that holds -inf on purpose (a float attention bias): by default one line that
+    names the tensor and the option; with nonfinite="ignore_inf" the range comes from the finite
+    values and ONNX Runtime saturates the infinities to its ends."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "bias"], ["s"], name="add"), helper.make_node("Sigmoid", ["s"], ["y"], name="sigmoid")],
+        "inf",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4, 6]) for n in ("x", "bias")],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 6])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 6)).astype(np.float32)
+    bias = np.zeros((32, 6), np.float32)
+    bias[:, -2:] = -np.inf
+    from rq_onnx import ArrayReader as Reader
+
+    with pytest.raises(CalibrationDataError, match=r"bias: calibration batch holds 0 NaN and 8 infinite.*--nonfinite ignore_inf"):
+        quantize_static(model, tmp_path / "q.onnx", Reader({"x": x, "bias": bias}, 4), preset="cpu", quiet=True)
+    assert not (tmp_path / "q.onnx").exists()
+    result = quantize_static(model, None, Reader({"x": x, "bias": bias}, 4), preset="cpu", quiet=True, nonfinite="ignore_inf")
+    from conftest import run
+
+    y = run(result.model, {"x": x[:4], "bias": bias[:4]})[0]
+    assert np.isfinite(y).all() and np.abs(y[:, :-2] - 1 / (1 + np.exp(-x[:4, :-2]))).max() < 0.02
+    with pytest.raises(RqError, match="nonfinite: 'skip' is not a policy; use one of: raise, ignore_inf"):
+        quantize_static(model, None, Reader({"x": x, "bias": bias}, 4), quiet=True, nonfinite="skip")

@@ -12,6 +12,7 @@ import onnx
 from rq_common.errors import SpecError
 from rq_common.format import validate
 from rq_common.io import check_output_path, save_onnx
+from rq_common.observers import NonFinitePolicy
 from rq_common.pipeline import QuantizeResult
 from rq_common.report import QuantReport
 from rq_common.spec import CalibrationMethod, Preset, get_preset
@@ -39,6 +40,7 @@ def quantize_static(
     use_external_data: bool = False,
     report_path: str | Path | None = None,
     quiet: bool = False,
+    nonfinite: NonFinitePolicy | str = NonFinitePolicy.RAISE,
 ) -> QuantizeResult:
     """Quantize a float ONNX model to rq's int8 format.
 
@@ -52,7 +54,14 @@ def quantize_static(
         if path is not None:
             check_output_path(path, inputs=(model_input,))
     options = QuantizeOptions(
-        exclude_op_types, exclude_nodes, max_calibration_batches, report_batches, use_external_data, report_path, quiet
+        exclude_op_types,
+        exclude_nodes,
+        max_calibration_batches,
+        report_batches,
+        use_external_data,
+        report_path,
+        quiet,
+        nonfinite,
     )
     preset = get_preset(preset, per_channel=per_channel, activation_method=calibrate_method)
     notes: list[str] = []
@@ -74,6 +83,7 @@ def quantize_static(
         max_batches=options.max_calibration_batches,
         keep_batches=0 if rewind else options.report_batches,
         quiet=options.quiet,
+        nonfinite=options.nonfinite,
     )
     numbers = finalize_plan(model, plan, preset, calibration.qparams, notes)
     act = numbers.activations

@@ -17,7 +17,7 @@ import onnxruntime as ort
 from onnx import helper
 from tqdm import tqdm
 
-from rq_common import Calibrator
+from rq_common import Calibrator, NonFinitePolicy
 from rq_common.calibration import ScaleGroups
 from rq_common.errors import RqError
 from rq_common.io import is_over_protobuf_limit, save_with_external_data
@@ -129,13 +129,14 @@ def calibrate(
     max_batches: int | None = None,
     keep_batches: int = 0,
     quiet: bool = False,
+    nonfinite: NonFinitePolicy = NonFinitePolicy.RAISE,
 ) -> CalibrationResult:
     """QParams for every tensor in ``tensors``, one per scale group (the group's statistics merged)."""
     inputs = {i.name for i in model.graph.input}
     extra = [t for t in tensors if t not in inputs]
     session = make_session(with_outputs(model, extra))
     output_names = [o.name for o in session.get_outputs()]
-    calibrators = {t: Calibrator(preset.activation, preset.activation_method, name=t) for t in tensors}
+    calibrators = {t: Calibrator(preset.activation, preset.activation_method, name=t, nonfinite=nonfinite) for t in tensors}
     kept: list[dict[str, np.ndarray]] = []
     total = _length(reader)
     count = 0

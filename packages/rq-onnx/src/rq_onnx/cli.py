@@ -12,6 +12,7 @@ import onnx
 from rq_common.errors import RqError, run_command
 from rq_common.format import validate
 from rq_common.format.builder import DEQUANTIZED
+from rq_common.observers import NonFinitePolicy
 from rq_common.report import QuantReport
 from rq_common.spec import ALIASES, PRESETS, CalibrationMethod
 from rq_onnx.api import quantize_static
@@ -54,6 +55,7 @@ def cmd_quantize(args) -> int:
         report_path=args.report,
         use_external_data=args.external_data,
         quiet=args.quiet,
+        nonfinite=args.nonfinite,
     )
     for note in result.notes:
         print(f"note: {note}")
@@ -138,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--external-data", action="store_true", help="weights in <output>.data (models over 2 GB)")
     q.add_argument("--show", type=int, default=10, help="rows of the per-tensor table to print")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
+    q.add_argument(
+        "--nonfinite",
+        choices=[p.value for p in NonFinitePolicy],
+        default=NonFinitePolicy.RAISE.value,
+        help="+-inf in a quantized tensor: stop (raise) or leave it out of the range (ignore_inf)",
+    )
     q.set_defaults(run=cmd_quantize)
 
     c = sub.add_parser("check", help="validate a model against the int8 format of a preset")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rq_common.errors import SpecError
+from rq_common.observers import NonFinitePolicy
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,10 @@ class QuantizeOptions:
     use_external_data: store the weights in ``<output>.data`` beside the model (needed above 2 GB).
     report_path: also write the report there (.html, or .json).
     quiet: no progress bars.
+    nonfinite: what calibration does with +-inf in a quantized tensor (NonFinitePolicy): stop and
+    say which tensor (``raise``, the default), or leave infinities out of the range
+    (``ignore_inf``: they saturate to the range's ends, as QuantizeLinear does in ONNX Runtime).
+    Attention masks need neither: rq keeps them in float (rq_onnx/masks.py).
     """
 
     exclude_op_types: tuple[str, ...] = ()
@@ -27,8 +32,14 @@ class QuantizeOptions:
     use_external_data: bool = False
     report_path: Path | None = None
     quiet: bool = False
+    nonfinite: NonFinitePolicy = NonFinitePolicy.RAISE
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "nonfinite", NonFinitePolicy(self.nonfinite))
+        except ValueError:
+            choices = ", ".join(p.value for p in NonFinitePolicy)
+            raise SpecError("nonfinite", f"{self.nonfinite!r} is not a policy; use one of: {choices}") from None
         object.__setattr__(self, "exclude_op_types", tuple(self.exclude_op_types))
         object.__setattr__(self, "exclude_nodes", tuple(self.exclude_nodes))
         if self.report_path is not None:

@@ -84,7 +84,7 @@ class Observer(ABC):
             raise CalibrationDataError(
                 f"{self.name}: calibration batch holds {nan_count} NaN and {inf_count} infinite values "
                 f"of {x.size}; check the input data and preprocessing"
-                + ("" if nan_count else ", or pass nonfinite=ignore_inf to skip infinities")
+                + ("" if nan_count else ", or pass nonfinite=ignore_inf (rq-onnx: --nonfinite ignore_inf) to skip infinities")
             )
 
     def _require_same_type(self, other: Observer) -> None:
