@@ -122,3 +122,19 @@ def test_same_inputs_give_byte_identical_files(files):
             == 0
         )
     assert (files / "a.onnx").read_bytes() == (files / "b.onnx").read_bytes()
+
+
+def test_a_model_that_breaks_the_format_is_written_only_when_asked(files, capsys, monkeypatch):
+    """Written means valid: the validator's verdict decides (here made to find one violation)."""
+    from rq_common.format import Violation, ViolationKind
+
+    broken = Violation(ViolationKind.MISSING_QDQ, "conv", "x", "input 0 of quantized Conv does not come from a DequantizeLinear")
+    monkeypatch.setattr("rq_onnx.api.validate", lambda *args, **kwargs: [broken])
+    args = ["quantize", str(files / "float.onnx"), str(files / "o.onnx"), "--calib-data", str(files / "calib.npz"), "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "breaks 1 rule(s) of the 'npu_cnn' format, first: missing-qdq" in err and "--allow-violations" in err
+    assert not (files / "o.onnx").exists()
+    assert main([*args, "--allow-violations"]) == 0
+    out = capsys.readouterr().out
+    assert "violation: missing-qdq" in out and "written with 1 format violation(s)" in out and (files / "o.onnx").exists()

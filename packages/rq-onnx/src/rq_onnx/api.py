@@ -9,7 +9,7 @@ from pathlib import Path
 
 import onnx
 
-from rq_common.errors import SpecError
+from rq_common.errors import FormatError, SpecError
 from rq_common.format import validate
 from rq_common.io import check_output_path, save_onnx
 from rq_common.observers import NonFinitePolicy
@@ -41,6 +41,7 @@ def quantize_static(
     report_path: str | Path | None = None,
     quiet: bool = False,
     nonfinite: NonFinitePolicy | str = NonFinitePolicy.RAISE,
+    allow_violations: bool = False,
 ) -> QuantizeResult:
     """Quantize a float ONNX model to rq's int8 format.
 
@@ -48,7 +49,9 @@ def quantize_static(
     ``preset``: a name, or a Preset changed as needed (``get_preset("cpu", activation_dtype="int8")``);
     ``per_channel`` and ``calibrate_method`` (the activations' method) change it as ONNX Runtime's
     arguments of those names do. The other arguments are QuantizeOptions (see there). The output
-    file is written whole at the end, or not at all; the input is never modified.
+    file is written whole at the end, or not at all; the input is never modified. Written means
+    valid: a model that breaks a rule of the preset's format is not written (FormatError names the
+    first rule) unless ``allow_violations``; the result lists the violations either way.
     """
     for path in (model_output, report_path):
         if path is not None:
@@ -105,6 +108,12 @@ def quantize_static(
         feeds = calibration.kept_batches
     error_report(model, quantized, dequantized, act, feeds, report)
 
+    if violations and model_output is not None and not allow_violations:
+        raise FormatError(
+            f"the int8 model breaks {len(violations)} rule(s) of the '{preset.name}' format, first: {violations[0]}; "
+            "nothing was written (keep the ops named in float with exclude_nodes, or write anyway with "
+            "allow_violations=True / --allow-violations)"
+        )
     files = {}
     if model_output is not None:
         files["onnx"] = save_model(quantized, Path(model_output), options.use_external_data)

@@ -56,6 +56,7 @@ def cmd_quantize(args) -> int:
         use_external_data=args.external_data,
         quiet=args.quiet,
         nonfinite=args.nonfinite,
+        allow_violations=args.allow_violations,
     )
     for note in result.notes:
         print(f"note: {note}")
@@ -65,7 +66,9 @@ def cmd_quantize(args) -> int:
         print(f"violation: {violation}")
     _print_table(result.report, limit=args.show)
     print(f"wrote {result.path}" + (f", report {args.report}" if args.report else ""))
-    return 1 if result.violations else 0
+    if result.violations:
+        print(f"note: written with {len(result.violations)} format violation(s), as --allow-violations asked")
+    return 0
 
 
 def cmd_check(args) -> int:
@@ -140,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--external-data", action="store_true", help="weights in <output>.data (models over 2 GB)")
     q.add_argument("--show", type=int, default=10, help="rows of the per-tensor table to print")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
+    q.add_argument("--allow-violations", action="store_true", help="write the model even if it breaks the preset's format")
     q.add_argument(
         "--nonfinite",
         choices=[p.value for p in NonFinitePolicy],
