@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from rq_common.cpu_features import u8s8_kernels_may_saturate
-from rq_common.format import validate
+from rq_common.format import ViolationKind, validate
 from rq_onnx import quantize_static
 
 from conftest import ArrayReader, run, sqnr_db
@@ -128,3 +128,22 @@ def test_masked_attention_quantizes_as_well_as_the_unmasked_block(form, preset):
     kept = {(f.op, f.reason) for f in result.float_ops if f.reason == MASK_REASON}
     assert {op for op, _ in kept} >= {"Add", "Softmax"} and not [f for f in result.float_ops if f.op == "MatMul"]
     assert masked_db >= unmasked_db - 1.0, (masked_db, unmasked_db)
+
+
+def test_rq_onnx_check_knows_the_ops_the_quantizer_kept_in_float(tmp_path, capsys):
+    """The masked encoder keeps its mask path in float: the written file records those nodes, so a
+    standalone `rq-onnx check` passes where it would otherwise report the float Add as missing-qdq."""
+    from rq_common.format.graph import recorded_float_nodes
+    from rq_onnx import ArrayReader as Reader
+    from rq_onnx.cli import main
+
+    rng = np.random.default_rng(0)
+    feeds = {"tokens": rng.standard_normal((8, 8, 32)).astype(np.float32), "attention_mask": np.ones((8, 8), np.int64)}
+    result = quantize_static(
+        nets.transformer_encoder_net(mask="where_inf"), tmp_path / "q.onnx", Reader(feeds, 4), preset="cpu", quiet=True
+    )
+    written = onnx.load(str(tmp_path / "q.onnx"))
+    assert recorded_float_nodes(written) == [f.node for f in result.float_ops]
+    assert main(["check", str(tmp_path / "q.onnx"), "--preset", "cpu"]) == 0
+    del written.metadata_props[:]  # without the record the float Add reads a float mask: a violation
+    assert ViolationKind.MISSING_QDQ in {v.kind for v in validate(written, "cpu")}

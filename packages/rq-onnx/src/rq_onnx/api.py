@@ -11,6 +11,7 @@ import onnx
 
 from rq_common.errors import FormatError, SpecError
 from rq_common.format import validate
+from rq_common.format.graph import record_float_nodes
 from rq_common.io import check_output_path, save_onnx
 from rq_common.observers import NonFinitePolicy
 from rq_common.pipeline import QuantizeResult
@@ -96,7 +97,8 @@ def quantize_static(
     if preset.target.fixed_point_rules:
         fix_batch_to_one(written, notes)
     quantized, dequantized = write_quantized(written, plan, act, numbers.weights, numbers.biases)
-    violations = validate(quantized, preset, float_nodes=[f.node for f in plan.float_ops])
+    record_float_nodes(quantized, [f.node for f in plan.float_ops])  # for a later `rq-onnx check`
+    violations = validate(quantized, preset)
 
     report = QuantReport(title=f"rq-onnx: {preset.name}", notes=list(notes))
     report.notes += [f"kept in float: {f.node} ({f.op}): {f.reason}" for f in plan.float_ops]

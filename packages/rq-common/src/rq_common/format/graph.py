@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -115,6 +116,26 @@ def unique_name(graph: onnx.GraphProto, base: str) -> str:
     while name in taken:
         name, i = f"{base}_{i}", i + 1
     return name
+
+
+FLOAT_NODES_KEY = "rq.float_nodes"  # metadata: the nodes the quantizer kept in float on purpose
+
+
+def record_float_nodes(model: onnx.ModelProto, names) -> None:
+    """Write into the model which nodes its quantizer kept in float (a JSON list, in the order
+    given), so that a later ``rq-onnx check`` knows them; nothing is written for none."""
+    others = [p for p in model.metadata_props if p.key != FLOAT_NODES_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(others)
+    names = list(dict.fromkeys(names))
+    if names:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = FLOAT_NODES_KEY, json.dumps(names)
+
+
+def recorded_float_nodes(model: onnx.ModelProto) -> list[str]:
+    found = next((p.value for p in model.metadata_props if p.key == FLOAT_NODES_KEY), None)
+    return list(json.loads(found)) if found else []
 
 
 def node_label(node: onnx.NodeProto) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 import onnx
 
 from rq_common.format.canonicalize import CanonicalizeResult, canonicalize
-from rq_common.format.graph import order_nodes_from_outputs
+from rq_common.format.graph import order_nodes_from_outputs, record_float_nodes
 from rq_common.format.markers import (
     LayerParams,
     marked_constant_qparams,
@@ -63,7 +63,6 @@ def finish_marked_export(
     float_nodes = [n.name for n in result.model.graph.node if is_float_node(n.name)]
     renamed = shorten_names(result.model, drop=not_a_layer)
     name_constants_by_first_reader(result.model)
-    violations = validate(
-        result.model, preset, float_nodes=[renamed[n] for n in float_nodes], required_ops=() if has_float_ops else None
-    )
+    record_float_nodes(result.model, [renamed[n] for n in float_nodes])  # for a later `rq-onnx check`
+    violations = validate(result.model, preset, required_ops=() if has_float_ops else None)
     return result, violations

@@ -16,7 +16,16 @@ import numpy as np
 import onnx
 
 from rq_common.format.canonicalize import MIN_OPSET
-from rq_common.format.graph import DEQUANTIZE, QUANTIZE, GraphIndex, QdqParams, constant_role, node_label, qdq_params
+from rq_common.format.graph import (
+    DEQUANTIZE,
+    QUANTIZE,
+    GraphIndex,
+    QdqParams,
+    constant_role,
+    node_label,
+    qdq_params,
+    recorded_float_nodes,
+)
 from rq_common.io import is_over_protobuf_limit, save_with_external_data
 from rq_common.optable import OpFacts, facts_for, ops_where
 from rq_common.qmath.qparams import is_power_of_two
@@ -86,7 +95,8 @@ def validate(
 ) -> list[Violation]:
     """Every way ``model`` departs from the int8 format of ``preset``.
 
-    ``float_nodes``: names of nodes the user chose to keep in float (not reported as unquantized).
+    ``float_nodes``: names of nodes the user chose to keep in float (not reported as unquantized),
+    besides those the quantizer recorded in the model (``rq.float_nodes``, rq_common.format.graph).
     ``required_ops``: op types that must be quantized; default: what the preset's target needs.
     """
     source = model
@@ -96,7 +106,8 @@ def validate(
     if required_ops is None:  # the weighted ops of rq_common.optable, where the target cannot run them in float
         required_ops = ops_where(lambda facts: facts.weight is not None) if preset.target.requires_quantized_compute else ()
     required = frozenset(required_ops)
-    ctx = ValidationContext(model, GraphIndex(model), preset, frozenset(float_nodes), frozenset(required), source)
+    float_nodes = frozenset(float_nodes) | frozenset(recorded_float_nodes(model))
+    ctx = ValidationContext(model, GraphIndex(model), preset, float_nodes, frozenset(required), source)
     return [v for c in CHECKS for v in c(ctx)]
 
 
