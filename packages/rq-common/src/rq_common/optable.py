@@ -66,7 +66,7 @@ class OpFacts:
         return [i for i in indices if i < len(node.input) and node.input[i]]
 
 
-_OWN, _PASS = Role.OWN_SCALE, Role.PASS_THROUGH
+_PASS = Role.PASS_THROUGH
 _FUSES, _FUSED, _SHARED = NpuRole.FUSES_ACTIVATION, NpuRole.FUSED_ACTIVATION, NpuRole.SHARED_SCALE
 
 OP_TABLE: dict[str, OpFacts] = {

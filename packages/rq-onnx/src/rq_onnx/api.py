@@ -58,14 +58,14 @@ def quantize_static(
         if path is not None:
             check_output_path(path, inputs=(model_input,))
     options = QuantizeOptions(
-        exclude_op_types,
-        exclude_nodes,
-        max_calibration_batches,
-        report_batches,
-        use_external_data,
-        report_path,
-        quiet,
-        nonfinite,
+        exclude_op_types=exclude_op_types,
+        exclude_nodes=exclude_nodes,
+        max_calibration_batches=max_calibration_batches,
+        report_batches=report_batches,
+        use_external_data=use_external_data,
+        report_path=report_path,
+        quiet=quiet,
+        nonfinite=nonfinite,
     )
     preset = get_preset(preset, per_channel=per_channel, activation_method=calibrate_method)
     notes: list[str] = []

@@ -12,8 +12,6 @@ from rq_common.optable import NpuRole, facts_for, has_npu_role
 from rq_common.qmath import npu_rules
 from rq_common.qmath.qparams import is_power_of_two
 
-_SHIFTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-
 
 def _dq_position(index: GraphIndex, tensor: str) -> int | None:
     """pos of the DequantizeLinear that produces ``tensor`` (None when it is not one)."""
@@ -59,9 +57,10 @@ def npu_check(fn):
 def _shifts(ctx: ValidationContext) -> Iterator[Violation]:
     index = ctx.index
     for node in ctx.model.graph.node:
-        if node.op_type not in _SHIFTED_OPS or len(node.input) < 2:
+        facts = facts_for(node.op_type)  # the shift rules hold for every op with a weight
+        if facts is None or facts.weight is None or len(node.input) <= facts.weight:
             continue
-        in_pos, w_pos = _dq_position(index, node.input[0]), _dq_position(index, node.input[1])
+        in_pos, w_pos = _dq_position(index, node.input[0]), _dq_position(index, node.input[facts.weight])
         out_pos = _q_position(index, output_quantize(index, node))
         if None in (in_pos, w_pos, out_pos):
             continue
@@ -74,8 +73,9 @@ def _shifts(ctx: ValidationContext) -> Iterator[Violation]:
                 node.output[0],
                 f"shift_cut = w_pos {w_pos} + in_pos {in_pos} - out_pos {out_pos} = {cut}, outside [0, 16]",
             )
-        if len(node.input) > 2 and node.input[2]:
-            bias_pos = _dq_position(index, node.input[2])
+        bias = node.input[facts.bias] if facts.bias is not None and len(node.input) > facts.bias else ""
+        if bias:
+            bias_pos = _dq_position(index, bias)
             if bias_pos is None:
                 continue
             low, high = npu_rules.shift_bias_range(cut)
@@ -84,7 +84,7 @@ def _shifts(ctx: ValidationContext) -> Iterator[Violation]:
                 yield Violation(
                     ViolationKind.NPU_SHIFT_BIAS,
                     label,
-                    node.input[2],
+                    bias,
                     f"shift_bias = w_pos {w_pos} + in_pos {in_pos} - bias_pos {bias_pos} = {shift}, outside [{low}, {high}]",
                 )
 

@@ -105,9 +105,8 @@ def validate(
     preset = get_preset(preset)
     if required_ops is None:  # the weighted ops of rq_common.optable, where the target cannot run them in float
         required_ops = ops_where(lambda facts: facts.weight is not None) if preset.target.requires_quantized_compute else ()
-    required = frozenset(required_ops)
     float_nodes = frozenset(float_nodes) | frozenset(recorded_float_nodes(model))
-    ctx = ValidationContext(model, GraphIndex(model), preset, float_nodes, frozenset(required), source)
+    ctx = ValidationContext(model, GraphIndex(model), preset, float_nodes, frozenset(required_ops), source)
     return [v for c in CHECKS for v in c(ctx)]
 
 
