@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from rq_common import QParams, QuantSpec
+from rq_common import QParams, QuantSpec, get_preset
 from rq_common.format import ViolationKind, insert_qdq, validate
+from rq_common.pipeline import ConstantOperand, Layer, ModelView, Weight, finalize, weight_qparams
 from rq_common.qmath import npu_rules
 
 from conftest import make_model
@@ -97,3 +98,22 @@ def test_leaky_alpha(rng, alpha, ok):
     node(model, "relu").attribute.append(helper.make_attribute("alpha", alpha))
     assert (ViolationKind.NPU_LEAKY_ALPHA not in npu_kinds(model)) == ok
     assert ViolationKind.NPU_LEAKY_ALPHA not in {v.kind for v in validate(model, "cpu")}
+
+
+def test_finalize_aligns_an_adds_constant_operand():
+    """A tiny bias added to a wide activation (a 3-D MatMul's bias Add): the constant's position is
+    lowered to within 7 of the activation's, so the Add is legal and neither input clips."""
+    preset = get_preset("npu_cnn")
+    activation = QParams(np.float32(2.0**-3), np.int8(0), preset.activation)
+    bias = np.array([0.003, -0.002, 0.001], np.float32)
+    alone = npu_rules.position(weight_qparams(bias, None, preset).scale)
+    assert alone > 3 + npu_rules.ADD_MAX_POSITION_GAP  # the violation the repair must remove
+    view = ModelView({"x": activation}, {"bias": Weight(bias)}, adds=[["x", ConstantOperand("bias")]])
+    result = finalize(view, preset)
+    assert npu_rules.position(result.weights["bias"].scale) == 3 + npu_rules.ADD_MAX_POSITION_GAP
+    assert npu_rules.position(result.activations["x"].scale) == 3
+    assert any("'bias'" in note for note in result.notes)
+    # the same constant feeding a layer as its weight keeps its position (the shift rules own it)
+    layer = Layer("matmul", "bias", "x", None)
+    kept = finalize(ModelView({"x": activation}, {"bias": Weight(bias)}, [layer], [["x", ConstantOperand("bias")]]), preset)
+    assert npu_rules.position(kept.weights["bias"].scale) == alone

@@ -9,7 +9,7 @@ from rq_common.format import GraphIndex, qdq_params
 from rq_common.qmath import npu_rules
 from rq_onnx import quantize_static
 
-from conftest import ArrayReader
+from conftest import ArrayReader, run, sqnr_db
 
 
 def positions(model: onnx.ModelProto) -> dict[str, int]:
@@ -103,3 +103,34 @@ def test_large_bias_on_small_inputs_gets_a_repaired_bias_position(tmp_path):
     assert npu_rules.position(qdq_params(index, bias_dq).scale) == 1
     assert any("conv: bias scale 1 -> 0.5 (shift_bias limits)" in n for n in result.notes)
     assert result.violations == []
+
+
+def test_a_tiny_bias_added_to_a_wide_matmul_output_is_aligned(tmp_path):
+    """A transformer's 3-D MatMul keeps its bias as an Add of a constant (MiniLM's key projection:
+    positions 15 and 3). The constant's position is lowered to within 7 of the activation's; the
+    model is written (it passes the check) and stays close to float."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["h"], name="matmul"),
+            helper.make_node("Add", ["bias", "h"], ["y"], name="bias_add"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8])],
+        [
+            numpy_helper.from_array(np.random.default_rng(1).uniform(-2, 2, (8, 8)).astype(np.float32), "w"),
+            numpy_helper.from_array(np.random.default_rng(2).uniform(-0.003, 0.003, 8).astype(np.float32), "bias"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    data = np.random.default_rng(3).uniform(-4, 4, (8, 4, 8)).astype(np.float32)
+    result = quantize_static(model, tmp_path / "q.onnx", ArrayReader("x", data), preset="npu_cnn", quiet=True)
+    assert result.violations == [] and (tmp_path / "q.onnx").exists()
+    pos = positions(result.model)
+    index = GraphIndex(result.model)
+    bias_dq = next(n for n in result.model.graph.node if n.op_type == "DequantizeLinear" and n.input[0].startswith("bias"))
+    assert npu_rules.position(qdq_params(index, bias_dq).scale) == pos["h"] + npu_rules.ADD_MAX_POSITION_GAP
+    assert any("'bias'" in n and "Add inputs within 7 positions" in n for n in result.notes)
+    (expected,) = run(model, {"x": data[:1]})
+    (actual,) = run(result.model, {"x": data[:1]})
+    assert sqnr_db(expected, actual) > 24  # the bias-free MatMul alone: 25.9 dB

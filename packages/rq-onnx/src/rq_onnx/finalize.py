@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from rq_common.pipeline import Layer, ModelView, Weight, finalize
+from rq_common.pipeline import ConstantOperand, Layer, ModelView, Weight, finalize
 from rq_common.qmath import QParams
 from rq_common.spec import Preset
 from rq_onnx.plan import Plan
@@ -33,6 +33,9 @@ def finalize_plan(
     def key(tensor: str) -> str | None:
         return plan.groups.find(tensor) if tensor in calibrated else None
 
+    def add_key(tensor: str) -> str | ConstantOperand | None:
+        return ConstantOperand(tensor) if tensor in plan.weights else key(tensor)
+
     def bias(use) -> np.ndarray | None:
         return None if use is None else numpy_helper.to_array(constants[use.name]).astype(np.float32).reshape(-1)
 
@@ -46,7 +49,7 @@ def finalize_plan(
         activations={key(t): qp for t, qp in calibrated.items()},
         weights={name: Weight(numpy_helper.to_array(constants[name]), use.axis) for name, use in plan.weights.items()},
         layers=layers,
-        adds=[[key(t) for t in inputs] for _, inputs in plan.adds if all(t in calibrated for t in inputs)],
+        adds=[keys for keys in ([add_key(t) for t in inputs] for _, inputs in plan.adds) if None not in keys],
     )
     result = finalize(view, preset)
     notes += result.notes

@@ -51,7 +51,7 @@ class Plan:
     weights: dict[str, WeightUse] = field(default_factory=dict)
     biases: list[BiasUse] = field(default_factory=list)
     shifted: list[ShiftedOp] = field(default_factory=list)
-    adds: list[tuple[str, list[str]]] = field(default_factory=list)  # Add node, its quantized inputs
+    adds: list[tuple[str, list[str]]] = field(default_factory=list)  # Add node, its quantized inputs (run-time and constant)
     groups: ScaleGroups = field(default_factory=ScaleGroups)
     quantized_nodes: list[str] = field(default_factory=list)
     float_ops: list[FloatOp] = field(default_factory=list)
@@ -118,7 +118,7 @@ def make_plan(model: onnx.ModelProto, preset: Preset, exclude_op_types=(), exclu
             weight = node.input[rule.weight]
             plan.shifted.append(ShiftedOp(node.name, node.input[0], weight, _output_after_fusion(node, plan, readers)))
         if node.op_type == "Add":
-            plan.adds.append((node.name, [x for x in node.input if x in activations]))
+            plan.adds.append((node.name, [x for x in node.input if x in activations or x in plan.weights]))
     return plan
 
 

@@ -46,13 +46,24 @@ class Layer:
     shifted: bool = True
 
 
+@dataclass(frozen=True)
+class ConstantOperand:
+    """An Add's constant input in ModelView.adds, named by its key in ModelView.weights: the NPU
+    aligns its position with the Add's other inputs like an activation's (a coarser scale never clips)."""
+
+    weight: str
+
+    def __str__(self) -> str:
+        return self.weight
+
+
 @dataclass
 class ModelView:
     """What finalize needs of a planned, calibrated model, in no framework's terms.
 
     ``activations``: one QParams per scale key (a tensor, or a group of tensors that share a scale),
-    as calibration chose them. ``adds``: the scale keys of each Add's quantized inputs (the NPU
-    aligns their positions)."""
+    as calibration chose them. ``adds``: the scale keys of each Add's quantized inputs, a
+    ConstantOperand for a constant one (the NPU aligns their positions)."""
 
     activations: dict[Hashable, QParams]
     weights: dict[str, Weight] = field(default_factory=dict)
@@ -106,16 +117,31 @@ def finalize(view: ModelView, preset: Preset) -> Finalized:
 
 
 def _repair_positions(view: ModelView, activations: dict[Hashable, QParams], weights: dict[str, QParams]) -> list[str]:
-    """Activation positions moved until every shifted layer's shift_cut and every Add's gap hold."""
+    """Activation positions (and Adds' per-tensor constant operands) moved until every shifted
+    layer's shift_cut and every Add's gap hold. A layer's own weight keeps its position."""
     positions = {key: npu_rules.position(qp.scale) for key, qp in activations.items()}
     shifted = [
         (npu_rules.position(weights[layer.weight].scale), layer.input, layer.output)
         for layer in view.layers
         if layer.shifted and layer.input in activations and layer.output in activations and not weights[layer.weight].per_channel
     ]
-    adds = [[key for key in add if key in activations] for add in view.adds]
+    layer_weights = {layer.weight for layer in view.layers}
+    constants = {
+        key
+        for add in view.adds
+        for key in add
+        if isinstance(key, ConstantOperand)
+        and key.weight in weights
+        and key.weight not in layer_weights
+        and not weights[key.weight].per_channel
+    }
+    positions.update({key: npu_rules.position(weights[key.weight].scale) for key in constants})
+    adds = [[key for key in add if key in positions] for add in view.adds]
     notes = npu_rules.repair_positions(shifted, adds, positions)
     for key, qp in activations.items():
         if positions[key] != npu_rules.position(qp.scale):
             activations[key] = npu_rules.at_position(qp, positions[key])
+    for key in constants:
+        if positions[key] != npu_rules.position(weights[key.weight].scale):
+            weights[key.weight] = npu_rules.at_position(weights[key.weight], positions[key])
     return notes
