@@ -1,5 +1,7 @@
 """Bad input: one clear error each, and no output file."""
 
+import os
+
 import nets
 import numpy as np
 import onnx
@@ -167,3 +169,158 @@ def test_infinities_stop_calibration_unless_the_policy_ignores_them(tmp_path):
     assert np.isfinite(y).all() and np.abs(y[:, :-2] - 1 / (1 + np.exp(-x[:4, :-2]))).max() < 0.02
     with pytest.raises(RqError, match="nonfinite: 'skip' is not a policy; use one of: raise, ignore_inf"):
         quantize_static(model, None, Reader({"x": x, "bias": bias}, 4), quiet=True, nonfinite="skip")
+
+
+# -- the bad-input corpus through the command line: one line, exit 2, the reader's own error, nothing written
+def _corrupt_npz(folder):
+    (folder / "calib.npz").write_bytes(np.random.default_rng(1).bytes(300))
+    return folder / "calib.npz"
+
+
+def _corrupt_image(folder):
+    from PIL import Image
+
+    (folder / "images").mkdir()
+    Image.new("RGB", (20, 20)).save(folder / "images" / "a.png")
+    (folder / "images" / "b.jpg").write_bytes(np.random.default_rng(2).bytes(300))
+    return folder / "images"
+
+
+def _corrupt_npy(folder):
+    (folder / "samples").mkdir()
+    np.save(folder / "samples" / "a.npy", data(1)[0])
+    (folder / "samples" / "b.npy").write_bytes(b"\x93NUMPY broken")
+    return folder / "samples"
+
+
+def _npz_of(values):
+    def make(folder):
+        np.savez(folder / "calib.npz", input=values)
+        return folder / "calib.npz"
+
+    return make
+
+
+BAD_DATA = {
+    "corrupt npz": (_corrupt_npz, r"calib.npz is not an .npz file \(not a zip archive of arrays\); save it with np.savez"),
+    "corrupt image": (_corrupt_image, r"b.jpg is not a readable image \(cannot identify image file\); replace it or remove it"),
+    "corrupt npy": (_corrupt_npy, r"b.npy is not a readable .npy file .*; save each sample with np.save"),
+    "strings": (_npz_of(data().astype(np.str_)), r"input 'input' holds <U\d+ values, not numbers; .*give numeric arrays"),
+    "uint8": (
+        _npz_of((np.abs(data()) * 60).astype(np.uint8)),
+        r"input 'input' is uint8 data, the model takes tensor\(float\); convert it as the model's preprocessing does",
+    ),
+    "missing path": (lambda folder: folder / "nope.npz", r"the calibration data \S*nope.npz does not exist; give an existing"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_DATA)
+def test_bad_calibration_data_is_one_line_and_writes_nothing(tmp_path, model_path, capsys, case):
+    from rq_onnx.cli import main
+    from rq_onnx.prepare import load_model
+    from rq_onnx.readers import open_calibration_data
+
+    make, message = BAD_DATA[case]
+    calib = make(tmp_path)
+    out = tmp_path / "out" / "int8.onnx"
+    with pytest.raises(RqError, match=message) as info:  # the API: the reader's own error class
+        quantize_static(model_path, out, open_calibration_data(calib, load_model(model_path)), quiet=True)
+    assert type(info.value) is CalibrationReaderError and "\n" not in str(info.value)
+    args = ["quantize", str(model_path), str(out), "--calib-data", str(calib), "--preset", "cpu", "--quiet"]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("rq-onnx: error: ") and captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    assert __import__("re").search(message, captured.err)
+    assert not out.exists() and not out.parent.exists()
+
+
+def test_uint8_is_refused_before_any_batch_is_calibrated(tmp_path, model_path):
+    """Raw pixels for a float input are refused at batch 1, not cast (their range is not the model's)."""
+    from rq_onnx import ArrayReader as Reader
+
+    reader = Reader({"input": (np.abs(data()) * 60).astype(np.uint8)}, 1)
+    with pytest.raises(CalibrationReaderError, match="batch 1: input 'input' is uint8 data"):
+        quantize_static(model_path, tmp_path / "q.onnx", reader, quiet=True)
+    assert reader.position == 1 and not (tmp_path / "q.onnx").exists()
+
+
+@pytest.mark.parametrize("rewinds", [True, False])
+def test_float64_data_is_converted_with_a_note(tmp_path, model_path, rewinds):
+    """float64 (numpy's default) feeds a float32 input as float32, in calibration and in the report
+    (the report step read a rewound reader's float64 batches and failed in ONNX Runtime)."""
+    from rq_onnx import ArrayReader as Reader
+
+    x = data().astype(np.float64)
+    reader = Reader({"input": x}, 2) if rewinds else ArrayReader("input", x, 2)
+    expected = quantize_static(model_path, None, ArrayReader("input", x.astype(np.float32), 2), preset="cpu", quiet=True)
+    result = quantize_static(model_path, tmp_path / "q.onnx", reader, preset="cpu", quiet=True)
+    note = "calibration input 'input': float64 data converted to float32, the model's input type"
+    assert note in result.notes and note in result.report.notes and result.path.exists()
+    assert result.model.SerializeToString() == expected.model.SerializeToString()
+    assert result.report.tensors and all(np.isfinite(t.sqnr_db) for t in result.report.tensors.values())
+
+
+def test_float64_through_the_cli_prints_the_note(tmp_path, model_path, capsys):
+    from rq_onnx.cli import main
+
+    np.savez(tmp_path / "calib.npz", input=data().astype(np.float64))
+    args = ["quantize", str(model_path), str(tmp_path / "q.onnx"), "--calib-data", str(tmp_path / "calib.npz"), "--quiet"]
+    assert main([*args, "--preset", "cpu"]) == 0
+    assert "note: calibration input 'input': float64 data converted to float32" in capsys.readouterr().out
+    assert (tmp_path / "q.onnx").exists()
+
+
+def test_integer_inputs_take_integers_that_fit(tmp_path):
+    from rq_onnx.calibrate import check_feed
+
+    class Input:
+        name, type, shape = "ids", "tensor(int64)", ["N", 3]
+
+    notes: list[str] = []
+    fed = check_feed({"ids": np.array([[1, 2, 3]], np.int32)}, [Input()], 1, notes)
+    assert fed["ids"].dtype == np.int64 and notes == [
+        "calibration input 'ids': int32 data converted to int64, the model's input type"
+    ]
+    with pytest.raises(
+        CalibrationReaderError, match="'ids' is float32 data, the model takes tensor\\(int64\\): give integer arrays"
+    ):
+        check_feed({"ids": np.ones((1, 3), np.float32)}, [Input()], 1)
+    Input.type = "tensor(int8)"
+    with pytest.raises(CalibrationReaderError, match="holds values that int8, the model's type, cannot hold"):
+        check_feed({"ids": np.array([[1, 2, 300]])}, [Input()], 1)
+
+
+def _read_only_output_case(tmp_path, model_path, capsys):
+    from rq_common.errors import OutputPathError
+    from rq_onnx.cli import main
+
+    np.savez(tmp_path / "calib.npz", input=data())
+    out = tmp_path / "locked" / "int8.onnx"
+    CountingReader.served = 0
+    with pytest.raises(OutputPathError, match=r"the folder \S*locked is not writable; choose another output path"):
+        quantize_static(model_path, out, CountingReader("input", data()), quiet=True)
+    assert CountingReader.served == 0
+    assert main(["quantize", str(model_path), str(out), "--calib-data", str(tmp_path / "calib.npz"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rq-onnx: error: cannot write") and "is not writable" in err and err.count("\n") == 1
+    assert not out.exists() and not any((tmp_path / "locked").iterdir())
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a 0o555 folder; the os.access case below runs instead")
+def test_read_only_output_folder(tmp_path, model_path, capsys):
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked").chmod(0o555)
+    try:
+        _read_only_output_case(tmp_path, model_path, capsys)
+    finally:
+        (tmp_path / "locked").chmod(0o755)
+
+
+def test_read_only_output_folder_as_the_os_reports_it(tmp_path, model_path, capsys, monkeypatch):
+    """The same check where the tests run as root: os.access says the folder is not writable."""
+    import rq_common.io
+
+    (tmp_path / "locked").mkdir()
+    real = os.access
+    monkeypatch.setattr(rq_common.io.os, "access", lambda path, mode: real(path, mode) and "locked" not in str(path))
+    _read_only_output_case(tmp_path, model_path, capsys)

@@ -67,8 +67,11 @@ def test_open_calibration_data_dispatch_and_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CalibrationReaderError, match="neither .npy files nor images"):
         open_calibration_data(tmp_path / "empty", model)
+    (tmp_path / "c.txt").write_text("1 2 3")
     with pytest.raises(CalibrationReaderError, match="must be an .npz file"):
         open_calibration_data(tmp_path / "c.txt", model)
+    with pytest.raises(CalibrationReaderError, match=r"the calibration data \S*c.npy does not exist"):
+        open_calibration_data(tmp_path / "c.npy", model)
 
 
 def test_random_data_is_announced_in_the_report_first_line():
@@ -133,3 +136,15 @@ def test_models_over_the_protobuf_limit_go_through_external_data(monkeypatch):
     large = quantize_static(nets.resnet_block_net(), None, ArrayReader("input", data), preset="cpu", quiet=True)
     assert large.violations == []
     assert large.model.SerializeToString(deterministic=True) == expected.model.SerializeToString(deterministic=True)
+
+
+def test_a_damaged_npz_member_names_the_file_and_the_fix(tmp_path):
+    """A zip whose directory is intact but whose compressed array is not (a copy cut short in the
+    middle): one CalibrationReaderError, not zlib's or zipfile's own exception."""
+    np.savez_compressed(tmp_path / "d.npz", x=np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32))
+    raw = bytearray((tmp_path / "d.npz").read_bytes())
+    raw[200:1200] = bytes(1000)  # inside the member's data; the central directory at the end survives
+    (tmp_path / "d.npz").write_bytes(bytes(raw))
+    with pytest.raises(CalibrationReaderError, match=r"d.npz: a damaged .npz \(\w+: .*\); save it with np.savez") as info:
+        NpzReader(tmp_path / "d.npz", 1, ["x"])
+    assert type(info.value) is CalibrationReaderError

@@ -89,6 +89,7 @@ def quantize_static(
         quiet=options.quiet,
         nonfinite=options.nonfinite,
     )
+    notes += calibration.notes
     numbers = finalize_plan(model, plan, preset, calibration.qparams, notes)
     act = numbers.activations
 
@@ -105,7 +106,7 @@ def quantize_static(
     report.notes += [f"format violation: {v}" for v in violations]
     if rewind:
         calibration_data_reader.rewind()
-        feeds = _reader_batches(calibration_data_reader, options.report_batches)
+        feeds = calibration.checked(_reader_batches(calibration_data_reader, options.report_batches))
     else:
         feeds = calibration.kept_batches
     error_report(model, quantized, dequantized, act, feeds, report)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -67,13 +67,45 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     return out
 
 
-def check_feed(feed, session: ort.InferenceSession, batch_number: int) -> dict[str, np.ndarray]:
-    """The batch with arrays cast to the model's input types; a clear error when it does not fit."""
+def _fit_dtype(value: np.ndarray, name: str, want: str, batch_number: int) -> tuple[np.ndarray, str | None]:
+    """``value`` in the input's type ``want`` ('tensor(float)'), and a note when it was converted.
+
+    Like ONNX Runtime, rq feeds arrays in the model's types; what converts without changing the
+    values rq converts (float64 -> float32, int32 -> int64), with a note. Integers for a float input
+    are refused, not cast: raw uint8 pixels are not what a float model was trained on (it needs the
+    model's preprocessing), and calibrating on them gives scales for the wrong range."""
+    dtype = _ORT_TYPES.get(want)
+    if dtype is None or value.dtype == dtype:
+        return value, None
+    where = f"batch {batch_number}: input '{name}'"
+    target = np.dtype(dtype)
+    if value.dtype.kind not in "biuf":
+        raise CalibrationReaderError(
+            f"{where} holds {value.dtype} values, not numbers; the model takes {want}: give numeric arrays of dtype {target.name}"
+        )
+    if target.kind == "f" and value.dtype.kind != "f":
+        raise CalibrationReaderError(
+            f"{where} is {value.dtype} data, the model takes {want}; convert it as the model's preprocessing does "
+            f"(e.g. x.astype(np.{target.name}) / 255 for pixels), or give a folder of images"
+        )
+    if target.kind != "f" and value.dtype.kind == "f":
+        raise CalibrationReaderError(
+            f"{where} is {value.dtype} data, the model takes {want}: give integer arrays of dtype {target.name}"
+        )
+    cast = value.astype(dtype)
+    if target.kind != "f" and not np.array_equal(cast, value):
+        raise CalibrationReaderError(f"{where} holds values that {target.name}, the model's type, cannot hold; check the data")
+    return cast, f"calibration input '{name}': {value.dtype} data converted to {target.name}, the model's input type"
+
+
+def check_feed(feed, inputs: Sequence[ort.NodeArg], batch_number: int, notes: list[str] | None = None) -> dict[str, np.ndarray]:
+    """The batch with arrays in the model's input types (a note in ``notes`` for each conversion);
+    a clear error when it does not fit. ``inputs``: the session's get_inputs()."""
     if not isinstance(feed, dict):
         raise CalibrationReaderError(
             f"batch {batch_number}: get_next() returned {type(feed).__name__}; it must return a dict of input name to array, or None at the end"
         )
-    expected = {i.name: i for i in session.get_inputs()}
+    expected = {i.name: i for i in inputs}
     if set(feed) != set(expected):
         raise CalibrationReaderError(
             f"batch {batch_number}: the reader gives inputs {sorted(feed)}, the model's inputs are {sorted(expected)}; "
@@ -81,11 +113,10 @@ def check_feed(feed, session: ort.InferenceSession, batch_number: int) -> dict[s
         )
     out = {}
     for name, value in feed.items():
-        value = np.asarray(value)
         want = expected[name]
-        dtype = _ORT_TYPES.get(want.type)
-        if dtype is not None and value.dtype != dtype:
-            value = value.astype(dtype)
+        value, note = _fit_dtype(np.asarray(value), name, want.type, batch_number)
+        if note is not None and notes is not None and note not in notes:
+            notes.append(note)
         if len(value.shape) != len(want.shape) or any(isinstance(d, int) and d != v for d, v in zip(want.shape, value.shape)):
             raise CalibrationReaderError(
                 f"batch {batch_number}: input '{name}' has shape {list(value.shape)}, the model expects {want.shape}"
@@ -117,6 +148,13 @@ class CalibrationResult:
     qparams: dict[str, QParams]
     num_batches: int
     kept_batches: list[dict[str, np.ndarray]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # the inputs' dtype conversions
+    inputs: list[ort.NodeArg] = field(default_factory=list)
+
+    def checked(self, feeds: Iterable[dict]) -> Iterator[dict[str, np.ndarray]]:
+        """``feeds`` (read again from a rewound reader) converted as calibration converted them."""
+        for number, feed in enumerate(feeds, start=1):
+            yield check_feed(feed, self.inputs, number)
 
 
 def calibrate(
@@ -138,11 +176,12 @@ def calibrate(
     output_names = [o.name for o in session.get_outputs()]
     calibrators = {t: Calibrator(preset.activation, preset.activation_method, name=t, nonfinite=nonfinite) for t in tensors}
     kept: list[dict[str, np.ndarray]] = []
+    notes: list[str] = []
     total = _length(reader)
     count = 0
     for feed in tqdm(batches(reader, max_batches), desc="calibrating", unit="batch", total=total, disable=quiet, file=sys.stderr):
         count += 1
-        feed = check_feed(feed, session, count)
+        feed = check_feed(feed, session.get_inputs(), count, notes)
         values = dict(zip(output_names, session.run(None, feed), strict=True))
         values.update(feed)
         for name, calibrator in calibrators.items():
@@ -162,4 +201,4 @@ def calibrate(
         chosen = merged.qparams()
         for m in present:
             qparams[m] = chosen
-    return CalibrationResult(qparams, count, kept)
+    return CalibrationResult(qparams, count, kept, notes, session.get_inputs())

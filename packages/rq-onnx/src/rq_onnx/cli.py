@@ -96,7 +96,7 @@ def cmd_compare(args) -> int:
     report = QuantReport(title="rq-onnx compare")
     agree = total = 0
     for number, feed in enumerate(batches(_reader(args, float_model)), start=1):
-        feed = check_feed(feed, float_session, number)
+        feed = check_feed(feed, float_session.get_inputs(), number)
         ref = dict(zip([o.name for o in float_session.get_outputs()], float_session.run(None, feed), strict=True))
         ref.update(feed)
         got = dict(zip([o.name for o in int8_session.get_outputs()], int8_session.run(None, feed), strict=True))

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -69,11 +71,16 @@ class ArrayReader:
 class NpzReader(ArrayReader):
     def __init__(self, path: str | Path, batch_size: int = 1, input_names: Sequence[str] | None = None):
         path = Path(path)
+        fix = "save it with np.savez(path, **{input name: samples})"
+        if not zipfile.is_zipfile(path):  # np.load would try it as a pickle and suggest allow_pickle
+            raise CalibrationReaderError(f"{path} is not an .npz file (not a zip archive of arrays); {fix}")
         try:
             with np.load(path) as data:
                 arrays = {k: data[k] for k in data.files}
-        except (OSError, ValueError) as error:
-            raise CalibrationReaderError(f"{path}: cannot read as .npz ({error})") from None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+            raise CalibrationReaderError(
+                f"{path}: a damaged .npz ({type(error).__name__}: {_first_line(error)}); {fix}"
+            ) from None
         if input_names is not None and set(arrays) != set(input_names):
             raise CalibrationReaderError(
                 f"{path} holds arrays {sorted(arrays)}; the model's inputs are {sorted(input_names)}. "
@@ -82,8 +89,22 @@ class NpzReader(ArrayReader):
         super().__init__(arrays, batch_size)
 
 
+def _first_line(error: BaseException) -> str:
+    return str(error).splitlines()[0] if str(error) else ""
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    """One .npy file; a damaged one names the file (np.load's own error suggests allow_pickle)."""
+    try:
+        return np.load(path)
+    except (OSError, ValueError, EOFError) as error:
+        raise CalibrationReaderError(
+            f"{path} is not a readable .npy file ({_first_line(error)}); save each sample with np.save, or remove the file"
+        ) from None
+
+
 def _stack_files(files: list[Path], add_batch_axis: bool) -> np.ndarray:
-    arrays = [np.load(f) for f in files]
+    arrays = [_load_npy(f) for f in files]
     return np.stack(arrays) if add_batch_axis else np.concatenate(arrays)
 
 
@@ -104,7 +125,7 @@ class NpyFolderReader(ArrayReader):
             files = sorted(source.glob("*.npy"))
             if not files:
                 raise CalibrationReaderError(f"{source} holds no .npy files")
-            first = np.load(files[0])
+            first = _load_npy(files[0])
             arrays[name] = _stack_files(files, add_batch_axis=first.ndim == len(shape) - 1)
         super().__init__(arrays, batch_size)
 
@@ -138,15 +159,21 @@ class ImageFolderReader(ArrayReader):
         mean_arr, std_arr = np.asarray(mean, np.float32), np.asarray(std, np.float32)
         images = []
         for path in files:
-            with Image.open(path) as image:
-                image = image.convert("RGB")
-                short = min(height, width) / crop_fraction
-                scale = short / min(image.size)
-                image = image.resize(
-                    (max(width, round(image.width * scale)), max(height, round(image.height * scale))), Image.BILINEAR
-                )
-                left, top = (image.width - width) // 2, (image.height - height) // 2
-                pixels = np.asarray(image.crop((left, top, left + width, top + height)), np.float32) / 255.0
+            try:
+                with Image.open(path) as image:
+                    image = image.convert("RGB")
+                    short = min(height, width) / crop_fraction
+                    scale = short / min(image.size)
+                    image = image.resize(
+                        (max(width, round(image.width * scale)), max(height, round(image.height * scale))), Image.BILINEAR
+                    )
+                    left, top = (image.width - width) // 2, (image.height - height) // 2
+                    pixels = np.asarray(image.crop((left, top, left + width, top + height)), np.float32) / 255.0
+            except (OSError, ValueError, SyntaxError) as error:  # PIL's errors for unreadable or truncated files
+                reason = _first_line(error).replace(f" '{path}'", "")  # PIL's text repeats the path
+                raise CalibrationReaderError(
+                    f"{path} is not a readable image ({reason}); replace it or remove it from the folder"
+                ) from None
             pixels = (pixels - mean_arr) / std_arr
             images.append(pixels.transpose(2, 0, 1) if layout == "NCHW" else pixels)
         super().__init__({input_name: np.stack(images).astype(np.float32)}, batch_size)
@@ -179,6 +206,10 @@ class RandomDataReader(ArrayReader):
 def open_calibration_data(path: str | Path, model: onnx.ModelProto, batch_size: int = 1) -> ArrayReader:
     """The reader for ``path``: an .npz file, a folder of .npy files, or a folder of images."""
     path = Path(path)
+    if not path.exists():
+        raise CalibrationReaderError(
+            f"the calibration data {path} does not exist; give an existing .npz file, folder of .npy files or folder of images"
+        )
     inputs = model_inputs(model)
     if path.is_file() and path.suffix == ".npz":
         return NpzReader(path, batch_size, [name for name, _ in inputs])
