@@ -1,4 +1,4 @@
-"""Written-out HardSigmoid / HardSwish and Div by a constant, rewritten as single ops: the graph
+"""Written-out HardSigmoid / HardSwish / PReLU and Div by a constant, rewritten as single ops: the graph
 types change, ONNX Runtime's outputs do not (against the unfused graph and a numpy reference)."""
 
 import numpy as np
@@ -6,7 +6,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from rq_common.format import divisions_to_multiplications, fuse_hard_activations
+from rq_common.format import divisions_to_multiplications, fuse_written_out_activations
 
 from conftest import make_model, run_ort
 
@@ -73,7 +73,7 @@ def test_each_written_out_form_becomes_the_one_op(form, rng):
     x = rng.uniform(-3, 3, (2, 3, 5, 5)).astype(np.float32)
     (before,) = run_ort(model, {"x": x})
     divisions_to_multiplications(model)
-    log = fuse_hard_activations(model)
+    log = fuse_written_out_activations(model)
     onnx.checker.check_model(model, full_check=True)
     assert [n.op_type for n in model.graph.node] == ["Conv", op_type] and log[-1].endswith(f"{op_type} fused into one op")
     (after,) = run_ort(model, {"x": x})
@@ -99,7 +99,7 @@ def test_lookalikes_and_shared_parts_are_left_or_kept(nodes, rng):
         model.graph.output.append(helper.make_tensor_value_info("also", TensorProto.FLOAT, [2, 3, 5, 5]))
     x = rng.uniform(-3, 3, (2, 3, 5, 5)).astype(np.float32)
     before = run_ort(model, {"x": x})
-    fuse_hard_activations(model)
+    fuse_written_out_activations(model)
     ops = [n.op_type for n in model.graph.node]
     if "Relu" in ops:  # the ReLU6 is read elsewhere: it stays, beside the fused op
         assert "HardSigmoid" in ops and "Clip" in ops
@@ -122,3 +122,56 @@ def test_division_by_a_run_time_tensor_is_left_alone(rng):
     assert [n.op_type for n in model.graph.node] == ["Div", "Mul"]
     for got, want in zip(run_ort(model, {"a": a, "b": b}), before, strict=True):
         np.testing.assert_allclose(got, want, rtol=2e-7)  # one float32 rounding apart at most
+
+
+ALPHA = np.array([0.25, 0.1, 0.6], np.float32).reshape(3, 1, 1)  # per channel, as tf2onnx writes Keras's
+
+
+@pytest.mark.parametrize(
+    "nodes",
+    [
+        [  # Keras: relu(x) + (-alpha) * relu(-x), -alpha folded into a constant (MTCNN's frozen graphs)
+            helper.make_node("Relu", ["x0"], ["pos"]),
+            helper.make_node("Neg", ["x0"], ["negx"]),
+            helper.make_node("Relu", ["negx"], ["rneg"]),
+            helper.make_node("Mul", ["rneg", "minus_alpha"], ["m"]),
+            helper.make_node("Add", ["pos", "m"], ["y"]),
+        ],
+        [  # relu(x) - alpha * relu(-x), the constant first
+            helper.make_node("Relu", ["x0"], ["pos"]),
+            helper.make_node("Neg", ["x0"], ["negx"]),
+            helper.make_node("Relu", ["negx"], ["rneg"]),
+            helper.make_node("Mul", ["alpha", "rneg"], ["m"]),
+            helper.make_node("Sub", ["pos", "m"], ["y"]),
+        ],
+    ],
+)
+def test_written_out_prelu_becomes_prelu_with_its_slope(nodes, rng):
+    model = chain(nodes)
+    model.graph.initializer.extend([numpy_helper.from_array(-ALPHA, "minus_alpha"), numpy_helper.from_array(ALPHA, "alpha")])
+    x = rng.uniform(-3, 3, (2, 3, 5, 5)).astype(np.float32)
+    (before,) = run_ort(model, {"x": x})
+    log = fuse_written_out_activations(model)
+    onnx.checker.check_model(model, full_check=True)
+    assert [n.op_type for n in model.graph.node] == ["Conv", "PRelu"] and log[-1].endswith("PRelu fused into one op")
+    slope = next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == model.graph.node[1].input[1])
+    np.testing.assert_array_equal(slope, ALPHA)
+    (after,) = run_ort(model, {"x": x})
+    np.testing.assert_allclose(after, before, rtol=1e-6, atol=1e-6)
+    y = 3 * x
+    np.testing.assert_allclose(after, np.where(y > 0, y, ALPHA * y), rtol=1e-5, atol=1e-6)
+
+
+def test_relu_minus_a_relu_of_another_tensor_is_not_a_prelu(rng):
+    model = chain(
+        [
+            helper.make_node("Relu", ["x0"], ["pos"]),
+            helper.make_node("Neg", ["x"], ["negx"]),  # the graph input, not x0
+            helper.make_node("Relu", ["negx"], ["rneg"]),
+            helper.make_node("Mul", ["rneg", "minus_alpha"], ["m"]),
+            helper.make_node("Add", ["pos", "m"], ["y"]),
+        ]
+    )
+    model.graph.initializer.append(numpy_helper.from_array(-ALPHA, "minus_alpha"))
+    assert fuse_written_out_activations(model) == []
+    assert "PRelu" not in [n.op_type for n in model.graph.node]

@@ -74,3 +74,63 @@ def test_every_covered_layer_exports_quantized(tmp_path, preset):
     assert np.abs(got - expected).max() / output_step(tmp_path / "q.onnx") <= 1.0001
     if preset == "npu_cnn":  # the NPU's LeakyReLU slope: 0.1 rounds to 26/256
         assert qmodel.get_layer("leaky").negative_slope == pytest.approx(26 / 256)
+
+
+def prelu_model() -> keras.Model:
+    inputs = keras.Input((10, 10, 3), name="x")
+    a = L.PReLU(shared_axes=[1, 2], name="prelu_shared")(L.Conv2D(8, 3, name="conv1")(inputs))
+    a = L.PReLU(name="prelu_full")(L.Conv2D(4, 3, name="conv2")(a))  # an alpha per position: NHWC constant
+    a = L.Dense(5, name="fc")(L.Flatten(name="flat")(a))
+    return keras.Model(inputs, L.PReLU(name="prelu_fc")(a), name="prelus")
+
+
+@pytest.mark.parametrize("preset", ["npu_cnn", "npu_transformer", "cpu"])
+def test_prelu_exports_as_one_prelu_with_an_int8_slope(tmp_path, preset):
+    """MTCNN's PReLU: tf2onnx writes it as five float ops (Q/DQ between Conv and its Relu breaks the
+    NPU's fusion rule); rq-tf2 quantizes it as ONNX's PRelu with an int8 per-tensor slope."""
+    model = prelu_model()
+    rng = np.random.default_rng(0)
+    alphas = {}
+    for layer in model.layers:
+        if isinstance(layer, L.PReLU):
+            alphas[layer.name] = rng.uniform(0.05, 0.5, layer.alpha.shape).astype(np.float32)
+            layer.alpha.assign(alphas[layer.name])
+    qmodel = rq_tf2.quantize_model(model, preset=preset)
+    assert qmodel.rq_float_ops == []
+    rq_tf2.calibrate(qmodel, rng.standard_normal((32, 10, 10, 3)).astype(np.float32), batch_size=8, quiet=True)
+    result = rq_tf2.export_onnx(qmodel, tmp_path / "q.onnx")
+    assert result.violations == [] and validate(tmp_path / "q.onnx", preset) == []
+    graph = result.model.graph
+    prelus = [n for n in graph.node if n.op_type == "PRelu"]
+    assert len(prelus) == 3 and not {"Neg", "Sub"} & {n.op_type for n in graph.node}
+    producers = {o: n for n in graph.node for o in n.output}
+    for prelu in prelus:
+        assert producers[prelu.input[1]].op_type == "DequantizeLinear"  # the slope is stored as int8
+    for name, alpha in alphas.items():  # the twin's slope: alpha on a per-tensor grid
+        twin = qmodel.get_layer(name)
+        qp = twin.weight_qparams()
+        np.testing.assert_array_equal(np.asarray(twin.quantized_kernel(twin.kernel)), reference_fake_quantize(alpha, qp))
+    x = rng.standard_normal((4, 10, 10, 3)).astype(np.float32)
+    expected = np.asarray(qmodel(x, training=False))
+    got = run_ort(tmp_path / "q.onnx", {"x": x}, as_written=True)
+    assert np.abs(got - expected).max() / output_step(tmp_path / "q.onnx") <= 1.0001
+
+
+def test_a_tiny_dense_bias_on_3d_inputs_is_aligned_for_the_npu(tmp_path):
+    """A Dense on 3-d inputs writes MatMul + Add of its bias (MiniLM's projections): with a wide
+    output and a tiny bias their positions differ by more than the NPU's 7 unless the bias's is
+    lowered; the export then has no npu-add-positions violation."""
+    inputs = keras.Input((4, 8), name="x")
+    dense = L.Dense(8, name="proj")
+    model = keras.Model(inputs, dense(inputs))
+    rng = np.random.default_rng(0)
+    dense.kernel.assign(rng.uniform(-2, 2, (8, 8)).astype(np.float32))
+    dense.bias.assign(rng.uniform(-0.003, 0.003, 8).astype(np.float32))
+    qmodel = rq_tf2.quantize_model(model, preset="npu_cnn")
+    rq_tf2.calibrate(qmodel, rng.uniform(-4, 4, (16, 4, 8)).astype(np.float32), batch_size=8, quiet=True)
+    assert any("Add inputs within 7 positions" in note for note in qmodel.rq_notes)
+    result = rq_tf2.export_onnx(qmodel, tmp_path / "q.onnx")
+    assert result.violations == [] and validate(tmp_path / "q.onnx", "npu_cnn") == []
+    x = rng.uniform(-4, 4, (2, 4, 8)).astype(np.float32)
+    got = run_ort(tmp_path / "q.onnx", {"x": x}, as_written=True)
+    assert np.abs(got - np.asarray(qmodel(x, training=False))).max() / output_step(tmp_path / "q.onnx") <= 1.0001

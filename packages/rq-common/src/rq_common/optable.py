@@ -98,7 +98,7 @@ OP_TABLE: dict[str, OpFacts] = {
         OpFacts("Relu", npu=_FUSED),
         OpFacts("Clip", constants=(1, 2), npu=_FUSED),
         OpFacts("LeakyRelu"),
-        OpFacts("PRelu", inputs=(0, 1)),
+        OpFacts("PRelu", inputs=(0, 1), constant_operand=True),  # the slope: an int8 constant
         OpFacts("Sigmoid"),
         OpFacts("HardSigmoid"),
         OpFacts("HardSwish"),

@@ -17,6 +17,7 @@ from rq_tf2.layers import (
     QuantConv2DTranspose,
     QuantDense,
     QuantDepthwiseConv2D,
+    QuantPReLU,
 )
 from rq_tf2.quantizer import ActivationQuantizer, Mode
 from rq_tf2.serialization import custom_objects, load_model
@@ -38,6 +39,7 @@ __all__ = [
     "QuantConv2DTranspose",
     "QuantDense",
     "QuantDepthwiseConv2D",
+    "QuantPReLU",
     "UnsupportedModelError",
     "calibrate",
     "custom_objects",

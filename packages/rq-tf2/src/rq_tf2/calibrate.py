@@ -18,9 +18,9 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from rq_common.errors import CalibrationDataError
-from rq_common.pipeline import Layer, ModelView, Weight
+from rq_common.pipeline import ConstantOperand, Layer, ModelView, Weight
 from rq_common.pipeline import finalize as finalize_view
-from rq_tf2.errors import NotCalibratedError
+from rq_tf2.errors import NotCalibratedError, unwrapped
 from rq_tf2.graph import functional_graph
 from rq_tf2.layers import BiasAdd, ExportableLayerNormalization, QuantWeightedMixin
 from rq_tf2.quantizer import ActivationQuantizer, Mode
@@ -158,10 +158,13 @@ def calibrate(
             arrays = _inputs(batch, model)
             model(arrays if len(arrays) > 1 else arrays[0], training=False)
             count += 1
-    except Exception:
+    except Exception as error:
         for q in wiring.quantizers:
             q.mode = Mode.QUANTIZE if q.is_calibrated else Mode.OFF
-        raise
+        original = unwrapped(error)  # an observer's NaN error, as rq raised it: one line
+        if original is error:
+            raise
+        raise original from None
     if count == 0:
         for q in wiring.quantizers:
             q.mode = Mode.OFF
@@ -181,7 +184,7 @@ def finalize(model: keras.Model, wiring: Links | None = None) -> list[str]:
     layers = []
     for twin in wiring.twins:
         source, output = wiring.input_of.get(twin.name), wiring.output_of.get(twin.name)
-        bias = None if isinstance(twin, BiasAdd) else twin.float_bias()
+        bias = None if twin.constant_operand else twin.float_bias()
         if bias is not None and source is None:
             raise NotCalibratedError(f"layer '{twin.name}' has a bias but no quantized input; this model was not made by rq_tf2")
         layers.append(
@@ -191,7 +194,7 @@ def finalize(model: keras.Model, wiring: Links | None = None) -> list[str]:
                 key[id(source)] if source is not None else None,
                 key[id(output)] if output is not None else None,
                 None if bias is None else np.asarray(bias),
-                shifted=not isinstance(twin, BiasAdd),
+                shifted=not twin.constant_operand,
             )
         )
     view = ModelView(
@@ -200,7 +203,12 @@ def finalize(model: keras.Model, wiring: Links | None = None) -> list[str]:
             t.name: Weight(t.float_weight_view(), t.weight_spec.axis if t.weight_spec.per_channel else None) for t in wiring.twins
         },
         layers=layers,
-        adds=[[key[id(q)] for q in add] for add in wiring.adds],
+        adds=[[key[id(q)] for q in add] for add in wiring.adds]
+        + [  # a Dense's bias Add on 3-d inputs: the NPU aligns the constant's position too
+            [key[id(wiring.input_of[t.name])], ConstantOperand(t.name)]
+            for t in wiring.twins
+            if isinstance(t, BiasAdd) and t.name in wiring.input_of
+        ],
     )
     result = finalize_view(view, preset)
     for q in wiring.quantizers:

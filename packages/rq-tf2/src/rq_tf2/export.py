@@ -19,7 +19,7 @@ import keras
 import onnx
 import tensorflow as tf
 
-from rq_common.format import DEFAULT_OPSET, fuse_layer_norms
+from rq_common.format import DEFAULT_OPSET, fuse_layer_norms, fuse_written_out_activations
 from rq_common.format.marked_export import finish_marked_export, unconverted_ops
 from rq_common.format.markers import LayerParams
 from rq_common.io import save_onnx
@@ -27,7 +27,7 @@ from rq_common.pipeline import QuantizeResult
 from rq_tf2.calibrate import Links, require_calibrated
 from rq_tf2.errors import ExportError
 from rq_tf2.fake_quant import exporting
-from rq_tf2.layers import BiasAdd, ExportableLayerNormalization, QuantWeightedMixin
+from rq_tf2.layers import ExportableLayerNormalization, QuantPReLU, QuantWeightedMixin
 from rq_tf2.quantizer import ActivationQuantizer
 
 MARKER = "rqexport{}x"
@@ -61,7 +61,7 @@ def export_onnx(model: keras.Model, path: str | Path, opset: int = DEFAULT_OPSET
         preset,
         {m: q.qparams() for m, q in markers.items() if isinstance(q, ActivationQuantizer)},
         {
-            m: LayerParams(t.weight_qparams(), t.bias_qparams(), constant_operand=isinstance(t, BiasAdd))
+            m: LayerParams(t.weight_qparams(), t.bias_qparams(), constant_operand=t.constant_operand)
             for m, t in markers.items()
             if isinstance(t, QuantWeightedMixin)
         },
@@ -69,7 +69,7 @@ def export_onnx(model: keras.Model, path: str | Path, opset: int = DEFAULT_OPSET
         not_a_layer=not_a_layer.match,
         is_float_node=lambda name: _in_layers(name, float_layers),
         has_float_ops=bool(float_layers),
-        rewrite=lambda exported: _fuse_layer_norms(exported, markers),
+        rewrite=lambda exported: _fuse_written_out_ops(exported, markers),
     )
     path = save_onnx(result.model, path)
     return QuantizeResult(
@@ -124,11 +124,15 @@ def _mark(wiring: Links) -> dict[str, keras.layers.Layer]:
     return markers
 
 
-def _fuse_layer_norms(model: onnx.ModelProto, markers) -> None:
-    """The dozen ops tf2onnx writes for each LayerNormalization -> one ONNX LayerNormalization
-    (rq_common's fusion); every marked one must have been found."""
+FUSED_OPS = {ExportableLayerNormalization: "LayerNormalization", QuantPReLU: "PRelu"}
+
+
+def _fuse_written_out_ops(model: onnx.ModelProto, markers) -> None:
+    """tf2onnx writes a LayerNormalization as a dozen ops and a PReLU as five: each becomes its one
+    ONNX op (rq_common's fusions); every marked one must have been found."""
     fuse_layer_norms(model)
-    fused = {part for n in model.graph.node if n.op_type == "LayerNormalization" for part in n.name.split("/")}
+    fuse_written_out_activations(model)
     for marker, layer in markers.items():
-        if isinstance(layer, ExportableLayerNormalization) and marker not in fused:
-            raise ExportError(f"tf2onnx wrote LayerNormalization '{layer.name}' in an unexpected form; please report it")
+        op_type = next((op for cls, op in FUSED_OPS.items() if isinstance(layer, cls)), None)
+        if op_type is not None and not any(n.op_type == op_type and marker in n.name.split("/") for n in model.graph.node):
+            raise ExportError(f"tf2onnx wrote {op_type} '{layer.name}' in an unexpected form; please report it")

@@ -36,6 +36,7 @@ class QuantWeightedMixin:
     channels are (``kernel_channel_axis`` of ``kernel_view``) and which op they run (``linear``)."""
 
     kernel_channel_axis = -1
+    constant_operand = False  # the "kernel" is an op's constant operand (no multiply-accumulate, no bias)
 
     def __init__(self, *args, preset: Preset | dict, batchnorm: dict | None = None, freeze_bn_after: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
@@ -319,6 +320,8 @@ class BiasAdd(QuantWeightedMixin, keras.layers.Layer):
     """x + bias, the bias a constant quantized with the weight spec per tensor (how rq-onnx stores
     the constant operand of an Add): the bias of a Dense on 3-d inputs."""
 
+    constant_operand = True
+
     def __init__(self, units: int, **kwargs):
         super().__init__(**kwargs)
         self.units = units
@@ -335,6 +338,31 @@ class BiasAdd(QuantWeightedMixin, keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "units": self.units}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class QuantPReLU(QuantWeightedMixin, keras.layers.Layer):
+    """PReLU with its slope fake-quantized per tensor, as rq-onnx stores PRelu's slope. Computed as
+    relu(x) - slope * relu(-x), the written-out form rq_common's fusion makes one ONNX PRelu."""
+
+    constant_operand = True
+
+    def __init__(self, slope_shape, **kwargs):
+        super().__init__(**kwargs)
+        self.slope_shape = tuple(slope_shape)
+        self.preset = self.preset.override(per_channel=False)
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(name="slope", shape=self.slope_shape, initializer="zeros")
+        self.bias = None
+        self._build_rq()
+        self.built = True
+
+    def linear(self, x, kernel):
+        return ops.relu(x) - kernel * ops.relu(-x)
+
+    def get_config(self):
+        return {**super().get_config(), "slope_shape": list(self.slope_shape)}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

@@ -18,7 +18,15 @@ import numpy as np
 from rq_common.qmath import fold_batchnorm
 from rq_common.qmath.npu_rules import round_leaky_alpha
 from rq_common.spec import Preset
-from rq_tf2.layers import QUANT_TWINS, BiasAdd, ExportableLayerNormalization, MatMul, QuantDepthwiseConv2D, QuantWeightedMixin
+from rq_tf2.layers import (
+    QUANT_TWINS,
+    BiasAdd,
+    ExportableLayerNormalization,
+    MatMul,
+    QuantDepthwiseConv2D,
+    QuantPReLU,
+    QuantWeightedMixin,
+)
 
 L = keras.layers
 
@@ -237,6 +245,21 @@ def _leaky_steps(layer, slope: float, ctx: RuleContext) -> list[Step]:
     if ctx.preset.target.fixed_point_rules:
         slope = round_leaky_alpha(slope)
     return [Step(layer.name, "LeakyRelu", lambda: L.LeakyReLU(negative_slope=slope, name=layer.name))]
+
+
+@layer_rule(L.PReLU)
+def prelu_rule(layer, ctx: RuleContext) -> list[Step]:
+    """ONNX's PRelu, its slope an int8 constant (per tensor, as rq-onnx and rq-torch store it)."""
+    slope, preset = np.asarray(layer.alpha), ctx.preset
+    return [
+        Step(
+            layer.name,
+            "PRelu",
+            lambda: QuantPReLU(slope_shape=slope.shape, preset=preset, name=layer.name),
+            lambda new: new.kernel.assign(slope),
+            constant_operand=True,
+        )
+    ]
 
 
 @layer_rule(L.Activation)

@@ -14,7 +14,7 @@ from rq_common.format.builder import (
 from rq_common.format.canonicalize import DEFAULT_OPSET, MIN_OPSET, REWRITES, CanonicalizeResult, canonicalize
 from rq_common.format.gemm import fuse_matmul_bias
 from rq_common.format.graph import GraphIndex, QdqParams, output_qdq_params, qdq_params
-from rq_common.format.hard_activations import divisions_to_multiplications, fuse_hard_activations
+from rq_common.format.hard_activations import divisions_to_multiplications, fuse_written_out_activations
 from rq_common.format.layernorm import fuse_layer_norms
 from rq_common.format.validate import CHECKS, Violation, ViolationKind, validate
 
@@ -31,7 +31,7 @@ __all__ = [
     "ViolationKind",
     "canonicalize",
     "divisions_to_multiplications",
-    "fuse_hard_activations",
+    "fuse_written_out_activations",
     "fuse_layer_norms",
     "fuse_matmul_bias",
     "insert_qdq",

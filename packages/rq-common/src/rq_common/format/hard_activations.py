@@ -1,13 +1,16 @@
 """Elementwise forms that are one op, rewritten as that op so that they quantize as one.
 
-Exporters write a division by a constant (attention's 1/sqrt(d), HardSwish's /6) and the hard
-activations of MobileNetV3 and PP-LCNet as chains of elementwise ops; each op of such a chain would
-get its own quantizer, and Div has no int8 form at all. Here:
+Exporters write a division by a constant (attention's 1/sqrt(d), HardSwish's /6), the hard
+activations of MobileNetV3 and PP-LCNet and Keras's PReLU as chains of elementwise ops; each op of
+such a chain would get its own quantizer (or stay float between them), and Div has no int8 form at
+all. Here:
 - ``Div(x, c)`` with a float constant ``c`` becomes ``Mul(x, 1/c)`` (the quotient to within one
   float32 rounding);
 - ``Clip(x + 3, 0, 6) * (1/6)`` and ``Clip(x * (1/6) + 0.5, 0, 1)`` become ``HardSigmoid(x)``
   (alpha 1/6, beta 0.5, PyTorch's and Keras's definition);
-- ``x * HardSigmoid(x)`` and ``(x * Clip(x + 3, 0, 6)) * (1/6)`` become ``HardSwish(x)`` (opset 14).
+- ``x * HardSigmoid(x)`` and ``(x * Clip(x + 3, 0, 6)) * (1/6)`` become ``HardSwish(x)`` (opset 14);
+- ``Relu(x) + Relu(-x) * c`` (Keras's PReLU, ``c = -alpha`` folded by grappler: MTCNN) and
+  ``Relu(x) - alpha * Relu(-x)`` become ``PRelu(x, slope)``, the slope a constant of its own.
 Each rewrite keeps the graph's function; its tensors keep their names where they stay.
 """
 
@@ -42,8 +45,8 @@ def divisions_to_multiplications(model: onnx.ModelProto) -> list[str]:
     return log
 
 
-def fuse_hard_activations(model: onnx.ModelProto) -> list[str]:
-    """The written-out HardSigmoid and HardSwish forms as the single ops; returns a log."""
+def fuse_written_out_activations(model: onnx.ModelProto) -> list[str]:
+    """The written-out HardSigmoid, HardSwish and PReLU forms as the single ops; returns a log."""
     log = []
     while (line := _fuse_one(model)) is not None:
         log.append(line)
@@ -59,14 +62,27 @@ def _fuse_one(model: onnx.ModelProto) -> str | None:
         sigmoid_input = _hard_sigmoid_input(index, node)
         if sigmoid_input is not None:
             return _replace(model, index, node, "HardSigmoid", sigmoid_input)
+        prelu = _prelu_operands(index, node)
+        if prelu is not None:
+            source, slope = prelu
+            name = unique_name(model.graph, f"{node.name or node.output[0]}_slope".replace("/", "_"))
+            set_initializer(model.graph, name, slope)
+            return _replace(model, index, node, "PRelu", source, extra_inputs=[name])
     return None
 
 
-def _replace(model: onnx.ModelProto, index: GraphIndex, last: onnx.NodeProto, op_type: str, source: str) -> str:
-    """``last``'s output computed by one ``op_type`` node on ``source``; the chain before it goes
-    once nothing else reads it (remove_dead_nodes-like sweep of the chain's own nodes)."""
+def _replace(
+    model: onnx.ModelProto,
+    index: GraphIndex,
+    last: onnx.NodeProto,
+    op_type: str,
+    source: str,
+    extra_inputs: list[str] = (),
+) -> str:
+    """``last``'s output computed by one ``op_type`` node on ``source`` (and ``extra_inputs``, its
+    constants); the chain before it goes once nothing else reads it."""
     attrs = {"alpha": HARD_SIGMOID_ALPHA, "beta": HARD_SIGMOID_BETA} if op_type == "HardSigmoid" else {}
-    fused = helper.make_node(op_type, [source], [last.output[0]], name=last.name or None, **attrs)
+    fused = helper.make_node(op_type, [source, *extra_inputs], [last.output[0]], name=last.name or None, **attrs)
     graph = model.graph
     position = list(graph.node).index(last)
     chain = _chain(index, last, source)
@@ -187,4 +203,53 @@ def _hard_swish_input(index: GraphIndex, node: onnx.NodeProto) -> str | None:
             for x, other in ((a, b), (b, a)):
                 if _relu6_of_plus_3(index, other) == x:
                     return x
+    return None
+
+
+def _relu_of_negated(index: GraphIndex, name: str) -> str | None:
+    """x when ``name`` is Relu(Neg(x))."""
+    relu = _producer(index, name, "Relu")
+    neg = _producer(index, relu.input[0], "Neg") if relu is not None else None
+    return neg.input[0] if neg is not None else None
+
+
+def _slope_times_relu_of_negated(index: GraphIndex, name: str) -> tuple[str, np.ndarray] | None:
+    """(x, c in x's layout) when ``name`` is Mul(Relu(Neg(x)), c) with a float constant c, in
+    either order, or that Mul between a Transpose and its inverse (tf2onnx's NHWC constant)."""
+    perm = None
+    outer = _producer(index, name, "Transpose")
+    if outer is not None:
+        perm = [int(p) for p in attribute(outer, "perm")]
+        name = outer.input[0]
+    mul = _producer(index, name, "Mul")
+    if mul is None or len(mul.input) != 2:
+        return None
+    for run_time, constant in ((0, 1), (1, 0)):
+        c, operand = index.constant(mul.input[constant]), mul.input[run_time]
+        if perm is not None:
+            inner = _producer(index, operand, "Transpose")
+            inverse = None if inner is None else [int(p) for p in attribute(inner, "perm")]
+            if inverse is None or [inverse[p] for p in perm] != list(range(len(perm))) or c is None:
+                continue
+            operand = inner.input[0]
+            c = c.reshape((1,) * (len(perm) - c.ndim) + c.shape).transpose(perm)
+        x = _relu_of_negated(index, operand)
+        if c is not None and np.issubdtype(c.dtype, np.floating) and x is not None:
+            return x, c
+    return None
+
+
+def _prelu_operands(index: GraphIndex, node: onnx.NodeProto) -> tuple[str, np.ndarray] | None:
+    """(x, slope) when ``node`` computes PRelu(x, slope): Relu(x) + Relu(-x) * c (slope -c) or
+    Relu(x) - c * Relu(-x) (slope c)."""
+    if node.op_type not in ("Add", "Sub") or len(node.input) != 2:
+        return None
+    orders = ((0, 1), (1, 0)) if node.op_type == "Add" else ((0, 1),)
+    for positive, negative in orders:
+        relu = _producer(index, node.input[positive], "Relu")
+        found = _slope_times_relu_of_negated(index, node.input[negative])
+        if relu is None or found is None or relu.input[0] != found[0]:
+            continue
+        x, c = found
+        return x, (-c if node.op_type == "Add" else c).astype(c.dtype)
     return None

@@ -118,14 +118,14 @@ def finalize(view: ModelView, preset: Preset) -> Finalized:
 
 def _repair_positions(view: ModelView, activations: dict[Hashable, QParams], weights: dict[str, QParams]) -> list[str]:
     """Activation positions (and Adds' per-tensor constant operands) moved until every shifted
-    layer's shift_cut and every Add's gap hold. A layer's own weight keeps its position."""
+    layer's shift_cut and every Add's gap hold. A shifted layer's weight keeps its position."""
     positions = {key: npu_rules.position(qp.scale) for key, qp in activations.items()}
     shifted = [
         (npu_rules.position(weights[layer.weight].scale), layer.input, layer.output)
         for layer in view.layers
         if layer.shifted and layer.input in activations and layer.output in activations and not weights[layer.weight].per_channel
     ]
-    layer_weights = {layer.weight for layer in view.layers}
+    layer_weights = {layer.weight for layer in view.layers if layer.shifted}
     constants = {
         key
         for add in view.adds

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx
 
-from rq_common.format import divisions_to_multiplications, fuse_hard_activations, fuse_layer_norms, fuse_matmul_bias
+from rq_common.format import divisions_to_multiplications, fuse_layer_norms, fuse_matmul_bias, fuse_written_out_activations
 from rq_common.qmath.npu_rules import is_leaky_alpha_exact, round_leaky_alpha
 from rq_common.spec import Preset
 from rq_onnx.errors import ModelLoadError
@@ -64,7 +64,7 @@ def prepare_model(model: onnx.ModelProto, preset: Preset, notes: list[str]) -> o
     remove_training_nodes(model, notes)
     fold_constants(model, notes)
     _count(notes, divisions_to_multiplications(model), "Div node(s) by a constant became Mul by its reciprocal")
-    _count(notes, fuse_hard_activations(model), "written-out HardSigmoid / HardSwish chain(s) fused into one op")
+    _count(notes, fuse_written_out_activations(model), "written-out HardSigmoid / HardSwish / PReLU chain(s) fused into one op")
     model = infer_shapes(model)
     fold_batchnorm(model, notes, lone_to_depthwise=preset.target.fixed_point_rules)
     fold_scale_shift_into_conv(model, notes)
