@@ -134,3 +134,41 @@ def test_inplace_op_read_later_is_quantized_where_it_runs(tmp_path, seeded):
     assert result.violations == []
     ort_out = np.concatenate([run_ort(tmp_path / "q.onnx", {"x": x[i : i + 1].numpy()}, as_written=True) for i in range(8)])
     np.testing.assert_array_equal(ort_out, quantized.numpy())
+
+
+class TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(5, 4)
+
+    def forward(self, image, extra):
+        return self.conv(image).mean((2, 3)) + self.fc(extra)
+
+
+@pytest.mark.parametrize(
+    "batch,message",
+    [
+        (torch.randn(2, 5, 16, 16), r"input 'x' has shape \[2, 5, 16, 16\], the model was traced with \[1, 3, 16, 16\]"),
+        (torch.randn(2, 3, 16, 16, 1), r"input 'x' has shape \[2, 3, 16, 16, 1\], the model was traced with \[1, 3, 16, 16\]"),
+        (torch.randn(3, 16, 16), r"input 'x' has shape \[3, 16, 16\].*give batches of shape \[N, 3, 16, 16\]"),
+        ((torch.randn(4, 3, 8, 8), torch.zeros(4)), r"input 'x' has shape \[4, 3, 8, 8\].*only the batch size may differ"),
+        ({"x": torch.randn(2, 3, 16, 8)}, r"input 'x' has shape \[2, 3, 16, 8\]"),
+    ],
+)
+def test_calibration_batch_of_another_shape_than_the_traced_example(batch, message):
+    """Named by rq (expected and got) before torch fails on it; the batch size alone may differ."""
+    qmodel = rq_torch.quantize_model(nets.ResNetStyle(), torch.randn(1, 3, 16, 16))
+    good = torch.randn(4, 3, 16, 16)
+    with pytest.raises(CalibrationDataError, match=f"calibration batch 2: {message}") as info:
+        rq_torch.calibrate(qmodel, [good, batch], quiet=True)
+    assert type(info.value) is CalibrationDataError and "\n" not in str(info.value)
+
+
+def test_calibration_shapes_of_several_inputs_are_checked_by_name():
+    qmodel = rq_torch.quantize_model(TwoInputs(), (torch.randn(1, 3, 8, 8), torch.randn(1, 5)), preset="cpu")
+    rq_torch.calibrate(qmodel, [(torch.randn(4, 3, 8, 8), torch.randn(4, 5))], quiet=True)  # another batch size: fine
+    with pytest.raises(CalibrationDataError, match=r"batch 1: input 'extra' has shape \[4, 6\].*traced with \[1, 5\]"):
+        rq_torch.calibrate(qmodel, [(torch.randn(4, 3, 8, 8), torch.randn(4, 6))], quiet=True)
+    with pytest.raises(CalibrationDataError, match=r"input 'extra' has shape \[2, 5, 1\]"):
+        rq_torch.calibrate(qmodel, [{"image": torch.randn(2, 3, 8, 8), "extra": torch.randn(2, 5, 1)}], quiet=True)

@@ -43,6 +43,33 @@ def _inputs(batch, count: int) -> tuple:
     raise CalibrationDataError(f"a calibration batch is a {type(batch).__name__}; give tensors, tuples of tensors, or dicts")
 
 
+def _traced_shapes(model: fx.GraphModule) -> list[tuple[str, tuple[int, ...] | None]]:
+    """(argument name, shape) of each input, in order, as quantize_model traced them: the
+    placeholders' tensor_meta from its last shape propagation (None: not a tensor)."""
+    shapes = []
+    for node in model.graph.nodes:
+        if node.op == "placeholder":
+            meta = node.meta.get("tensor_meta")
+            shapes.append((str(node.target), tuple(meta.shape) if hasattr(meta, "shape") else None))
+    return shapes
+
+
+def _check_shapes(inputs: dict[str, object], traced: dict[str, tuple[int, ...] | None], batch_number: int) -> None:
+    """Only the batch size may differ from the traced example: a batch of another rank or other
+    non-batch dims would fail inside torch with an error that names neither shape."""
+    for name, value in inputs.items():
+        expected, got = traced.get(name), getattr(value, "shape", None)
+        if not expected or got is None:
+            continue
+        got = tuple(got)
+        if len(got) != len(expected) or got[1:] != expected[1:]:
+            want = ", ".join(["N", *map(str, expected[1:])])
+            raise CalibrationDataError(
+                f"calibration batch {batch_number}: input '{name}' has shape {list(got)}, the model was traced with "
+                f"{list(expected)}; give batches of shape [{want}] (only the batch size may differ)"
+            )
+
+
 def calibrate(
     model: fx.GraphModule, data: Iterable, max_calibration_batches: int | None = None, quiet: bool = False
 ) -> fx.GraphModule:
@@ -58,6 +85,8 @@ def calibrate(
     for name, _ in plan.constants:
         model.get_submodule(name).mode = Mode.OFF
     model.eval()
+    order = _traced_shapes(model)
+    traced = dict(order)
     count = 0
     total = max_calibration_batches if max_calibration_batches is not None else (len(data) if hasattr(data, "__len__") else None)
     with torch.no_grad():
@@ -66,9 +95,12 @@ def calibrate(
         ):
             count += 1
             if isinstance(batch, dict):
+                _check_shapes(batch, traced, count)
                 model(**batch)
             else:
-                model(*_inputs(batch, len(plan.input_names)))
+                inputs = _inputs(batch, len(plan.input_names))
+                _check_shapes(dict(zip([name for name, _ in order], inputs)), traced, count)
+                model(*inputs)
     if count == 0:
         for q in quantizers.values():
             q.mode = Mode.OFF
