@@ -62,3 +62,22 @@ def test_add_of_a_per_channel_constant_becomes_bias_add():
     assert next(n.op for n in normalized.node if n.name == "y") == "BiasAdd"
     x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
     np.testing.assert_array_equal(run(normalized, ["logits:0"], {"x": x})[0], run(graph_def, ["logits:0"], {"x": x})[0])
+
+
+def test_keras3_conv_bias_reshaped_to_four_dims_becomes_bias_add():
+    """Keras 3 adds a Conv2D's bias as Add(conv, reshape(bias, (1, 1, 1, C))); after constant folding
+    that is a (1, 1, 1, C) constant, HED's one-channel side outputs among them."""
+    rng = np.random.default_rng(0)
+    with tf.Graph().as_default() as graph:
+        x = tf.compat.v1.placeholder(tf.float32, (None, 6, 6, 3), name="x")
+        conv = tf.nn.conv2d(x, tf.constant(rng.standard_normal((1, 1, 3, 1)).astype(np.float32)), 1, "SAME")
+        y = tf.add(conv, tf.constant(np.float32([[[[0.7]]]])), name="y")
+        tf.identity(y, name="logits")
+    graph_def = graph.as_graph_def()
+    normalized = normalize_bias_adds(graph_def)
+    bias_add = next(n for n in normalized.node if n.name == "y")
+    assert bias_add.op == "BiasAdd"
+    bias = next(n for n in normalized.node if n.name == bias_add.input[1].split(":")[0])
+    assert [d.size for d in bias.attr["value"].tensor.tensor_shape.dim] == [1]
+    x = rng.standard_normal((2, 6, 6, 3)).astype(np.float32)
+    np.testing.assert_array_equal(run(normalized, ["logits:0"], {"x": x})[0], run(graph_def, ["logits:0"], {"x": x})[0])

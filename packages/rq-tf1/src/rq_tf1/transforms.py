@@ -212,11 +212,15 @@ def normalize_bias_adds(graph_def: GraphDef) -> GraphDef:
         if source is None or source.op not in WEIGHTED_OPS or _single_reader(read, source.name) is not node:
             continue
         weight = const_value(by_name.get(source.input[1].split(":")[0]))
-        if weight is None or constant is None or constant.ndim != 1:
+        if weight is None or constant is None or constant.ndim < 1 or any(d != 1 for d in constant.shape[:-1]):
             continue
         view, axis = weight_view(source, weight)
-        if constant.shape[0] != view.shape[axis]:
+        if constant.shape[-1] != view.shape[axis]:
             continue
+        if constant.ndim > 1:  # Keras 3 adds a Conv's bias reshaped to (1, 1, 1, C): BiasAdd takes it 1-D
+            bias_name = f"{node.name}/bias"
+            out.node.append(make_const(bias_name, constant.reshape(-1).astype(np.float32)))
+            node.input[1] = bias_name
         node.op = "BiasAdd"
     return out
 
