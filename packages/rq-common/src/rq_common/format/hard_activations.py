@@ -67,7 +67,7 @@ def _fuse_one(model: onnx.ModelProto) -> str | None:
             source, slope = prelu
             name = unique_name(model.graph, f"{node.name or node.output[0]}_slope".replace("/", "_"))
             set_initializer(model.graph, name, slope)
-            return _replace(model, index, node, "PRelu", source, extra_inputs=[name])
+            return _replace(model, index, node, "PRelu", source, extra_inputs=(name,))
     return None
 
 
@@ -77,7 +77,7 @@ def _replace(
     last: onnx.NodeProto,
     op_type: str,
     source: str,
-    extra_inputs: list[str] = (),
+    extra_inputs: tuple[str, ...] = (),
 ) -> str:
     """``last``'s output computed by one ``op_type`` node on ``source`` (and ``extra_inputs``, its
     constants); the chain before it goes once nothing else reads it."""
