@@ -111,6 +111,17 @@ def test_inspect_lists_what_happens_to_each_node(setup, capsys):
         ({"--calib_iter": "0"}, "calibrate on at least one batch"),
         ({"--output_dir": "{graph}"}, "is the input model; write the int8 model to another path"),
         ({"--ignore_nodes": "expand/conv"}, "--ignore_nodes names 'expand/conv'.*close names: expand/Conv2D"),
+        (
+            {"--input_shapes": "?,16,16,three"},
+            r"--input_shapes '\?,16,16,three': 'three' is not a size; give positive integers or \?",
+        ),
+        ({"--input_shapes": "?,16,,3"}, r"--input_shapes '\?,16,,3': '' is not a size"),
+        ({"--input_shapes": "?,16,16,0"}, r"--input_shapes '\?,16,16,0': '0' is not a size"),
+        ({"--input_shapes": "?,16,16,3:"}, r"--input_shapes '\?,16,16,3:': '' is not a size"),
+        ({"--input_shapes": "?,16,16,3:?,4"}, r"--input_shapes gives 2 shape\(s\) for 1 input node\(s\)"),
+        ({"--calib_iter": "-3"}, "calibrate on at least one batch"),
+        ({"--input_nodes": ","}, "--input_nodes ',' names no node; give comma-separated node names"),
+        ({"--ignore_nodes": " , "}, "--ignore_nodes ' , ' names no node"),
     ],
 )
 def test_bad_input_is_one_line_and_no_output_directory(setup, capsys, changes, message):
@@ -121,6 +132,24 @@ def test_bad_input_is_one_line_and_no_output_directory(setup, capsys, changes, m
     assert err.startswith("rq-tf1: error:") and re.search(message, err), err
     assert not (tmp / "out").exists()
     assert not [p for p in tmp.iterdir() if p.name.startswith(".out-")]  # no staging left behind
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"--calib_iter": "ten"}, "argument --calib_iter: invalid int value: 'ten'"),
+        ({"--method": "2"}, r"argument --method: invalid choice: 2 \(choose from 0, 1\)"),
+        ({"--method": "pot"}, "argument --method: invalid int value: 'pot'"),
+    ],
+)
+def test_flags_argparse_refuses_are_one_line_too(setup, capsys, changes, message):
+    graph, tmp = setup
+    with pytest.raises(SystemExit) as info:
+        main(quantize_args(graph, tmp / "out", **changes))
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and "usage:" not in err
+    assert err.startswith("rq-tf1 quantize: error: ") and re.search(message, err) and "see rq-tf1 quantize --help" in err
+    assert not (tmp / "out").exists()
 
 
 def test_ctrl_c_during_calibration_is_one_line_exit_130_and_nothing_written(setup, capsys):
@@ -145,3 +174,13 @@ def test_graph_that_is_not_frozen_or_not_a_graph(tmp_path, capsys):
     ):
         code = main(quantize_args(tmp_path / name, tmp_path / "out", **{"--input_fn": "os.getcwd", "--input_shapes": "?,3"}))
         assert code == 2 and re.search(message, capsys.readouterr().err)
+
+
+def test_parse_input_shapes_raises_graph_error_for_a_bad_size():
+    from rq_tf1.api import parse_input_shapes
+    from rq_tf1.errors import GraphError
+
+    assert parse_input_shapes("?,8,8,3:-1,4", 2) == [(None, 8, 8, 3), (None, 4)]
+    with pytest.raises(GraphError, match=r"--input_shapes '\?,8,8,three': 'three' is not a size") as info:
+        parse_input_shapes("?,8,8,three", 1)
+    assert type(info.value) is GraphError

@@ -36,10 +36,23 @@ def parse_input_shapes(text: str | None, count: int) -> list[tuple | None]:
     """vai_q's --input_shapes: '?,224,224,3:?,10' -> one shape per input node (? or -1: any size)."""
     if not text:
         return [None] * count
-    shapes = [tuple(None if d.strip() in ("?", "-1") else int(d) for d in part.split(",")) for part in text.split(":")]
+    shapes = [tuple(_dim(d, text) for d in part.split(",")) for part in text.split(":")]
     if len(shapes) != count:
         raise GraphError(f"--input_shapes gives {len(shapes)} shape(s) for {count} input node(s); separate shapes with ':'")
     return shapes
+
+
+def _dim(text: str, flag_value: str) -> int | None:
+    """One size of --input_shapes: ? or -1 (any size), or a positive integer."""
+    text = text.strip()
+    if text in ("?", "-1"):
+        return None
+    if not text.isdigit() or int(text) == 0:
+        raise GraphError(
+            f"--input_shapes '{flag_value}': '{text}' is not a size; give positive integers or ? "
+            "separated by ',' (e.g. ?,224,224,3), several inputs separated by ':'"
+        )
+    return int(text)
 
 
 def load_input_fn(spec: str | Callable) -> Callable[[int], dict]:

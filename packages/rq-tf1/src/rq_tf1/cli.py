@@ -14,14 +14,29 @@ import sys
 
 from rq_common.errors import run_command
 from rq_tf1.api import inspect_frozen_graph, quantize_frozen_graph
+from rq_tf1.errors import GraphError
 
 
-def _names(text: str | None) -> list[str] | None:
-    return [n.strip() for n in text.split(",") if n.strip()] if text else None
+def _names(text: str | None, flag: str) -> list[str] | None:
+    """A comma-separated list of node names; a flag given with no names is refused (an empty list
+    would reach the graph checks and be reported as some other problem)."""
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise GraphError(f"{flag} '{text}' names no node; give comma-separated node names")
+    return names
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, as rq's are (the usage is in --help)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rq-tf1", description="Quantize TF1 frozen graphs to rq's int8 ONNX format")
+    parser = _Parser(prog="rq-tf1", description="Quantize TF1 frozen graphs to rq's int8 ONNX format")
     commands = parser.add_subparsers(dest="command", required=True)
     quantize = commands.add_parser("quantize", help="calibrate and write quantize_eval_model.pb and quantized.onnx")
     quantize.add_argument("--input_frozen_graph", required=True)
@@ -48,22 +63,27 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args) -> int:
     if args.command == "inspect":
-        rows = inspect_frozen_graph(args.input_frozen_graph, _names(args.input_nodes), _names(args.output_nodes), args.preset)
+        rows = inspect_frozen_graph(
+            args.input_frozen_graph,
+            _names(args.input_nodes, "--input_nodes"),
+            _names(args.output_nodes, "--output_nodes"),
+            args.preset,
+        )
         width = max(len(name) for name, _, _ in rows)
         for name, op, what in rows:
             print(f"{name:<{width}}  {op:<22}  {what}")
         return 0
     result = quantize_frozen_graph(
         args.input_frozen_graph,
-        _names(args.input_nodes),
-        _names(args.output_nodes),
+        _names(args.input_nodes, "--input_nodes"),
+        _names(args.output_nodes, "--output_nodes"),
         args.input_fn,
         max_calibration_batches=args.calib_iter,
         output_dir=args.output_dir,
         input_shapes=args.input_shapes,
         preset=args.preset,
         method=args.method,
-        exclude_nodes=_names(args.ignore_nodes) or (),
+        exclude_nodes=_names(args.ignore_nodes, "--ignore_nodes") or (),
         quiet=args.quiet,
     )
     print(f"wrote {result.files['eval_model']}")
