@@ -157,3 +157,40 @@ def test_excluded_layer_runs_in_float(tmp_path):
 
 def test_errors_are_rq_errors():
     assert issubclass(rq_tf2.NotCalibratedError, RqError) and issubclass(rq_tf2.UnsupportedModelError, RqError)
+
+
+def test_nan_in_calibration_is_rq_s_one_line_not_keras_s_wrapping():
+    """The observer raises inside ActivationQuantizer.call(); Keras re-raises it with its own
+    multi-line text. calibrate hands the user rq's own error and message."""
+    qmodel = rq_tf2.quantize_model(small_model())
+    bad = np.random.default_rng(0).standard_normal((8, 8, 8, 3)).astype(np.float32)
+    bad[5, 0, 0, 0] = np.nan
+    with pytest.raises(CalibrationDataError) as info:
+        rq_tf2.calibrate(qmodel, bad, batch_size=4, quiet=True)
+    message = str(info.value)
+    assert type(info.value) is CalibrationDataError
+    assert message.startswith("x_quant: calibration batch holds 1 NaN and 0 infinite values") and "preprocessing" in message
+    assert "Exception encountered" not in message and "Arguments received" not in message and "\n" not in message
+
+
+def test_unwrapped_finds_an_rq_error_keras_turned_into_a_runtime_error():
+    """An rq error whose class takes more than a message (SpecError) is re-raised by Keras as a
+    RuntimeError; unwrapped gives the SpecError back, and leaves other errors alone."""
+    from rq_common.errors import SpecError
+
+    class Strict(L.Layer):
+        def call(self, x):
+            raise SpecError("activation.dtype", "int4 is not a dtype; use int8 or uint8")
+
+    class Plain(L.Layer):
+        def call(self, x):
+            raise ValueError("not rq's")
+
+    with pytest.raises(RuntimeError) as wrapped:
+        Strict()(np.zeros((1, 2), np.float32))
+    assert "Exception encountered" in str(wrapped.value)
+    original = rq_tf2.errors.unwrapped(wrapped.value)
+    assert type(original) is SpecError and str(original) == "activation.dtype: int4 is not a dtype; use int8 or uint8"
+    with pytest.raises(ValueError) as other:
+        Plain()(np.zeros((1, 2), np.float32))
+    assert rq_tf2.errors.unwrapped(other.value) is other.value
