@@ -74,6 +74,17 @@ def concat_branch(b: Builder, x):
     return tf.reduce_mean(x, axis=[1, 2], name="gap")
 
 
+def prelu_stack(b: Builder, x):
+    """Keras's PReLU as MTCNN's frozen graphs hold it: relu(x) + (-alpha) * relu(-x), one alpha per
+    channel (shared over the spatial axes)."""
+    for i in range(2):
+        x = b.conv(x, 8, 3, f"conv{i}")
+        alpha = v1.Variable(b.rng.uniform(0.05, 0.4, (1, 1, 8)).astype(np.float32), name=f"prelu{i}/alpha")
+        negative = tf.multiply(tf.nn.relu(tf.negative(x, name=f"prelu{i}/Neg_1"), name=f"prelu{i}/Relu_1"), -alpha)
+        x = tf.add(tf.nn.relu(x, name=f"prelu{i}/Relu"), negative, name=f"prelu{i}/add")
+    return tf.reduce_mean(x, axis=[1, 2], name="gap")
+
+
 def dense_head(b: Builder, features):
     h = tf.nn.relu(b.dense(features, 32, "fc1"), name="fc1_relu")
     h = tf.identity(h, name="dropout/Identity")  # dropout in inference form (tf.layers.dropout(training=False))
@@ -100,4 +111,5 @@ NETWORKS = {
     "conv_bn_relu": (conv_bn_relu_stack, (16, 16, 3)),
     "depthwise_residual": (depthwise_residual, (16, 16, 3)),
     "concat_branch": (concat_branch, (16, 16, 3)),
+    "prelu_stack": (prelu_stack, (16, 16, 3)),
 }

@@ -30,6 +30,7 @@ class Scales:
     weights: dict[str, QParams] = field(default_factory=dict)  # weighted op -> QParams (in its weight view)
     biases: dict[str, QParams] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    constant_operands: frozenset[str] = frozenset()  # the ops in ``weights`` whose constant is an operand (PRelu)
 
     def of_tensor(self, plan: Tf1Plan, tensor: str) -> QParams:
         return self.activations[plan.placement.group_of(tensor)]
@@ -95,6 +96,8 @@ def finalize_scales(graph_def: GraphDef, plan: Tf1Plan, preset: Preset, activati
         weights[w.node] = Weight(values, axis)
         bias = const_value(by_name[w.bias]) if w.bias is not None else None
         layers.append(Layer(w.node, w.node, group(w.input_tensor), group(plan.fused_output[w.node]), bias))
+    for prelu in plan.prelus:
+        weights[prelu.node] = Weight(const_value(by_name[prelu.constant]))
     view = ModelView(activations, weights, layers, adds=[[group(t) for t in add] for add in plan.adds])
     result = finalize(view, preset)
-    return Scales(result.activations, result.weights, result.biases, result.notes)
+    return Scales(result.activations, result.weights, result.biases, result.notes, frozenset(p.node for p in plan.prelus))

@@ -9,7 +9,7 @@ import re
 
 import onnx
 
-from rq_common.format import DEFAULT_OPSET, Violation
+from rq_common.format import DEFAULT_OPSET, Violation, fuse_written_out_activations
 from rq_common.format.marked_export import finish_marked_export, unconverted_ops
 from rq_common.format.markers import LayerParams
 from rq_common.qmath import QParams
@@ -47,10 +47,14 @@ def to_onnx(
         model,
         preset,
         activation_markers,
-        {m: LayerParams(scales.weights[op], scales.biases.get(op)) for m, op in weight_markers.items()},
+        {
+            m: LayerParams(scales.weights[op], scales.biases.get(op), constant_operand=op in scales.constant_operands)
+            for m, op in weight_markers.items()
+        },
         doc_string="rq_tf1 export",
         not_a_layer=_NOT_A_LAYER.match,
         is_float_node=lambda name: any(name == f or name.startswith(f"{f}_") for f in float_nodes),
         has_float_ops=bool(float_nodes),
+        rewrite=fuse_written_out_activations,  # a PReLU's five ops -> one PRelu
     )
     return result.model, violations, result.log

@@ -2,12 +2,16 @@
 op) and rq_common's placement over them, the same rules as rq-onnx, rq-torch and rq-tf2.
 
 A weighted op (Conv2D, DepthwiseConv2dNative, MatMul) and the BiasAdd after it are one op, as
-tf2onnx writes them (the bias in the Conv's / Gemm's bias slot).
+tf2onnx writes them (the bias in the Conv's / Gemm's bias slot). Keras's PReLU, frozen as
+Relu(x) + Relu(Neg(x)) * (-alpha), is one op too: ONNX's PRelu, which the export fuses it into
+(rq_common.format.fuse_written_out_activations), its constant quantized per tensor.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from rq_common.pipeline.placement import EXCLUDED, OpNode, Placement, place_quantizers
 from rq_common.spec import Preset
@@ -28,6 +32,17 @@ class WeightedOp:
     output_tensor: str  # after the BiasAdd
 
 
+@dataclass(frozen=True)
+class PReluOp:
+    """Relu(x) + Relu(Neg(x)) * c: the Add, its constant c (-alpha, quantized as the op's slope),
+    and the nodes inside it (no quantizer between them)."""
+
+    node: str  # the Add
+    constant: str  # the Const node of c
+    input_tensor: str
+    inner: tuple[str, ...]  # Relu, Neg, Relu, Mul
+
+
 @dataclass
 class Tf1Plan:
     placement: Placement
@@ -35,6 +50,7 @@ class Tf1Plan:
     adds: list[list[str]] = field(default_factory=list)  # the quantized input tensors of each Add
     fused_output: dict[str, str] = field(default_factory=dict)  # weighted op -> tensor after its fused ReLU
     bias_adds: dict[str, str] = field(default_factory=dict)  # weighted op -> the BiasAdd merged into it
+    prelus: list[PReluOp] = field(default_factory=list)
 
     def float_nodes(self) -> list[str]:
         """The nodes that run in float, with the BiasAdds merged into them (tf2onnx names the
@@ -51,7 +67,8 @@ def make_plan(graph_def: GraphDef, inputs: list[str], outputs: list[str], preset
             source = by_name[node.input[0].split(":")[0]]
             if source.op in WEIGHTED_OPS and len(read.get(tensor_name(source.name), [])) == 1:
                 bias_of[source.name] = node
-    merged = {b.name for b in bias_of.values()}
+    prelus = {p.node: p for p in find_prelus(graph_def)}
+    merged = {b.name for b in bias_of.values()} | {name for p in prelus.values() for name in p.inner}
     op_nodes: list[OpNode] = []
     weighted: list[WeightedOp] = []
     for node in graph_def.node:
@@ -62,7 +79,9 @@ def make_plan(graph_def: GraphDef, inputs: list[str], outputs: list[str], preset
         runtime = [tensor_name(ref) for ref in node.input if const_value(by_name.get(ref.split(":")[0])) is None]
         out = tensor_name(bias_of[node.name].name) if node.name in bias_of else tensor_name(node.name)
         reason = None
-        if node.op in WEIGHTED_OPS:
+        if node.name in prelus:
+            op, runtime = "PRelu", [prelus[node.name].input_tensor]
+        elif node.op in WEIGHTED_OPS:
             weight = by_name.get(node.input[1].split(":")[0])
             if const_value(weight) is None:
                 reason, op = "its weight is not a constant", None
@@ -90,6 +109,7 @@ def make_plan(graph_def: GraphDef, inputs: list[str], outputs: list[str], preset
     )
     plan = Tf1Plan(placement, [w for w in weighted if w.node in placement.quantized_ops])
     plan.bias_adds = {node: bias_add.name for node, bias_add in bias_of.items()}
+    plan.prelus = [p for p in prelus.values() if p.node in placement.quantized_ops]
     quantized = set(placement.quantized)
     for node in op_nodes:
         if node.op == "Add" and node.name in placement.quantized_ops:
@@ -100,3 +120,34 @@ def make_plan(graph_def: GraphDef, inputs: list[str], outputs: list[str], preset
             after = next(n.outputs[0] for n in op_nodes if n.inputs and n.inputs[0] == after)
         plan.fused_output[w.node] = after
     return plan
+
+
+def find_prelus(graph_def: GraphDef) -> list[PReluOp]:
+    """Every Add(Relu(x), Mul(Relu(Neg(x)), c)) (either order), c a float constant, whose inner
+    nodes nothing else reads."""
+    by_name, read = nodes_by_name(graph_def), readers(graph_def)
+
+    def only(ref: str, op: str, reader: NodeDef) -> NodeDef | None:
+        node = by_name.get(ref.split(":")[0])
+        return node if node is not None and node.op == op and read.get(tensor_name(node.name)) == [reader] else None
+
+    found = []
+    for add in graph_def.node:
+        if add.op not in ("Add", "AddV2") or len(add.input) != 2:
+            continue
+        for first, second in ((0, 1), (1, 0)):
+            relu, mul = only(add.input[first], "Relu", add), only(add.input[second], "Mul", add)
+            if relu is None or mul is None or len(mul.input) != 2:
+                continue
+            for run_time, constant in ((0, 1), (1, 0)):
+                c = by_name.get(mul.input[constant].split(":")[0])
+                negated = only(mul.input[run_time], "Relu", mul)
+                neg = only(negated.input[0], "Neg", negated) if negated is not None else None
+                value = const_value(c)
+                if neg is None or value is None or not np.issubdtype(value.dtype, np.floating):
+                    continue
+                if tensor_name(neg.input[0]) == tensor_name(relu.input[0]):
+                    found.append(
+                        PReluOp(add.name, c.name, tensor_name(relu.input[0]), (relu.name, neg.name, negated.name, mul.name))
+                    )
+    return found

@@ -48,10 +48,12 @@ def quantized_graph(
         _insert_quantizer(out, tensor, qparams, marker, outputs, for_export)
     weight_markers = {}
     if for_export:
-        for i, w in enumerate(plan.weighted):
+        marked = [(w.node, [w.node, w.weight, *(n for n in (w.bias, w.bias_add) if n)]) for w in plan.weighted]
+        marked += [(p.node, [p.node, p.constant, *p.inner]) for p in plan.prelus]
+        for i, (op, names) in enumerate(marked):
             marker = WEIGHT_MARKER.format(i)
-            weight_markers[marker] = w.node
-            _prefix(out, [w.node, w.weight, *(n for n in (w.bias, w.bias_add) if n)], marker, outputs)
+            weight_markers[marker] = op
+            _prefix(out, names, marker, outputs)
     return out, activation_markers, weight_markers
 
 
@@ -67,6 +69,10 @@ def _quantize_constants(out: GraphDef, plan: Tf1Plan, scales: Scales) -> None:
             bias_node = by_name[w.bias]
             bias = fake_quantize(const_value(bias_node), scales.biases[w.node]).astype(np.float32)
             bias_node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(bias))
+    for prelu in plan.prelus:  # the PReLU's -alpha, per tensor
+        node = by_name[prelu.constant]
+        quantized = fake_quantize(const_value(node), scales.weights[prelu.node]).astype(np.float32)
+        node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(quantized))
 
 
 def _insert_quantizer(out: GraphDef, tensor: str, qparams: QParams, marker: str, outputs: list[str], for_export: bool) -> None:
