@@ -9,8 +9,8 @@ from pathlib import Path
 
 import onnx
 
-from rq_common.errors import FormatError, SpecError
-from rq_common.format import validate
+from rq_common.errors import SpecError
+from rq_common.format import require_valid, validate
 from rq_common.format.graph import record_float_nodes
 from rq_common.io import check_output_path, save_onnx
 from rq_common.observers import NonFinitePolicy
@@ -111,12 +111,8 @@ def quantize_static(
         feeds = calibration.kept_batches
     error_report(model, quantized, dequantized, act, feeds, report)
 
-    if violations and model_output is not None and not allow_violations:
-        raise FormatError(
-            f"the int8 model breaks {len(violations)} rule(s) of the '{preset.name}' format, first: {violations[0]}; "
-            "nothing was written (keep the ops named in float with exclude_nodes, or write anyway with "
-            "allow_violations=True / --allow-violations)"
-        )
+    if model_output is not None:
+        require_valid(violations, preset, allow=allow_violations, flag="--allow-violations")
     files = {}
     if model_output is not None:
         files["onnx"] = save_model(quantized, Path(model_output), options.use_external_data)

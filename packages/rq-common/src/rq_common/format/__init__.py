@@ -16,7 +16,7 @@ from rq_common.format.gemm import fuse_matmul_bias
 from rq_common.format.graph import GraphIndex, QdqParams, output_qdq_params, qdq_params
 from rq_common.format.hard_activations import divisions_to_multiplications, fuse_written_out_activations
 from rq_common.format.layernorm import fuse_layer_norms
-from rq_common.format.validate import CHECKS, Violation, ViolationKind, validate
+from rq_common.format.validate import CHECKS, Violation, ViolationKind, require_valid, validate
 
 __all__ = [
     "CHECKS",
@@ -43,5 +43,6 @@ __all__ = [
     "qparams_initializers",
     "replace_initializer_with_quantized",
     "replace_initializers_with_quantized",
+    "require_valid",
     "validate",
 ]

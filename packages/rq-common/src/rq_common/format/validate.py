@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from rq_common.errors import FormatError
 from rq_common.format.canonicalize import MIN_OPSET
 from rq_common.format.graph import (
     DEQUANTIZE,
@@ -321,4 +322,17 @@ def _bias(ctx: ValidationContext, node: onnx.NodeProto, rule: OpFacts) -> Iterat
         )
 
 
-__all__ = ["CHECKS", "Violation", "ViolationKind", "validate"]
+def require_valid(violations: list[Violation], preset: Preset | str, *, allow: bool, flag: str | None = None) -> None:
+    """Written means valid: a FormatError naming the first broken rule, unless the user asked to
+    write anyway (``allow``). Every writer calls this before it saves; ``flag`` is its CLI's flag."""
+    if not violations or allow:
+        return
+    name = preset if isinstance(preset, str) else preset.name
+    anyway = "allow_violations=True" + (f" / {flag}" if flag else "")
+    raise FormatError(
+        f"the int8 model breaks {len(violations)} rule(s) of the '{name}' format, first: {violations[0]}; "
+        f"nothing was written (keep the ops named in float with exclude_nodes, or write anyway with {anyway})"
+    )
+
+
+__all__ = ["CHECKS", "Violation", "ViolationKind", "require_valid", "validate"]
