@@ -76,12 +76,13 @@ def concat_branch(b: Builder, x):
 
 def prelu_stack(b: Builder, x):
     """Keras's PReLU as MTCNN's frozen graphs hold it: relu(x) + (-alpha) * relu(-x), one alpha per
-    channel (shared over the spatial axes)."""
+    channel (shared over the spatial axes); then a LeakyRelu whose alpha the NPU rounds."""
     for i in range(2):
         x = b.conv(x, 8, 3, f"conv{i}")
         alpha = v1.Variable(b.rng.uniform(0.05, 0.4, (1, 1, 8)).astype(np.float32), name=f"prelu{i}/alpha")
         negative = tf.multiply(tf.nn.relu(tf.negative(x, name=f"prelu{i}/Neg_1"), name=f"prelu{i}/Relu_1"), -alpha)
         x = tf.add(tf.nn.relu(x, name=f"prelu{i}/Relu"), negative, name=f"prelu{i}/add")
+    x = tf.nn.leaky_relu(b.conv(x, 8, 1, "conv_leaky"), alpha=0.1, name="leaky")  # the NPU computes 26/256
     return tf.reduce_mean(x, axis=[1, 2], name="gap")
 
 

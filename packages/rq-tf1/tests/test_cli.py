@@ -184,3 +184,64 @@ def test_parse_input_shapes_raises_graph_error_for_a_bad_size():
     with pytest.raises(GraphError, match=r"--input_shapes '\?,8,8,three': 'three' is not a size") as info:
         parse_input_shapes("?,8,8,three", 1)
     assert type(info.value) is GraphError
+
+
+def test_a_graph_that_breaks_the_format_is_written_only_when_asked(setup, capsys, monkeypatch):
+    """Written means valid: the validator's verdict decides (here made to find one violation)."""
+    from rq_common.format import Violation, ViolationKind
+
+    graph, tmp = setup
+    broken = Violation(ViolationKind.MISSING_QDQ, "conv", "x", "input 0 of quantized Conv does not come from a DequantizeLinear")
+    monkeypatch.setattr("rq_common.format.marked_export.validate", lambda *args, **kwargs: [broken])
+    assert main(quantize_args(graph, tmp / "out")) == 2
+    err = capsys.readouterr().err
+    assert "breaks 1 rule(s) of the 'npu_cnn' format, first: missing-qdq" in err and "--allow_violations" in err
+    assert not (tmp / "out").exists()
+    assert main([*quantize_args(graph, tmp / "out"), "--allow_violations"]) == 0
+    out = capsys.readouterr().out
+    assert "violation: missing-qdq" in out and "written anyway (--allow_violations)" in out
+    assert (tmp / "out" / "quantized.onnx").exists()
+
+
+PREPROCESSED_FN = textwrap.dedent(
+    """
+    import numpy as np
+
+    def preprocessed(iteration):
+        rng = np.random.default_rng(iteration)
+        return {"preprocess/scaled": rng.standard_normal((4, 16, 16, 3)).astype(np.float32)}
+    """
+)
+
+
+def test_input_nodes_may_cut_the_graph_at_a_preprocessing_node(tmp_path, monkeypatch):
+    """vai_q_tensorflow's users point --input_nodes at the last preprocessing node: the graph starts
+    there, input_fn gives that node's values, and the written models read them."""
+    import tensorflow as tf
+
+    from rq_tf1 import run_eval_model
+
+    (tmp_path / "pre_fn.py").write_text(PREPROCESSED_FN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    build, shape = nets.NETWORKS["conv_bn_relu"]
+
+    def with_preprocessing(b, x):
+        scaled = tf.multiply(tf.subtract(x, 127.5), 1 / 64, name="preprocess/scaled")
+        return build(b, scaled)
+
+    graph = nets.freeze(with_preprocessing, shape, tmp_path / "model.pb")
+    args = quantize_args(graph, tmp_path / "out", **{"--input_nodes": "preprocess/scaled", "--input_fn": "pre_fn.preprocessed"})
+    assert main(args) == 0
+    import onnx
+
+    model = onnx.load(str(tmp_path / "out" / "quantized.onnx"))
+    assert [i.name for i in model.graph.input] == ["preprocess/scaled:0"]
+    assert not {"Sub", "Mul"} & {n.op_type for n in model.graph.node if n.name.startswith("preprocess")}
+    pixels = np.random.default_rng(5).uniform(0, 255, (2, 16, 16, 3)).astype(np.float32)
+    scaled = ((pixels - 127.5) * np.float32(1 / 64)).astype(np.float32)
+    (expected,) = run_eval_model(tmp_path / "out" / "quantize_eval_model.pb", {"preprocess/scaled": scaled}, ["logits"])
+    np.testing.assert_array_equal(
+        run_ort(tmp_path / "out" / "quantized.onnx", {"preprocess/scaled:0": scaled}, as_written=True), expected
+    )
+    (float_out,) = run_eval_model(graph, {"x": pixels}, ["logits"])  # the uncut float graph on the raw pixels
+    assert 10 * np.log10(np.sum(float_out**2) / np.sum((expected - float_out) ** 2)) > 20

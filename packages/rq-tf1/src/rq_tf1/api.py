@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from rq_common.errors import SpecError
+from rq_common.format import require_valid
 from rq_common.io import check_output_path, save_onnx
 from rq_common.pipeline import QuantizeResult
 from rq_common.spec import CalibrationMethod, Preset, get_preset
@@ -25,7 +26,7 @@ from rq_tf1.export import to_onnx
 from rq_tf1.graphdef import GraphDef, load_frozen_graph, nodes_by_name, require_nodes, run
 from rq_tf1.plan import Tf1Plan, make_plan
 from rq_tf1.quantized_graph import quantized_graph
-from rq_tf1.transforms import prepare
+from rq_tf1.transforms import prepare, round_leaky_alphas
 
 EVAL_MODEL = "quantize_eval_model.pb"
 ONNX_MODEL = "quantized.onnx"
@@ -73,14 +74,12 @@ def load_input_fn(spec: str | Callable) -> Callable[[int], dict]:
 
 
 def check_shapes(graph_def: GraphDef, inputs: list[str], shapes: list[tuple | None]) -> dict[str, tuple]:
-    """--input_shapes must agree with what the graph's placeholders declare."""
+    """--input_shapes must agree with what the graph's placeholders declare (an input cut at
+    another node declares nothing)."""
     by_name = nodes_by_name(graph_def)
     known = {}
     for name, shape in zip(inputs, shapes):
-        node = by_name[name]
-        if node.op != "Placeholder":
-            raise GraphError(f"--input_nodes names '{name}', a {node.op} node; name the graph's Placeholder inputs")
-        declared = node.attr["shape"].shape
+        declared = by_name[name].attr["shape"].shape
         if shape is not None and not declared.unknown_rank:
             dims = [d.size for d in declared.dim]
             if len(dims) != len(shape) or any(d >= 0 and s is not None and d != s for d, s in zip(dims, shape)):
@@ -98,7 +97,12 @@ def prepare_and_plan(
     require_nodes(graph_def, output_nodes, "--output_nodes")
     require_nodes(graph_def, exclude_nodes, "--ignore_nodes")
     prepared = prepare(graph_def, input_nodes, output_nodes)
-    return graph_def, prepared, make_plan(prepared, input_nodes, output_nodes, preset, exclude_nodes)
+    notes = []
+    if preset.target.fixed_point_rules:
+        prepared, notes = round_leaky_alphas(prepared)
+    plan = make_plan(prepared, input_nodes, output_nodes, preset, exclude_nodes)
+    plan.notes = notes
+    return graph_def, prepared, plan
 
 
 def quantize_frozen_graph(
@@ -113,12 +117,16 @@ def quantize_frozen_graph(
     method: int | None = None,
     exclude_nodes: Sequence[str] = (),
     quiet: bool = False,
+    allow_violations: bool = False,
 ) -> QuantizeResult:
     """vai_q_tensorflow's quantize: writes ``output_dir/quantize_eval_model.pb`` (runs in TF and
     computes what the int8 model computes) and ``output_dir/quantized.onnx`` (the int8 format).
     ``method``: 0 = power-of-two NonOverflow, 1 = power-of-two MinMSE (vai_q's numbering), for the
     activations. ``max_calibration_batches``: input_fn is called for 0 .. this - 1 (``--calib_iter``).
-    ``exclude_nodes``: nodes kept in float (``--ignore_nodes``). ``preset``: a name, or a Preset."""
+    ``exclude_nodes``: nodes kept in float (``--ignore_nodes``). ``preset``: a name, or a Preset.
+    ``input_nodes`` may name any node (the last preprocessing one): the graph is cut there, and
+    input_fn gives that node's values. Nothing is written when the ONNX model breaks a rule of the
+    preset's format (FormatError), unless ``allow_violations`` (``--allow_violations``)."""
     check_output_path(output_dir, inputs=(input_frozen_graph,), folder=True)
     if method is not None and method not in VAI_METHODS:
         raise SpecError("--method", f"{method}: use 0 (power-of-two NonOverflow) or 1 (power-of-two MinMSE)")
@@ -133,6 +141,7 @@ def quantize_frozen_graph(
     model, violations, log = to_onnx(
         export_graph, input_nodes, output_nodes, activation_markers, weight_markers, scales, preset, float_nodes
     )
+    require_valid(violations, preset, allow=allow_violations, flag="--allow_violations")
     files = _write(Path(output_dir), eval_graph, model)
     return QuantizeResult(
         files["onnx"],
@@ -140,7 +149,7 @@ def quantize_frozen_graph(
         preset,
         quantized_ops=list(plan.placement.quantized_ops),
         float_ops=plan.placement.float_ops,
-        notes=scales.notes,
+        notes=plan.notes + scales.notes,
         violations=violations,
         qparams={tensor: scales.of_tensor(plan, tensor) for tensor in plan.placement.quantized},
         log=log,

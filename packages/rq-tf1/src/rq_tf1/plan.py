@@ -51,6 +51,7 @@ class Tf1Plan:
     fused_output: dict[str, str] = field(default_factory=dict)  # weighted op -> tensor after its fused ReLU
     bias_adds: dict[str, str] = field(default_factory=dict)  # weighted op -> the BiasAdd merged into it
     prelus: list[PReluOp] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what preparing the graph for the preset changed
 
     def float_nodes(self) -> list[str]:
         """The nodes that run in float, with the BiasAdds merged into them (tf2onnx names the

@@ -1,6 +1,7 @@
 """Transforms of a frozen GraphDef, each a small function that returns a new GraphDef and keeps what
 the graph computes (each is tested against a Session run before and after):
 
+- cut_at_inputs: an input node that is not a Placeholder becomes one (the graph starts there);
 - strip_training_nodes: Identity / CheckNumerics / StopGradient / Snapshot bypassed (an inference-form
   dropout is an Identity), and nodes the outputs do not need removed;
 - fold_constants: every node computed from constants only becomes a Const;
@@ -15,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from rq_common.qmath import fold_batchnorm, fold_scale_shift
+from rq_common.qmath.npu_rules import is_leaky_alpha_exact, round_leaky_alpha
 from rq_tf1.graphdef import (
     GraphDef,
     NodeDef,
@@ -225,8 +227,47 @@ def normalize_bias_adds(graph_def: GraphDef) -> GraphDef:
     return out
 
 
+def cut_at_inputs(graph_def: GraphDef, inputs: list[str]) -> GraphDef:
+    """Each input node that is not a Placeholder becomes one of the same name, type and (statically
+    inferred) shape: the graph starts there (vai_q_tensorflow's --input_nodes may name the last
+    preprocessing node, and input_fn then gives that node's values); what only fed it is dropped
+    with the training nodes."""
+    cut = [n for n in graph_def.node if n.name in inputs and n.op != "Placeholder"]
+    if not cut:
+        return graph_def
+    with tf.Graph().as_default() as graph:
+        tf.graph_util.import_graph_def(graph_def, name="")
+        tensors = {n.name: graph.get_tensor_by_name(f"{n.name}:0") for n in cut}
+    out = copy(graph_def)
+    for node in out.node:
+        if node.name in tensors:
+            placeholder = NodeDef(name=node.name, op="Placeholder")
+            placeholder.attr["dtype"].type = tensors[node.name].dtype.as_datatype_enum
+            placeholder.attr["shape"].shape.CopyFrom(tensors[node.name].shape.as_proto())
+            node.CopyFrom(placeholder)
+    return out
+
+
+def round_leaky_alphas(graph_def: GraphDef) -> tuple[GraphDef, list[str]]:
+    """The NPU computes LeakyRelu with alpha in steps of 1/256 (rq_common.qmath.npu_rules): the
+    graph computes, and calibrates, what it will run (fixed-point targets only)."""
+    out = copy(graph_def)
+    notes = []
+    for node in out.node:
+        if node.op == "LeakyRelu":
+            alpha = node.attr["alpha"].f if "alpha" in node.attr else 0.2  # TF's default
+            if not is_leaky_alpha_exact(alpha):
+                rounded = round_leaky_alpha(alpha)
+                notes.append(
+                    f"LeakyRelu '{node.name}': alpha {alpha:.6g} -> {rounded:.6g} ({round(rounded * 256)}/256), as the NPU computes it"
+                )
+                node.attr["alpha"].f = rounded
+    return out, notes
+
+
 def prepare(graph_def: GraphDef, inputs: list[str], outputs: list[str]) -> GraphDef:
     """Every transform, in order: the float graph rq-tf1 calibrates and quantizes."""
+    graph_def = cut_at_inputs(graph_def, inputs)
     graph_def = strip_training_nodes(graph_def, inputs, outputs)
     graph_def = fold_constants(graph_def, outputs)
     graph_def = normalize_bias_adds(graph_def)
