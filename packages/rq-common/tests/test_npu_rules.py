@@ -6,6 +6,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from rq_common import QParams, QuantSpec, get_preset
 from rq_common.format import ViolationKind, insert_qdq, validate
+from rq_common.format.graph import record_float_nodes
 from rq_common.pipeline import ConstantOperand, Layer, ModelView, Weight, finalize, weight_qparams
 from rq_common.qmath import npu_rules
 
@@ -51,6 +52,9 @@ def test_unfused_relu(rng):
     model, _ = quantized_conv_model(rng, "npu_cnn")
     insert_qdq(model, "c", QParams(np.float32(2.0**-4), 128, QuantSpec(dtype="uint8")))
     assert [v.node for v in validate(model, "npu_cnn") if v.kind is ViolationKind.NPU_UNFUSED_ACTIVATION] == ["relu"]
+    # a ReLU the quantizer kept in float runs on the CPU: the Conv rightly ends with its Q/DQ
+    record_float_nodes(model, ["relu"])
+    assert ViolationKind.NPU_UNFUSED_ACTIVATION not in {v.kind for v in validate(model, "npu_cnn")}
 
 
 def _two_input_model(op, pos_a, pos_b, out_pos=None):
@@ -97,6 +101,8 @@ def test_leaky_alpha(rng, alpha, ok):
     node(model, "relu").op_type = "LeakyRelu"
     node(model, "relu").attribute.append(helper.make_attribute("alpha", alpha))
     assert (ViolationKind.NPU_LEAKY_ALPHA not in npu_kinds(model)) == ok
+    record_float_nodes(model, ["relu"])  # kept in float: it computes its own alpha, on the CPU
+    assert ViolationKind.NPU_LEAKY_ALPHA not in npu_kinds(model)
     assert ViolationKind.NPU_LEAKY_ALPHA not in {v.kind for v in validate(model, "cpu")}
 
 

@@ -110,8 +110,8 @@ def _add_positions(ctx: ValidationContext) -> Iterator[Violation]:
 def _fused_activations(ctx: ValidationContext) -> Iterator[Violation]:
     index = ctx.index
     for node in ctx.model.graph.node:
-        if not has_npu_role(node.op_type, NpuRole.FUSED_ACTIVATION):
-            continue
+        if not has_npu_role(node.op_type, NpuRole.FUSED_ACTIVATION) or node.name in ctx.float_nodes:
+            continue  # a float activation runs on the CPU: the op before it ends with its Q/DQ
         dq = index.producers.get(node.input[0])
         q = index.producers.get(dq.input[0]) if dq is not None and dq.op_type == DEQUANTIZE else None
         source = index.producers.get(q.input[0]) if q is not None and q.op_type == QUANTIZE else None
@@ -148,7 +148,7 @@ def _shared_scales(ctx: ValidationContext) -> Iterator[Violation]:
 @npu_check
 def _leaky_alpha(ctx: ValidationContext) -> Iterator[Violation]:
     for node in ctx.model.graph.node:
-        if node.op_type == "LeakyRelu":
+        if node.op_type == "LeakyRelu" and node.name not in ctx.float_nodes:  # a float one computes its alpha
             alpha = float(attribute(node, "alpha", 0.01))
             if not npu_rules.is_leaky_alpha_exact(alpha):
                 yield Violation(
