@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import rq_tf2
-from rq_common.errors import CalibrationDataError, RqError
+from rq_common.errors import CalibrationDataError, FormatError, RqError
+from rq_common.format import ViolationKind, validate
 from rq_common.spec import get_preset
 
 from conftest import run_ort
@@ -127,6 +128,27 @@ def test_calibration_without_batches_and_with_nan():
     bad[0, 0, 0, 0] = np.nan
     with pytest.raises(CalibrationDataError, match="NaN"):
         rq_tf2.calibrate(qmodel, bad, quiet=True)
+
+
+def test_a_model_that_breaks_the_format_is_not_written(tmp_path):
+    """Written means valid: keras.ops.multiply by a constant stays a float Mul with a float constant
+    (a float-weight violation); export raises rq's FormatError and writes nothing, unless allowed."""
+    inputs = keras.Input((8, 8, 3), name="x")
+    x = keras.ops.multiply(L.Conv2D(4, 3, name="conv")(inputs), 2.0)
+    model = keras.Model(inputs, L.Dense(2, name="fc")(L.Flatten(name="flat")(x)))
+    with pytest.warns(UserWarning, match="constant operand"):
+        qmodel = rq_tf2.quantize_model(model, preset="npu_cnn")
+    rq_tf2.calibrate(qmodel, np.random.default_rng(0).standard_normal((8, 8, 8, 3)).astype(np.float32), quiet=True)
+    with pytest.raises(FormatError) as info:
+        rq_tf2.export_onnx(qmodel, tmp_path / "q.onnx")
+    message = str(info.value)
+    assert "'npu_cnn' format" in message and "float-weight" in message and "allow_violations=True" in message
+    assert "nothing was written" in message and "\n" not in message
+    assert list(tmp_path.iterdir()) == []
+    result = rq_tf2.export_onnx(qmodel, tmp_path / "q.onnx", allow_violations=True)
+    assert result.path == tmp_path / "q.onnx" and result.path.exists()
+    assert [v.kind for v in result.violations] == [ViolationKind.FLOAT_WEIGHT]
+    assert [str(v) for v in validate(result.path, "npu_cnn")] == [str(v) for v in result.violations]  # the file, checked again
 
 
 def test_export_before_calibration(tmp_path):

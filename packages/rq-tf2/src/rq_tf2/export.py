@@ -7,6 +7,9 @@ float constants. Every quantizer and twin runs inside a name scope that marks it
 so here each Q/DQ pair gets the quantizer's exact scale and zero point, and each folded kernel and
 bias (found through the ONNX node that reads it) gets the QParams the layer used: the canonicalizer
 then stores them as int8 / int32 exactly, with the values the Keras model computes with.
+
+Written means valid: the file is saved only when the validator finds nothing (or the caller allows
+violations), so a file at ``path`` is always one the target accepts.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import keras
 import onnx
 import tensorflow as tf
 
-from rq_common.format import DEFAULT_OPSET, fuse_layer_norms, fuse_written_out_activations
+from rq_common.format import DEFAULT_OPSET, fuse_layer_norms, fuse_written_out_activations, require_valid
 from rq_common.format.marked_export import finish_marked_export, unconverted_ops
 from rq_common.format.markers import LayerParams
 from rq_common.io import save_onnx
@@ -33,8 +36,13 @@ from rq_tf2.quantizer import ActivationQuantizer
 MARKER = "rqexport{}x"
 
 
-def export_onnx(model: keras.Model, path: str | Path, opset: int = DEFAULT_OPSET) -> QuantizeResult:
-    """Write the int8 format of ``model`` (calibrated by rq_tf2.calibrate) to ``path``."""
+def export_onnx(
+    model: keras.Model, path: str | Path, opset: int = DEFAULT_OPSET, *, allow_violations: bool = False
+) -> QuantizeResult:
+    """Write the int8 format of ``model`` (calibrated by rq_tf2.calibrate) to ``path``.
+
+    A model that breaks a rule of its preset's format is a FormatError and nothing is written,
+    unless ``allow_violations`` (then ``result.violations`` lists them), as in every rq writer."""
     import tf2onnx
 
     wiring = require_calibrated(model)
@@ -71,6 +79,7 @@ def export_onnx(model: keras.Model, path: str | Path, opset: int = DEFAULT_OPSET
         has_float_ops=bool(float_layers),
         rewrite=lambda exported: _fuse_written_out_ops(exported, markers),
     )
+    require_valid(violations, preset, allow=allow_violations)
     path = save_onnx(result.model, path)
     return QuantizeResult(
         path,
