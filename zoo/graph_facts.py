@@ -8,6 +8,8 @@ from pathlib import Path
 
 import onnx
 
+from rq_common.optable import facts_for
+
 QDQ = {"QuantizeLinear", "DequantizeLinear"}
 # ops that only move, shape or pick data: they run in float or int8 at the same cost
 DATA_MOVEMENT = {
@@ -37,7 +39,11 @@ def float_ops(path: Path) -> dict[str, int]:
     dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
 
     def float_inputs(node: onnx.NodeProto) -> list[str]:
-        return [i for i in node.input if i and elem.get(i) in float_types]
+        """The float tensors among the inputs the op table quantizes (a Resize's float scales are
+        parameters, not data), or among all inputs of an op it does not know."""
+        facts = facts_for(node.op_type)
+        names = [node.input[i] for i in facts.quantized_slots(node)] if facts is not None else list(node.input)
+        return [i for i in names if i and elem.get(i) in float_types]
 
     def reads_dequantized(node: onnx.NodeProto) -> bool:
         return all(i in dequantized for i in float_inputs(node))
