@@ -9,6 +9,7 @@ class; a subclass without its own rule uses its parent's.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from rq_tf2.layers import (
     BiasAdd,
     ExportableLayerNormalization,
     MatMul,
+    QuantDense,
     QuantDepthwiseConv2D,
     QuantPReLU,
     QuantWeightedMixin,
@@ -129,9 +131,7 @@ def _twin_step(layer, ctx: RuleContext, op: str, config_changes=None, name=None,
     bn_values = None
     if ctx.batchnorm is not None:
         bn = ctx.batchnorm
-        gamma = np.asarray(bn.gamma) if bn.scale else np.ones(bn.moving_mean.shape, np.float32)
-        beta = np.asarray(bn.beta) if bn.center else np.zeros(bn.moving_mean.shape, np.float32)
-        mean, var = np.asarray(bn.moving_mean), np.asarray(bn.moving_variance)
+        gamma, beta, mean, var = _batchnorm_values(bn)
         if keep_bn:
             config["batchnorm"] = {"epsilon": float(bn.epsilon), "momentum": float(bn.momentum)}
             config["freeze_bn_after"] = ctx.freeze_bn_after
@@ -152,6 +152,13 @@ def _twin_step(layer, ctx: RuleContext, op: str, config_changes=None, name=None,
                 variable.assign(value)
 
     return Step(config["name"], op, build, load, float_reason=_layout_reason(layer), constant_operand=True)
+
+
+def _batchnorm_values(bn: L.BatchNormalization) -> tuple[np.ndarray, ...]:
+    """gamma, beta, moving mean, moving variance (ones / zeros where the layer has no scale / center)."""
+    gamma = np.asarray(bn.gamma) if bn.scale else np.ones(bn.moving_mean.shape, np.float32)
+    beta = np.asarray(bn.beta) if bn.center else np.zeros(bn.moving_mean.shape, np.float32)
+    return gamma, beta, np.asarray(bn.moving_mean), np.asarray(bn.moving_variance)
 
 
 def _fold(twin_type, kernel, bias, gamma, beta, mean, var, eps):
@@ -180,9 +187,18 @@ def dense_rule(layer, ctx: RuleContext) -> list[Step]:
     activation = _activation_step(layer.activation, f"{layer.name}_activation")
     if ctx.input_rank == 2:
         return [_twin_step(layer, ctx, "Gemm"), *activation]
-    steps = [_twin_step(layer, ctx, "MatMul", {"use_bias": False})]
-    if layer.use_bias:
-        bias, name, preset = np.asarray(layer.bias), f"{layer.name}_bias", ctx.preset
+    kernel, bias, bn = np.asarray(layer.kernel), np.asarray(layer.bias) if layer.use_bias else None, ctx.batchnorm
+    if bn is not None:  # BN(x W + b) = x (W g) + ((b - mean) g + beta): g into the MatMul, the rest into the Add
+        if ctx.freeze_bn_after is not None:
+            warnings.warn(
+                f"rq_tf2: BatchNormalization '{bn.name}' after Dense '{layer.name}' on {ctx.input_rank}-d inputs is "
+                "folded now: freeze_bn_after keeps a BatchNormalization apart after a Conv or a 2-d Dense only",
+                stacklevel=5,
+            )
+        kernel, bias = _fold(QuantDense, kernel, bias, *_batchnorm_values(bn), bn.epsilon)
+    steps = [_twin_step(layer, RuleContext(ctx.preset, ctx.input_rank), "MatMul", {"use_bias": False}, kernel=kernel)]
+    if bias is not None:
+        name, preset = f"{layer.name}_bias", ctx.preset
         steps.append(
             Step(
                 name,

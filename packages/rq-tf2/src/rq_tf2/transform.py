@@ -136,6 +136,10 @@ def _check_names(graph: FunctionalGraph, configs: Mapping[str, LayerConfig]) -> 
         )
 
 
+# layers whose rule folds a following BatchNormalization (a SeparableConv2D: into its pointwise conv)
+FOLDS_BATCHNORM = (*QUANT_TWINS, keras.layers.SeparableConv2D)
+
+
 def _foldable_batchnorms(graph: FunctionalGraph, configs) -> dict[int, GraphNode]:
     """Conv / Dense node id -> the BatchNormalization node that folds into it (its only reader)."""
     folds: dict[int, GraphNode] = {}
@@ -147,8 +151,8 @@ def _foldable_batchnorms(graph: FunctionalGraph, configs) -> dict[int, GraphNode
         if source is None or len(graph.readers(node.inputs[0])) != 1 or len(source.outputs) != 1:
             continue
         layer = source.operation
-        twin_base = next((c for c in type(layer).__mro__ if c in QUANT_TWINS), None)
-        if twin_base is None or isinstance(layer, QuantWeightedMixin) or configs.get(layer.name, LayerConfig()).exclude:
+        folds_into = next((c for c in type(layer).__mro__ if c in FOLDS_BATCHNORM), None)
+        if folds_into is None or isinstance(layer, QuantWeightedMixin) or configs.get(layer.name, LayerConfig()).exclude:
             continue
         if keras.activations.serialize(layer.activation) != "linear" or bn.axis not in (-1, graph.ranks[node.inputs[0]] - 1):
             continue
