@@ -45,7 +45,7 @@ def test_export_matches_torch_within_one_output_step(tmp_path, network, preset):
     rq_torch.calibrate(qmodel, [torch.randn(shape) for _ in range(32)], quiet=True)
     result = rq_torch.export_onnx(qmodel, example, tmp_path / "int8.onnx")
     assert result.violations == []
-    assert validate(tmp_path / "int8.onnx", preset) == [] or qmodel.rq_plan.float_ops
+    assert validate(tmp_path / "int8.onnx", preset) == []  # the file alone, as `rq-onnx check` judges it
     step = output_step(tmp_path / "int8.onnx")
     steps = []
     for _ in range(16):
