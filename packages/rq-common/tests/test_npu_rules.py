@@ -123,3 +123,19 @@ def test_finalize_aligns_an_adds_constant_operand():
     layer = Layer("matmul", "bias", "x", None)
     kept = finalize(ModelView({"x": activation}, {"bias": Weight(bias)}, [layer], [["x", ConstantOperand("bias")]]), preset)
     assert npu_rules.position(kept.weights["bias"].scale) == alone
+
+
+def test_finalize_names_the_layer_no_shared_output_position_can_serve():
+    """Two layers writing one shared scale: accumulators 6 and 29 (w_pos -1 and 22, in_pos 7)
+    allow out_pos in [-10, 6] and [13, 29], no common position. The calibrated position (-1) lies
+    in the first: the second is unrepairable, and the shared position stays where the first needs it."""
+    preset = get_preset("npu_cnn")
+    spec = preset.activation
+    at = lambda pos: QParams(np.float32(2.0**-pos), np.uint8(128), spec)  # noqa: E731
+    weights = {"big": Weight(np.full(4, 100.0, np.float32)), "tiny": Weight(np.full(4, 1e-5, np.float32))}
+    w_pos = {name: npu_rules.position(weight_qparams(w.values, None, preset).scale) for name, w in weights.items()}
+    assert (w_pos["big"], w_pos["tiny"]) == (-1, 22)  # MinMSE power-of-two weight scales
+    layers = [Layer("conv_big", "big", "x", "y"), Layer("conv_tiny", "tiny", "x", "y")]
+    result = finalize(ModelView({"x": at(7), "y": at(-1)}, weights, layers), preset)
+    assert list(result.unrepairable) == ["conv_tiny"] and "[13, 29]" in result.unrepairable["conv_tiny"]
+    assert npu_rules.position(result.activations["y"].scale) == -1

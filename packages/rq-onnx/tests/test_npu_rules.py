@@ -134,3 +134,35 @@ def test_a_tiny_bias_added_to_a_wide_matmul_output_is_aligned(tmp_path):
     (expected,) = run(model, {"x": data[:1]})
     (actual,) = run(result.model, {"x": data[:1]})
     assert sqnr_db(expected, actual) > 24  # the bias-free MatMul alone: 25.9 dB
+
+
+def test_a_shift_rule_no_position_can_satisfy_keeps_that_op_in_float(tmp_path):
+    """Two Convs into one Concat share the Concat's scale on the NPU. One has weights near 127 (w_pos
+    0), the other near 1e-5 (w_pos 23): shift_cut in [0, 16] needs out_pos <= in_pos for the first
+    and out_pos >= in_pos + 7 for the second, so no shared position exists. The op the repair could
+    not satisfy runs in float (a note says why); the rest is written in the format."""
+    rng = np.random.default_rng(0)
+    big = rng.uniform(60, 127, (2, 2, 1, 1)).astype(np.float32)
+    tiny = rng.uniform(0.6e-5, 1.2e-5, (2, 2, 1, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "big"], ["a"], name="conv_big"),
+            helper.make_node("Conv", ["x", "tiny"], ["b"], name="conv_tiny"),
+            helper.make_node("Concat", ["a", "b"], ["y"], name="cat", axis=1),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])],
+        [numpy_helper.from_array(big, "big"), numpy_helper.from_array(tiny, "tiny")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    data = rng.uniform(0, 1, (8, 1, 2, 4, 4)).astype(np.float32)[:, 0]
+    result = quantize_static(model, tmp_path / "q.onnx", ArrayReader("x", data), preset="npu_cnn", quiet=True)
+    assert result.violations == [] and (tmp_path / "q.onnx").exists()
+    floats = {f.node: f.reason for f in result.float_ops}
+    assert list(floats) == ["conv_tiny"]  # the one whose range excludes the calibrated position
+    assert "shift_cut needs an output position in [14, 30]" in floats["conv_tiny"]  # w_pos 23 + in_pos 7 = 30
+    assert any(n.startswith("conv_tiny: kept in float") for n in result.notes)
+    (expected,) = run(model, {"x": data[:1]})
+    (actual,) = run(result.model, {"x": data[:1]}, as_written=True)  # big weights: ORT's u8s8 kernels may saturate
+    assert np.abs(actual - expected).max() <= 2.0  # one step of the shared output scale (2^1), and no clipping

@@ -10,7 +10,7 @@ from pathlib import Path
 import onnx
 
 from rq_common.errors import SpecError
-from rq_common.format import require_valid, validate
+from rq_common.format import ViolationKind, require_valid, validate
 from rq_common.format.graph import record_float_nodes
 from rq_common.io import check_output_path, save_onnx
 from rq_common.observers import NonFinitePolicy
@@ -90,17 +90,7 @@ def quantize_static(
         nonfinite=options.nonfinite,
     )
     notes += calibration.notes
-    numbers = finalize_plan(model, plan, preset, calibration.qparams, notes)
-    act = numbers.activations
-
-    written = onnx.ModelProto()
-    written.CopyFrom(model)
-    if preset.target.fixed_point_rules:
-        fix_batch_to_one(written, notes)
-    quantized, dequantized = write_quantized(written, plan, act, numbers.weights, numbers.biases)
-    record_float_nodes(quantized, [f.node for f in plan.float_ops])  # for a later `rq-onnx check`
-    violations = validate(quantized, preset)
-
+    quantized, dequantized, plan, act, violations = _write_repairing(model, plan, preset, calibration.qparams, options, notes)
     report = QuantReport(title=f"rq-onnx: {preset.name}", notes=list(notes))
     report.notes += [f"kept in float: {f.node} ({f.op}): {f.reason}" for f in plan.float_ops]
     report.notes += [f"format violation: {v}" for v in violations]
@@ -132,6 +122,50 @@ def quantize_static(
         files=files,
         report=report,
     )
+
+
+# the NPU's position rules, repaired in finalize; where a repair cannot hold (constraints that
+# contradict each other through a shared scale), the op runs on the CPU instead
+POSITION_RULES = frozenset(
+    {ViolationKind.NPU_SHIFT_CUT, ViolationKind.NPU_SHIFT_BIAS, ViolationKind.NPU_ADD_POSITIONS, ViolationKind.NPU_SHARED_SCALE}
+)
+MAX_FLOAT_ROUNDS = 3
+
+
+def _write_repairing(model, plan, preset: Preset, calibrated: dict, options: QuantizeOptions, notes: list[str]):
+    """Finalize, write and validate. On fixed-point targets an op no NPU position can serve (found
+    by finalize, or still failing a position rule after the repair) is kept in float with a note,
+    and the rest finalized again from the same calibration (an op kept in float only removes
+    shared-scale constraints, so every tensor still planned was calibrated)."""
+    float_reasons: dict[str, str] = {}
+    for _ in range(MAX_FLOAT_ROUNDS + 1):
+        round_notes: list[str] = []
+        numbers = finalize_plan(model, plan, preset, {t: calibrated[t] for t in plan.activations}, round_notes)
+        unrepaired = dict(numbers.unrepairable)
+        if not unrepaired:
+            written = onnx.ModelProto()
+            written.CopyFrom(model)
+            if preset.target.fixed_point_rules:
+                fix_batch_to_one(written, round_notes)
+            quantized, dequantized = write_quantized(written, plan, numbers.activations, numbers.weights, numbers.biases)
+            record_float_nodes(quantized, [f.node for f in plan.float_ops])  # for a later `rq-onnx check`
+            violations = validate(quantized, preset)
+            quantized_nodes = set(plan.quantized_nodes)
+            unrepaired = {
+                v.node: f"the NPU's {v.kind.value} rule cannot be repaired here ({v.message})"
+                for v in violations
+                if v.kind in POSITION_RULES and v.node in quantized_nodes
+            }
+            if not preset.target.fixed_point_rules or not unrepaired:
+                break
+        float_reasons.update({node: f"{why}: runs in float" for node, why in unrepaired.items()})
+        replanned = make_plan(model, preset, options.exclude_op_types, options.exclude_nodes, float_reasons)
+        if not set(replanned.activations) <= set(calibrated):
+            break
+        plan = replanned
+    notes += round_notes
+    notes += [f"{node}: kept in float: {reason}" for node, reason in float_reasons.items()]
+    return quantized, dequantized, plan, numbers.activations, violations
 
 
 def _reader_batches(reader, limit: int):

@@ -22,6 +22,7 @@ class Numbers:
     activations: dict[str, QParams]
     weights: dict[str, QParams]
     biases: dict[tuple[str, int], QParams]
+    unrepairable: dict[str, str]  # node -> why no NPU position serves it
 
 
 def finalize_plan(
@@ -58,4 +59,5 @@ def finalize_plan(
         activations={t: result.activations[key(t)] for t in calibrated},
         weights=result.weights,
         biases={(node, slots[node]): qp for node, qp in result.biases.items()},
+        unrepairable=result.unrepairable,
     )

@@ -3,6 +3,7 @@ tensors share a scale. Pure graph analysis: no calibration data is needed here."
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -76,9 +77,12 @@ def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-def make_plan(model: onnx.ModelProto, preset: Preset, exclude_op_types=(), exclude_nodes=()) -> Plan:
+def make_plan(
+    model: onnx.ModelProto, preset: Preset, exclude_op_types=(), exclude_nodes=(), float_reasons: Mapping[str, str] | None = None
+) -> Plan:
     """rq_common's placement (the same for every rq package) over the graph's run-time tensors;
-    then the constants of the quantized nodes: weights, biases, the NPU's shifted ops."""
+    then the constants of the quantized nodes: weights, biases, the NPU's shifted ops.
+    ``float_reasons``: nodes to keep in float, each with the reason the report gives."""
     graph = model.graph
     constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     ctx = RuleContext(constants)
@@ -87,7 +91,11 @@ def make_plan(model: onnx.ModelProto, preset: Preset, exclude_op_types=(), exclu
     op_nodes = []
     for node in graph.node:
         rule = facts_for(node.op_type)
-        reason = _float_reason(node, rule, ctx, types, exclude_op_types, exclude_nodes) or masked.get(node.name)
+        reason = (
+            _float_reason(node, rule, ctx, types, exclude_op_types, exclude_nodes)
+            or masked.get(node.name)
+            or (float_reasons or {}).get(node.name)
+        )
         slots = rule.quantized_slots(node) if rule is not None and not reason else range(len(node.input))
         inputs = tuple(node.input[i] for i in slots if node.input[i] and node.input[i] not in constants)
         outputs = tuple(o for o in node.output if o and types.get(o, TensorProto.FLOAT) == TensorProto.FLOAT)

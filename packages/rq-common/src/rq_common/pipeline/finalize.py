@@ -73,13 +73,15 @@ class ModelView:
 
 @dataclass
 class Finalized:
-    """Every number of the quantized model: per scale key, per weight, per layer's bias; and what
-    the repairs changed, one line each."""
+    """Every number of the quantized model: per scale key, per weight, per layer's bias; what the
+    repairs changed, one line each; and the layers no position can serve (``unrepairable``, name ->
+    why): the adapter keeps them in float or reports them."""
 
     activations: dict[Hashable, QParams]
     weights: dict[str, QParams]
     biases: dict[str, QParams]
     notes: list[str]
+    unrepairable: dict[str, str] = field(default_factory=dict)
 
 
 def weight_qparams(values: np.ndarray, axis: int | None, preset: Preset, name: str = "weight") -> QParams:
@@ -99,8 +101,10 @@ def finalize(view: ModelView, preset: Preset) -> Finalized:
     weights = {name: weight_qparams(w.values, w.axis, preset, name) for name, w in view.weights.items()}
     activations = dict(view.activations)
     notes: list[str] = []
+    unrepairable: dict[str, str] = {}
     if preset.target.fixed_point_rules:
-        notes += _repair_positions(view, activations, weights)
+        unrepairable = _conflicting_layers(view, activations, weights)
+        notes += _repair_positions(view, activations, weights, set(unrepairable))
     biases: dict[str, QParams] = {}
     for layer in view.layers:
         if layer.bias is None or layer.input not in activations:
@@ -113,17 +117,51 @@ def finalize(view: ModelView, preset: Preset) -> Finalized:
                 notes.append(f"{layer.name}: bias scale {float(qp.scale):g} -> {float(repaired.scale):g} (shift_bias limits)")
             qp = repaired
         biases[layer.name] = qp
-    return Finalized(activations, weights, biases, notes)
+    return Finalized(activations, weights, biases, notes, unrepairable)
 
 
-def _repair_positions(view: ModelView, activations: dict[Hashable, QParams], weights: dict[str, QParams]) -> list[str]:
+def _shifted(view: ModelView, activations: dict[Hashable, QParams], weights: dict[str, QParams]) -> list[Layer]:
+    """The layers the NPU's shift rules constrain: per-tensor weights, quantized input and output."""
+    return [
+        layer
+        for layer in view.layers
+        if layer.shifted and layer.input in activations and layer.output in activations and not weights[layer.weight].per_channel
+    ]
+
+
+def _conflicting_layers(view: ModelView, activations: dict[Hashable, QParams], weights: dict[str, QParams]) -> dict[str, str]:
+    """Layers writing one scale (through a Concat's shared scale) whose shift_cut ranges have no
+    output position in common: dropped one at a time, farthest from the calibrated position first,
+    until the rest agree. Each allows out_pos in [acc - 16, acc], acc = w_pos + in_pos."""
+    position = {key: npu_rules.position(qp.scale) for key, qp in activations.items()}
+    by_output: dict[Hashable, list[tuple[int, Layer]]] = {}
+    for layer in _shifted(view, activations, weights):
+        accumulator = npu_rules.position(weights[layer.weight].scale) + position[layer.input]
+        by_output.setdefault(layer.output, []).append((accumulator, layer))
+    dropped = {}
+    for output, members in by_output.items():
+        calibrated = position[output]
+        while len(members) > 1 and max(a for a, _ in members) - npu_rules.SHIFT_CUT_MAX > min(a for a, _ in members):
+            worst = max(members, key=lambda m: max(m[0] - npu_rules.SHIFT_CUT_MAX - calibrated, calibrated - m[0], 0))
+            members.remove(worst)
+            low, high = worst[0] - npu_rules.SHIFT_CUT_MAX, worst[0]
+            dropped[worst[1].name] = (
+                f"the NPU's shift_cut needs an output position in [{low}, {high}], which the other ops sharing its "
+                f"output scale (calibrated position {calibrated}) cannot share"
+            )
+    return dropped
+
+
+def _repair_positions(
+    view: ModelView, activations: dict[Hashable, QParams], weights: dict[str, QParams], skipped: set[str]
+) -> list[str]:
     """Activation positions (and Adds' per-tensor constant operands) moved until every shifted
     layer's shift_cut and every Add's gap hold. A shifted layer's weight keeps its position."""
     positions = {key: npu_rules.position(qp.scale) for key, qp in activations.items()}
     shifted = [
         (npu_rules.position(weights[layer.weight].scale), layer.input, layer.output)
-        for layer in view.layers
-        if layer.shifted and layer.input in activations and layer.output in activations and not weights[layer.weight].per_channel
+        for layer in _shifted(view, activations, weights)
+        if layer.name not in skipped
     ]
     layer_weights = {layer.weight for layer in view.layers if layer.shifted}
     constants = {
