@@ -49,3 +49,46 @@ def test_multi_input_model_with_dict_batches(tmp_path):
     got = run_ort(tmp_path / "two.onnx", feeds, as_written=True)
     expected = np.asarray(qmodel([feeds["a"], feeds["b"]]))
     assert np.abs(got - expected).max() <= float(qmodel.get_layer("fc_quant").scale.numpy()) * 1.0001
+
+
+def regularized_model() -> keras.Model:
+    """A Keras 2 habit: L2 / L1 penalties on kernels, biases and activations (and a BN's gamma)."""
+    R = keras.regularizers
+    inputs = keras.Input((8, 8, 3), name="x")
+    conv = keras.layers.Conv2D(
+        4,
+        3,
+        activation="relu",
+        kernel_regularizer=R.L2(0.1),
+        bias_regularizer=R.L1(0.2),
+        activity_regularizer=R.L2(0.05),
+        name="conv",
+    )
+    y = keras.layers.BatchNormalization(gamma_regularizer=R.L2(0.3), name="bn")(
+        keras.layers.MaxPooling2D(name="pool")(conv(inputs))
+    )
+    y = keras.layers.Dense(2, kernel_regularizer=R.L2(0.1), name="fc")(keras.layers.Flatten(name="flat")(y))
+    model = keras.Model(inputs, y)
+    conv.bias.assign(np.linspace(-0.5, 0.5, 4).astype(np.float32))
+    return model
+
+
+def test_regularizers_are_left_out_unless_kept():
+    model = regularized_model()
+    x = np.random.default_rng(0).standard_normal((4, 8, 8, 3)).astype(np.float32)
+    model(x)
+    float_losses = sorted(float(v) for v in model.losses)
+    conv = model.get_layer("conv")
+    by_hand = 0.1 * np.sum(np.asarray(conv.kernel) ** 2)  # the conv's L2 term, computed here
+    assert len(float_losses) == 5 and any(np.isclose(v, by_hand, rtol=1e-5) for v in float_losses)
+
+    qmodel = rq_tf2.quantize_model(model, preset="cpu")  # the BN after a pool stays a float copy
+    qmodel(x)
+    assert qmodel.losses == []
+    assert all(getattr(layer, "kernel_regularizer", None) is None for layer in qmodel.layers)
+
+    kept = rq_tf2.quantize_model(model, preset="cpu", keep_regularizers=True)
+    kept(x)  # quantizers off: the same values, so the same penalties (the activity one after the split-off ReLU)
+    np.testing.assert_allclose(sorted(float(v) for v in kept.losses), float_losses, rtol=1e-5)
+    assert kept.get_layer("conv").activity_regularizer is None and kept.get_layer("conv_activation").activity_regularizer
+    assert len(model.losses) == 5 and conv.kernel_regularizer is not None  # the float model is unchanged

@@ -50,6 +50,7 @@ def quantize_model(
     max_calibration_batches: int | None = None,
     calib_batch_size: int = 32,
     quiet: bool = False,
+    keep_regularizers: bool = False,
 ) -> keras.Model:
     """A quantized copy of a Sequential or Functional ``model`` (layer names and weights kept; the
     original is not changed).
@@ -60,6 +61,8 @@ def quantize_model(
     batch statistics for this many training steps, then frozen (None: fold it now, as PTQ does).
     ``calib_dataset`` / ``max_calibration_batches`` / ``calib_batch_size``: calibrate at once (the
     one-call form of Vitis AI's quantizer).
+    ``keep_regularizers``: keep the layers' kernel / bias / activity (every ``*_regularizer``)
+    penalties. Left out by default: sized for training from scratch, they dominate a QAT loss.
     """
     preset = get_preset(preset)
     configs = dict(layer_configs or {})
@@ -108,6 +111,7 @@ def quantize_model(
             fresh = key not in built
             if fresh:
                 built[key] = step.build()
+                _set_regularizers(built[key], node.operation, keep_regularizers, last=i == len(exp.steps) - 1)
             layer = built[key]
             out = layer(*args, **kwargs) if i == 0 else layer(x)
             if fresh and step.load is not None:
@@ -223,6 +227,19 @@ def _float_copy(operation) -> Step:
         (lambda new: new.set_weights(values)) if values else None,
         float_reason=EXCLUDED,
     )
+
+
+def _set_regularizers(layer, original, keep: bool, last: bool) -> None:
+    """Drop every ``*_regularizer`` of a step's (unbuilt) layer, or, when kept, give the activity
+    regularizer to the step that makes the original layer's output (after its split-off activation)."""
+    if not isinstance(layer, keras.layers.Layer) or layer is original:  # never change the user's model
+        return
+    if keep:
+        layer.activity_regularizer = getattr(original, "activity_regularizer", None) if last else None
+        return
+    for name, value in list(vars(layer).items()):
+        if name.endswith("_regularizer") and value is not None:
+            setattr(layer, name, None)
 
 
 def _warn_float(float_ops: list[FloatOp]) -> None:
