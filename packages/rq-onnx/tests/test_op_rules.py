@@ -78,3 +78,47 @@ def test_every_op_is_quantized_by_its_rule(preset):
     # as written where ORT's u8s8 kernels can saturate (x86 without VNNI: rq_common.cpu_features)
     quantized = np.concatenate([run(result.model, {"x": t}, u8s8_kernels_may_saturate())[0] for t in test])
     assert sqnr_db(reference, quantized) > 25  # measured 30.4 (cpu) to 31.7 dB (npu_cnn)
+
+
+@pytest.mark.parametrize("preset", ["npu_cnn", "npu_transformer", "cpu"])
+def test_a_reshape_to_a_computed_shape_passes_through(preset):
+    """Exporters with a dynamic batch compute a flatten's shape (Shape -> Gather -> Unsqueeze ->
+    Concat): the Reshape's data still passes through in int8, with its input's scale."""
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("Shape", ["c"], ["s"], name="shape"),
+        helper.make_node("Gather", ["s", "zero"], ["n"], name="batch", axis=0),
+        helper.make_node("Unsqueeze", ["n", "axes"], ["n1"], name="batch_1d"),
+        helper.make_node("Concat", ["n1", "minus1"], ["shape_2d"], name="shape_2d", axis=0),
+        helper.make_node("Reshape", ["c", "shape_2d"], ["r"], name="flatten"),
+        helper.make_node("MatMul", ["r", "m"], ["y"], name="head"),
+    ]
+    constants = {
+        "w": rng.standard_normal((3, 2, 1, 1)).astype(np.float32),
+        "zero": np.array(0, np.int64),
+        "axes": np.array([0], np.int64),
+        "minus1": np.array([-1], np.int64),
+        "m": rng.standard_normal((48, 5)).astype(np.float32),
+    }
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, k) for k, v in constants.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    data = rng.standard_normal((8, 2, 4, 4)).astype(np.float32)
+    result = quantize_static(model, None, ArrayReader("x", data), preset=preset, quiet=True)
+    assert result.violations == [] and {"flatten", "head"} <= set(result.quantized_ops)
+    producers = {o: n for n in result.model.graph.node for o in n.output}
+    flatten = next(n for n in result.model.graph.node if n.name == "flatten")
+    assert producers[flatten.input[0]].op_type == "DequantizeLinear"
+    batch = 1 if preset == "npu_cnn" else 3  # the NPU's model has batch 1; else another size than calibration's
+    x = rng.standard_normal((batch, 2, 4, 4)).astype(np.float32)
+    (expected,) = run(model, {"x": x})
+    (actual,) = run(result.model, {"x": x}, as_written=True)
+    assert sqnr_db(expected, actual) > 25

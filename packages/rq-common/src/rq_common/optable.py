@@ -12,7 +12,9 @@ in float, and the package's report says so.
   DequantizeLinear, all of them must.
 - ``weight`` / ``weight_axis`` / ``bias``: the weight slot, its output-channel axis (per-channel
   weights) and the bias slot, whose quantized form follows the preset's bias rule.
-- ``constants``: slots that must hold constants for the op to be quantized (a Reshape's shape).
+- ``constants``: slots that must hold constants for the op to be quantized (a Conv's weight, a
+  Clip's bounds, a Pad's value). Shape parameters (a Reshape's shape, a Resize's sizes, a Slice's
+  starts) may be computed at run time: the data passes through all the same.
 - ``operands``: its quantized inputs are operands of equal standing (Add, Mul, MatMul, Concat):
   two run-time tensors, or a run-time tensor and a constant.
 - ``constant_operand``: a constant operand is stored as an int8 weight (per tensor).
@@ -92,7 +94,7 @@ OP_TABLE: dict[str, OpFacts] = {
         OpFacts("AveragePool", npu=_SHARED),
         OpFacts("GlobalAveragePool"),
         OpFacts("ReduceMean", constants=(1,)),
-        OpFacts("Resize", constants=(1, 2, 3)),
+        OpFacts("Resize"),  # roi / scales / sizes: parameters, constant or computed from a Shape
         OpFacts("LayerNormalization"),
         # activations
         OpFacts("Relu", npu=_FUSED),
@@ -107,17 +109,17 @@ OP_TABLE: dict[str, OpFacts] = {
         OpFacts("Erf"),
         OpFacts("Gelu"),
         # pass-through ops: the output is the input's values rearranged (or their max): same scale
-        OpFacts("Reshape", _PASS, constants=(1,), layout=True),
+        OpFacts("Reshape", _PASS, layout=True),  # the shape may be computed (Shape -> Gather -> Concat)
         OpFacts("Transpose", _PASS, layout=True),
         OpFacts("Flatten", _PASS, layout=True),
-        OpFacts("Squeeze", _PASS, constants=(1,), layout=True),
-        OpFacts("Unsqueeze", _PASS, constants=(1,), layout=True),
+        OpFacts("Squeeze", _PASS, layout=True),
+        OpFacts("Unsqueeze", _PASS, layout=True),
         OpFacts("Identity", _PASS, layout=True),
-        OpFacts("Slice", _PASS, constants=(1, 2, 3, 4)),
-        OpFacts("Split", _PASS, constants=(1,)),
-        OpFacts("Gather", _PASS, constants=(1,)),
+        OpFacts("Slice", _PASS),
+        OpFacts("Split", _PASS),
+        OpFacts("Gather", _PASS),
         OpFacts("MaxPool", _PASS, npu=_SHARED),
-        OpFacts("Pad", _PASS, constants=(1, 2, 3)),
+        OpFacts("Pad", _PASS, constants=(2,)),  # the pad value must be on the int8 grid: a constant
     )
 }
 
