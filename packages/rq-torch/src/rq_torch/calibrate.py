@@ -12,12 +12,12 @@ from torch import fx
 from tqdm import tqdm
 
 from rq_common.errors import CalibrationDataError
-from rq_common.pipeline import Layer, ModelView, Weight
+from rq_common.pipeline import ConstantOperand, Layer, ModelView, Weight
 from rq_common.pipeline import finalize as finalize_view
 from rq_torch.errors import NotCalibratedError
 from rq_torch.modules import QuantLayerMixin
 from rq_torch.quantizer import Mode, TensorQuantizer
-from rq_torch.transform import quant_layers
+from rq_torch.transform import lifted_constant, quant_layers
 
 
 def _plan(model: fx.GraphModule):
@@ -140,12 +140,15 @@ def finalize(model: fx.GraphModule) -> list[str]:
         quantizer.finalize()
     key = {id(q): name for name, q in quantizers.items()}
     layers = {name: m for name, m in model.named_modules() if isinstance(m, QuantLayerMixin)}
+    add_constants = {k.weight for add in plan.adds for k in add if isinstance(k, ConstantOperand)}
+    weights = {
+        name: Weight(layer.float_weight().detach().to(torch.float32).cpu().numpy(), layer.weight_axis)
+        for name, layer in layers.items()
+    }
+    weights.update({name: Weight(_tensor_at(model, name).detach().cpu().numpy(), None) for name in add_constants})
     view = ModelView(
         activations={name: q.qparams() for name, q in quantizers.items()},
-        weights={
-            name: Weight(layer.float_weight().detach().to(torch.float32).cpu().numpy(), layer.weight_axis)
-            for name, layer in layers.items()
-        },
+        weights=weights,
         layers=[
             Layer(name, name, key.get(id(layer.input_quantizer)), key.get(id(layer.output_quantizer)), _float_bias(layer))
             for name, layer in layers.items()
@@ -161,8 +164,21 @@ def finalize(model: fx.GraphModule) -> list[str]:
             q.scale = torch.tensor(float(result.activations[name].scale), dtype=torch.float32)
     for name, qp in result.biases.items():
         layers[name].set_bias_qparams(qp)
+    _write_moved_constants(model, {name: result.weights[name] for name in add_constants})
     model.rq_notes = result.notes
     return result.notes
+
+
+def _write_moved_constants(model: fx.GraphModule, moved: dict) -> None:
+    """A lifted Add constant whose position the repair lowered: its quantizer and the one the
+    placement put after it (both quantize the constant; the export holds the last) take the new QParams."""
+    for node in model.graph.nodes:
+        buffer = lifted_constant(model, node, model.rq_plan) if node.op == "call_module" else None
+        if buffer not in moved:
+            continue
+        quantizer = model.get_submodule(node.target)
+        if not np.array_equal(np.asarray(quantizer.qparams().scale), np.asarray(moved[buffer].scale)):
+            quantizer.set_qparams(moved[buffer])
 
 
 def _float_bias(layer: QuantLayerMixin) -> np.ndarray | None:

@@ -18,6 +18,7 @@ from torch import fx, nn
 
 from rq_common.calibration import ScaleGroups
 from rq_common.optable import NpuRole, facts_for, has_npu_role
+from rq_common.pipeline import ConstantOperand
 from rq_common.pipeline.placement import EXCLUDED, FloatOp, OpNode, follows_from_others, place_quantizers
 from rq_common.qmath import fold_batchnorm
 from rq_common.spec import Preset, get_preset
@@ -36,7 +37,7 @@ class TorchPlan:
     preset: Preset
     activation_quantizers: list[str] = field(default_factory=list)
     layers: list[str] = field(default_factory=list)
-    adds: list[list[str]] = field(default_factory=list)  # per Add: the quantizers of its inputs
+    adds: list[list[str | ConstantOperand]] = field(default_factory=list)  # per Add: its inputs' quantizers or lifted constants
     constants: list[tuple[str, str]] = field(default_factory=list)  # (quantizer, buffer) of lifted scalars
     quantized_ops: list[str] = field(default_factory=list)
     float_ops: list[FloatOp] = field(default_factory=list)
@@ -245,6 +246,7 @@ def _insert_quantizers(gm, quantized, groups, preset, plan, learn_scales: bool) 
             plan.activation_quantizers.append(name)
         with gm.graph.inserting_after(node):
             call = gm.graph.call_module(modules[root], (node,))
+        call.meta["tensor_meta"] = node.meta.get("tensor_meta")  # the value's shape and dtype, for the Adds' inputs
         node.replace_all_uses_with(call, delete_user_cb=lambda user, call=call: user is not call)
         quantizer_of[node] = gm.get_submodule(modules[root])
         quantizer_of[call] = quantizer_of[node]
@@ -290,7 +292,28 @@ def _swap_layers(gm, node_ops, quantizer_of, preset, plan, freeze_bn_after: int)
                 _set_submodule(gm, node.target, layer)
                 plan.layers.append(node.target)
         if op == "Add":
-            plan.adds.append([_name_of(gm, quantizer_of.get(a)) for a in _tensor_args(node) if a in quantizer_of])
+            plan.adds.append([_add_key(gm, a, quantizer_of, plan) for a in _tensor_args(node) if a in quantizer_of])
+
+
+def lifted_constant(gm: fx.GraphModule, node: fx.Node, plan: TorchPlan) -> str | None:
+    """The buffer of the lifted scalar (_lift_scalar_operands) that ``node`` quantizes, directly or
+    through the quantizer the placement puts after it; None for any other tensor."""
+    buffers = dict(plan.constants)
+    for _ in range(2):
+        if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), TensorQuantizer):
+            return None
+        if node.target in buffers:
+            return buffers[node.target]
+        node = node.args[0]
+        if not isinstance(node, fx.Node):
+            return None
+    return None
+
+
+def _add_key(gm, node: fx.Node, quantizer_of, plan: TorchPlan) -> str | ConstantOperand | None:
+    """An Add input for the NPU's position repair: its quantizer's name, or its lifted constant."""
+    buffer = lifted_constant(gm, node, plan)
+    return ConstantOperand(buffer) if buffer is not None else _name_of(gm, quantizer_of.get(node))
 
 
 def _target_name(node: fx.Node) -> str:
