@@ -86,6 +86,17 @@ def prelu_stack(b: Builder, x):
     return tf.reduce_mean(x, axis=[1, 2], name="gap")
 
 
+def resize_side_output(b: Builder, x):
+    """HED's side outputs: a strided conv's map resized back to the input's size, the size computed
+    from tf.shape at run time (Shape -> StridedSlice -> Pack -> ResizeBilinear), then joined."""
+    x = tf.nn.relu(b.conv(x, 8, 3, "stem"), name="stem_relu")
+    size = tf.shape(x)[1:3]
+    side = tf.nn.relu(b.conv(x, 8, 3, "side", stride=2), name="side_relu")
+    up = tf.compat.v1.image.resize_bilinear(side, size, name="side_up")
+    x = tf.concat([x, up], axis=3, name="join")
+    return tf.reduce_mean(x, axis=[1, 2], name="gap")
+
+
 def dense_head(b: Builder, features):
     h = tf.nn.relu(b.dense(features, 32, "fc1"), name="fc1_relu")
     h = tf.identity(h, name="dropout/Identity")  # dropout in inference form (tf.layers.dropout(training=False))
@@ -113,4 +124,5 @@ NETWORKS = {
     "depthwise_residual": (depthwise_residual, (16, 16, 3)),
     "concat_branch": (concat_branch, (16, 16, 3)),
     "prelu_stack": (prelu_stack, (16, 16, 3)),
+    "resize_side_output": (resize_side_output, (16, 16, 3)),
 }

@@ -45,6 +45,7 @@ tf_rule("Reshape", onnx="Reshape")
 tf_rule("Squeeze", onnx="Squeeze")
 tf_rule("Identity", onnx="Identity")
 tf_rule("Pad", onnx="Pad")
+tf_rule("ResizeBilinear", "ResizeNearestNeighbor", onnx="Resize")
 
 
 @tf_rule("Add", "AddV2", "Mul")

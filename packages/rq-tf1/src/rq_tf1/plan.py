@@ -12,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import tensorflow as tf
 
+from rq_common.optable import facts_for
 from rq_common.pipeline.placement import EXCLUDED, OpNode, Placement, place_quantizers
 from rq_common.spec import Preset
 from rq_tf1.graphdef import GraphDef, NodeDef, const_value, nodes_by_name, readers, tensor_name
@@ -73,11 +75,17 @@ def make_plan(graph_def: GraphDef, inputs: list[str], outputs: list[str], preset
     op_nodes: list[OpNode] = []
     weighted: list[WeightedOp] = []
     for node in graph_def.node:
-        if node.op in ("Const", "Placeholder") or node.name in merged:
-            continue
+        if node.op in ("Const", "Placeholder") or node.name in merged or _computes_integers(node):
+            continue  # shape arithmetic (Shape -> StridedSlice -> Pack) is no float op
         rule = TF_OP_RULES.get(node.op)
         op = rule(node, by_name) if rule is not None else None
-        runtime = [tensor_name(ref) for ref in node.input if const_value(by_name.get(ref.split(":")[0])) is None]
+        facts = facts_for(op)
+        slots = range(len(node.input)) if facts is None or facts.inputs is None else facts.inputs
+        runtime = [  # the data inputs: a Resize's computed size or a Reshape's shape is no quantized tensor
+            tensor_name(node.input[i])
+            for i in slots
+            if i < len(node.input) and const_value(by_name.get(node.input[i].split(":")[0])) is None
+        ]
         out = tensor_name(bias_of[node.name].name) if node.name in bias_of else tensor_name(node.name)
         reason = None
         if node.name in prelus:
@@ -121,6 +129,18 @@ def make_plan(graph_def: GraphDef, inputs: list[str], outputs: list[str], preset
             after = next(n.outputs[0] for n in op_nodes if n.inputs and n.inputs[0] == after)
         plan.fused_output[w.node] = after
     return plan
+
+
+_TYPE_ATTRS = ("out_type", "DstT", "T", "dtype")  # where a TF node says what type it computes
+
+
+def _computes_integers(node: NodeDef) -> bool:
+    """A node whose outputs are integers or booleans: the first type attribute it has says."""
+    key = next((k for k in _TYPE_ATTRS if k in node.attr), None)
+    if key is None:
+        return False
+    dtype = tf.as_dtype(node.attr[key].type)
+    return dtype.is_integer or dtype.is_bool
 
 
 def find_prelus(graph_def: GraphDef) -> list[PReluOp]:
