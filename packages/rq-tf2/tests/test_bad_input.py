@@ -84,8 +84,54 @@ def test_subclassed_model_that_cannot_be_traced_is_a_clear_error():
     with pytest.raises(rq_tf2.UnsupportedModelError, match="cannot be traced.*keras.ops only"):
         rq_tf2.quantize_model(model)
     unbuilt = Branchy()
-    with pytest.raises(rq_tf2.UnsupportedModelError, match=r"build it with one.*model.build\(\(None"):
+    with pytest.raises(rq_tf2.UnsupportedModelError, match=r"no known input shape.*input_shape=.*model.build\(\(None"):
         rq_tf2.quantize_model(unbuilt)
+
+
+class BuiltInInit(SubclassedNet):
+    """Keras 2 style: marked built in __init__, so calling it on data records no shape for the model."""
+
+    def __init__(self):
+        super().__init__()
+        self.built = True
+
+
+def test_subclassed_model_called_on_data_is_traced_with_the_shape_its_first_layer_was_built_with(tmp_path):
+    model = BuiltInInit()
+    x = np.random.default_rng(2).standard_normal((8, 8, 8, 3)).astype(np.float32)
+    model(x)
+    assert not getattr(model, "_build_shapes_dict", None)
+    qmodel = rq_tf2.quantize_model(model, preset="npu_cnn", calib_dataset=x, quiet=True)
+    assert tuple(qmodel.inputs[0].shape) == (None, 8, 8, 3) and isinstance(qmodel.get_layer("conv"), rq_tf2.QuantConv2D)
+    rq_tf2.export_onnx(qmodel, tmp_path / "called.onnx")
+    np.testing.assert_array_equal(run_ort(tmp_path / "called.onnx", {"input": x}, as_written=True), np.asarray(qmodel(x)))
+
+
+class OpsFirst(keras.Model):
+    """Its call() starts with keras.ops, so no layer reads the input: its shape cannot be found."""
+
+    def __init__(self):
+        super().__init__()
+        self.dense = L.Dense(3, name="dense")
+        self.built = True
+
+    def call(self, x):
+        return self.dense(keras.ops.reshape(x, (-1, 32)))
+
+
+def test_subclassed_model_with_no_shape_to_find_takes_an_explicit_input_shape(tmp_path):
+    model = OpsFirst()
+    x = np.random.default_rng(3).standard_normal((8, 4, 4, 2)).astype(np.float32)
+    model(x)
+    with pytest.raises(rq_tf2.UnsupportedModelError, match=r"no known input shape.*quantize_model\(model, input_shape=") as info:
+        rq_tf2.quantize_model(model)
+    assert "\n" not in str(info.value)
+    qmodel = rq_tf2.quantize_model(model, preset="cpu", input_shape=(4, 4, 2), calib_dataset=x, quiet=True)
+    assert tuple(qmodel.inputs[0].shape) == (None, 4, 4, 2)
+    rq_tf2.export_onnx(qmodel, tmp_path / "explicit.onnx")
+    np.testing.assert_array_equal(run_ort(tmp_path / "explicit.onnx", {"input": x}, as_written=True), np.asarray(qmodel(x)))
+    with pytest.raises(rq_tf2.UnsupportedModelError, match=r"input_shape=\(4, 4, 2\) does not match.*subclassed models only"):
+        rq_tf2.quantize_model(small_model(), input_shape=(4, 4, 2))
 
 
 class BuiltWithDefaultShape(SubclassedNet):

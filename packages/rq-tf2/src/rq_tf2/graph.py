@@ -43,8 +43,9 @@ class FunctionalGraph:
         return [n for n in self.nodes if tensor in n.inputs]
 
 
-def functional_of(model: keras.Model) -> keras.Model:
-    """The Functional model behind ``model``; a clear error for models rq cannot see into."""
+def functional_of(model: keras.Model, input_shape: tuple | None = None) -> keras.Model:
+    """The Functional model behind ``model``; a clear error for models rq cannot see into.
+    ``input_shape`` (one sample's, no batch axis) traces a subclassed model Keras recorded none for."""
     if isinstance(model, keras.Sequential):
         functional = getattr(model, "_functional", None)
         if functional is None:
@@ -52,25 +53,34 @@ def functional_of(model: keras.Model) -> keras.Model:
                 f"Sequential model '{model.name}' is not built: give it a keras.Input(shape=...) first, "
                 "or call it once on data, so that its inputs are known"
             )
-        return functional
+        model = functional
     if not hasattr(model, "_nodes_by_depth") or not getattr(model, "inputs", None):
-        return _trace_subclassed(model)
+        return _trace_subclassed(model, input_shape)
+    if input_shape is not None and [tuple(input_shape)] != [tuple(t.shape[1:]) for t in model.inputs]:
+        raise UnsupportedModelError(
+            f"input_shape={tuple(input_shape)} does not match the inputs of '{model.name}' "
+            f"({[tuple(t.shape[1:]) for t in model.inputs]}); it is for subclassed models only: leave it out"
+        )
     return model
 
 
-def _trace_subclassed(model: keras.Model) -> keras.Model:
+def _trace_subclassed(model: keras.Model, input_shape: tuple | None) -> keras.Model:
     """A subclassed model's call() run once on a symbolic Input: when it uses only Keras layers and
     keras.ops, that records the same computation, over the same layers, as a Functional graph."""
     name = f"'{model.name}' ({type(model).__name__} defines its own call())"
-    shape = _build_shape(model)
+    shape = (None, *input_shape) if input_shape is not None else _build_shape(model)
+    if shape is None:
+        traced = _trace_with_a_layer_shape(model)
+        if traced is not None:
+            return traced
     if shape is None or not all(isinstance(d, int) or d is None for d in shape):
         raise UnsupportedModelError(
-            f"subclassed model {name} has no known input shape: build it with one before quantizing "
-            "(model.build((None, height, width, channels)), or keras.Input and the Functional API); rq traces one tensor input"
+            f"subclassed model {name} has no known input shape (Keras recorded none, and its first layer does not "
+            "read the input): pass one sample's shape, rq_tf2.quantize_model(model, input_shape=(height, width, "
+            "channels)), or build it with one first (model.build((None, height, width, channels))); rq traces one tensor input"
         )
-    inputs = keras.Input(batch_shape=(None, *shape[1:]), name="input")
     try:
-        outputs = model.call(inputs)
+        return _trace(model, shape)
     except Exception as error:
         raise UnsupportedModelError(
             f"subclassed model {name} cannot be traced with Keras tensors ({type(error).__name__}: "
@@ -78,7 +88,57 @@ def _trace_subclassed(model: keras.Model) -> keras.Model:
             "to see where its tensors flow: write call() with Keras layers and keras.ops only (no tf.* ops, no Python "
             "branches on tensor values), or build it with the Functional API"
         ) from None
-    return keras.Model(inputs, outputs, name=model.name)
+
+
+def _trace(model: keras.Model, shape: tuple) -> keras.Model:
+    inputs = keras.Input(batch_shape=(None, *shape[1:]), name="input")
+    return keras.Model(inputs, model.call(inputs), name=model.name)
+
+
+def _recorded_shape(layer) -> tuple | None:
+    """The one input shape Keras recorded when ``layer`` was built (None: none, or several)."""
+    shapes = getattr(layer, "_build_shapes_dict", None) or {}
+    shape = next(iter(shapes.values()), None) if len(shapes) == 1 else None
+    if isinstance(shape, (tuple, list)) and shape and all(isinstance(d, int) or d is None for d in shape):
+        return tuple(shape)
+    return None
+
+
+def _trace_with_a_layer_shape(model: keras.Model, tries: int = 4) -> keras.Model | None:
+    """A model built with ``built = True`` in __init__, or by a build() without a shape parameter,
+    then called on data: Keras records no shape for the model, but its layers record theirs. A
+    layer's shape is the input's when, traced with it, that layer reads the input and every layer
+    sees the shape it was built with (batch aside)."""
+    tried: list[tuple] = []
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        shape = _recorded_shape(layer)
+        if shape is None or shape[1:] in tried or len(tried) >= tries:
+            continue
+        tried.append(shape[1:])
+        try:
+            traced = _trace(model, shape)
+        except Exception:
+            continue
+        if _sees_built_shapes(traced, reads_input=layer):
+            return traced
+    return None
+
+
+def _sees_built_shapes(traced: keras.Model, reads_input) -> bool:
+    input_tensor = traced.inputs[0]
+    read = False
+    for nodes in traced._nodes_by_depth.values():
+        for node in nodes:
+            if node.is_input or not node.input_tensors:
+                continue
+            read = read or (node.operation is reads_input and node.input_tensors[0] is input_tensor)
+            built = _recorded_shape(node.operation)
+            seen = tuple(node.input_tensors[0].shape)
+            if built is not None and (
+                len(built) != len(seen) or any(b is not None and b != s for b, s in zip(built[1:], seen[1:]))
+            ):
+                return False
+    return read
 
 
 def _build_shape(model: keras.Model) -> tuple | None:
@@ -95,8 +155,8 @@ def _build_shape(model: keras.Model) -> tuple | None:
     return None
 
 
-def functional_graph(model: keras.Model) -> FunctionalGraph:
-    functional = functional_of(model)
+def functional_graph(model: keras.Model, input_shape: tuple | None = None) -> FunctionalGraph:
+    functional = functional_of(model, input_shape)
     nodes: list[GraphNode] = []
     ranks: dict[int, int] = {}
     for depth in sorted(functional._nodes_by_depth, reverse=True):

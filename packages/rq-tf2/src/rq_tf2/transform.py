@@ -51,6 +51,7 @@ def quantize_model(
     calib_batch_size: int = 32,
     quiet: bool = False,
     keep_regularizers: bool = False,
+    input_shape: tuple[int | None, ...] | None = None,
 ) -> keras.Model:
     """A quantized copy of a Sequential or Functional ``model`` (layer names and weights kept; the
     original is not changed).
@@ -63,12 +64,14 @@ def quantize_model(
     one-call form of Vitis AI's quantizer).
     ``keep_regularizers``: keep the layers' kernel / bias / activity (every ``*_regularizer``)
     penalties. Left out by default: sized for training from scratch, they dominate a QAT loss.
+    ``input_shape``: one sample's shape (no batch axis), to trace a subclassed model whose input
+    shape Keras did not record and rq cannot find from its layers.
     """
     preset = get_preset(preset)
     configs = dict(layer_configs or {})
     for name in exclude_nodes:
         configs[name] = LayerConfig(exclude=True)
-    graph = functional_graph(model)
+    graph = functional_graph(model, input_shape)
     _check_names(graph, configs)
     plain, written_out = decompose_attention(graph, keep={name for name, c in configs.items() if c.exclude})
     if plain is not None:
