@@ -1,5 +1,7 @@
 """Bad input: each a clear error that says what to do."""
 
+import warnings
+
 import nets
 import pytest
 import torch
@@ -82,7 +84,6 @@ def test_impossible_override():
 @pytest.mark.parametrize("dropout", [nn.Dropout(0.2), nn.Dropout2d(0.2), nn.AlphaDropout(0.2), nn.FeatureAlphaDropout(0.2)])
 def test_dropout_of_every_kind_is_the_identity_not_a_float_op(tmp_path, dropout):
     """khmer-ocr-ocm's CNN has Dropout2d between its blocks: in eval mode (and in the export) it does nothing."""
-    import warnings
 
     from rq_common.format import validate
 
@@ -172,3 +173,27 @@ def test_calibration_shapes_of_several_inputs_are_checked_by_name():
         rq_torch.calibrate(qmodel, [(torch.randn(4, 3, 8, 8), torch.randn(4, 6))], quiet=True)
     with pytest.raises(CalibrationDataError, match=r"input 'extra' has shape \[2, 5, 1\]"):
         rq_torch.calibrate(qmodel, [{"image": torch.randn(2, 3, 8, 8), "extra": torch.randn(2, 5, 1)}], quiet=True)
+
+
+def test_many_float_ops_are_one_warning():
+    class Exps(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            x = self.conv(x)
+            for _ in range(10):
+                x = torch.exp(x) * 0.5  # exp has no rule: 10 float ops
+            return x
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        qmodel = rq_torch.quantize_model(Exps(), torch.randn(1, 3, 4, 4))
+    messages = [str(w.message) for w in caught if "stay" in str(w.message)]
+    assert len(messages) == 1
+    assert messages[0].startswith("rq_torch: 10 ops stay in float (every one in qmodel.rq_plan.float_ops")
+    assert "'torch.exp' (node exp): no quantization rule for torch.exp" in messages[0]
+    assert "(node exp_2)" in messages[0] and "(node exp_3)" not in messages[0] and messages[0].endswith("; and 7 more")
+    assert sum(op.op == "torch.exp" for op in qmodel.rq_plan.float_ops) == 10
+

@@ -135,17 +135,31 @@ def quantize_model(
     return gm
 
 
+FLOAT_WARNING_NAMES = 3  # ops named in the one warning; the rest are in rq_plan.float_ops
+
+
 def _warn_float(gm: fx.GraphModule, float_ops: list[FloatOp]) -> None:
-    """Name every op that runs in float, but for those kept on request, pass-through ops and the
-    lifted constants' own quantizers."""
+    """One warning for the ops that run in float (a real model can have hundreds: one line each
+    buries everything else), with the first few named; those kept on request, pass-through ops and
+    the lifted constants' own quantizers are not counted."""
     nodes = {node.name: node for node in gm.graph.nodes}
+    shown = []
     for op in float_ops:
         node = nodes.get(op.node)
         if node is not None and node.op == "call_module" and isinstance(gm.get_submodule(node.target), TensorQuantizer):
             continue
         if op.reason == EXCLUDED or follows_from_others(op.reason):
             continue
-        warnings.warn(f"rq_torch: '{op.op}' (node {op.node}) stays in float: {op.reason}", stacklevel=3)
+        shown.append(op)
+    if not shown:
+        return
+    count = "1 op stays" if len(shown) == 1 else f"{len(shown)} ops stay"
+    named = "; ".join(f"'{op.op}' (node {op.node}): {op.reason}" for op in shown[:FLOAT_WARNING_NAMES])
+    more = f"; and {len(shown) - FLOAT_WARNING_NAMES} more" if len(shown) > FLOAT_WARNING_NAMES else ""
+    warnings.warn(
+        f"rq_torch: {count} in float (every one in qmodel.rq_plan.float_ops and the export's float_ops): {named}{more}",
+        stacklevel=3,
+    )
 
 
 INVERSE_SQRT2 = float(np.float32(1.0 / np.float64(np.float32(math.sqrt(2.0)))))
