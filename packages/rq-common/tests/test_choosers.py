@@ -94,29 +94,100 @@ def test_percentile_matches_numpy(rng):
             assert float(qp.scale) * 255 == pytest.approx(hi - lo, abs=2 * width)
 
 
-def naive_kl(hist, i, nq):
-    """Straight loops, as the algorithm is usually described; the reference for kl_divergence_at."""
-    p = [float(v) for v in hist[:i]]
-    p[-1] += float(sum(hist[i:]))
-    q = [0.0] * i
-    for j in range(nq):
-        start, stop = (j * i) // nq, ((j + 1) * i) // nq
-        total = float(sum(hist[start:stop]))
-        nonzero = [k for k in range(start, stop) if p[k] > 0]
-        for k in nonzero:
-            q[k] = total / len(nonzero)
+def naive_kl(p, q) -> float:
+    """KL(P || Q) of two unnormalized lists, as scipy.stats.entropy computes it (Q floored at 1e-12)."""
     ps, qs = sum(p), sum(q)
     return sum((pk / ps) * math.log((pk / ps) / max(qk / qs, 1e-12)) for pk, qk in zip(p, q) if pk > 0)
 
 
+def naive_p_q(hist, start, stop, levels):
+    """P and Q of the grid hist[start:stop], built bin by bin: P gets the outliers in its end bins,
+    Q spreads each of ``levels`` groups' in-grid mass over the group's bins where P is non-zero."""
+    p = [float(v) for v in hist[start:stop]]
+    p[0] += float(sum(hist[:start]))
+    p[-1] += float(sum(hist[stop:]))
+    q = [0.0] * len(p)
+    for j in range(levels):
+        lo, hi = (j * len(p)) // levels, ((j + 1) * len(p)) // levels
+        group = float(sum(hist[start + lo : start + hi]))
+        nonzero = [k for k in range(lo, hi) if p[k] > 0]
+        for k in nonzero:
+            q[k] = group / len(nonzero)
+    return p, q
+
+
+def capped_zero_bin(counts):
+    """TensorRT's bins[0] = bins[1], on the signed histogram: the bin holding 0 is no larger than
+    its larger neighbour."""
+    c = [float(v) for v in counts]
+    half = len(c) // 2
+    c[half] = min(c[half], max(c[half - 1], c[half + 1]))
+    return c
+
+
+def reference_symmetric_threshold(observer, levels):
+    """TensorRT's loop on |x|: every threshold i that keeps ``levels`` bins of data, the last
+    minimum of KL(P || Q)."""
+    c = capped_zero_bin(observer.counts)
+    half = len(c) // 2
+    hist = [c[half + k] + c[half - 1 - k] for k in range(half)]
+    first = min(k for k in range(half) if hist[k] > 0)
+    used = max(k for k in range(half) if hist[k] > 0) + 1
+    best, best_i = math.inf, used
+    for i in range(first + levels, used + 1):
+        kl = naive_kl(*naive_p_q(hist[:used], 0, i, levels))
+        if kl <= best:
+            best, best_i = kl, i
+    return best_i * observer.bin_width
+
+
+def reference_asymmetric_window(observer, levels):
+    """ONNX Runtime's window [max(lo, -t), min(hi, t)] on the signed histogram, KL over the grid
+    that includes 0, for every t keeping ``levels`` bins of data; the last minimum."""
+    c = capped_zero_bin(observer.counts)
+    half = len(c) // 2
+    occupied = [k for k in range(len(c)) if c[k] > 0]
+    first, last = occupied[0], occupied[-1] + 1
+    best, best_t = math.inf, None
+    for t in range(1, max(half - first, last - half) + 1):
+        clip_lo, clip_hi = max(first, half - t), min(last, half + t)
+        if clip_hi - clip_lo < levels:
+            continue
+        kl = naive_kl(*naive_p_q(c, min(clip_lo, half), max(clip_hi, half), levels))
+        if kl <= best:
+            best, best_t = kl, t
+    lo, hi = observer.range()
+    t = best_t * observer.bin_width
+    return max(lo, -t), min(hi, t)
+
+
+REFERENCE_DATA = {
+    "student_t3": lambda rng: rng.standard_t(3, 40_000),
+    "relu_of_normal": lambda rng: np.maximum(rng.standard_normal(40_000), 0),
+    "shifted_laplace": lambda rng: rng.laplace(0.8, 0.4, 40_000),
+    "offset_normal": lambda rng: 0.5 + 0.05 * rng.standard_normal(40_000),
+    "two_bumps": lambda rng: np.concatenate([rng.normal(-1, 0.1, 30_000), rng.normal(3, 0.5, 10_000)]),
+}
+
+
+@pytest.mark.parametrize("data", list(REFERENCE_DATA))
+def test_entropy_matches_plain_loops(rng, data):
+    observer = HistogramObserver(num_bins=512)
+    observer.update(REFERENCE_DATA[data](rng))
+    every = EntropyChooser(max_candidates=10**6)
+    assert every.threshold(observer, 32) == pytest.approx(reference_symmetric_threshold(observer, 32), rel=1e-12)
+    assert every.window(observer, 64) == pytest.approx(reference_asymmetric_window(observer, 64), rel=1e-12)
+
+
 def test_kl_divergence_matches_naive_loops(rng):
     hist = rng.integers(0, 50, 700)
-    hist[300:310] = 0  # empty bins inside, and a candidate whose last bin is empty but gets outliers
+    hist[300:310] = 0  # empty bins inside, and grids whose end bins are empty but get outliers
     hist[:40:3] = 0
-    candidates = np.array([128, 200, 305, 306, 511, 699, 700])
-    fast = kl_divergences(hist, candidates, 128)
-    for i, value in zip(candidates, fast):
-        assert value == pytest.approx(naive_kl(hist, i, 128), rel=1e-9, abs=1e-12)
+    starts = np.array([0, 0, 0, 3, 9, 40, 300, 0, 171])
+    stops = np.array([128, 200, 305, 306, 511, 699, 700, 700, 310])
+    fast = kl_divergences(hist, starts, stops, 128)
+    for start, stop, value in zip(starts, stops, fast):
+        assert value == pytest.approx(naive_kl(*naive_p_q(hist, start, stop, 128)), rel=1e-9, abs=1e-12)
 
 
 def test_entropy_clips_outliers_and_keeps_small_ranges(rng):
@@ -128,6 +199,45 @@ def test_entropy_clips_outliers_and_keeps_small_ranges(rng):
     tiny = HistogramObserver(num_bins=64)
     tiny.update(np.array([0.1, -0.2, 0.3]))
     assert EntropyChooser().threshold(tiny) >= 0.3  # fewer used bins than levels: keep the range
+    assert EntropyChooser().window(tiny) == (pytest.approx(-0.2), pytest.approx(0.3))
+
+
+# The collapses found on zoo models (docs/calibration.md), each as a small synthetic tensor, on the
+# cpu preset's uint8 activations. Before the fix, entropy chose the first range, minmax the second:
+COLLAPSES = {
+    # mtcnn_onet's box regression output, in [0.21, 0.79]: [0, 0.21] (every value clipped to one)
+    "offset": lambda rng: (0.5 + 0.08 * rng.standard_normal(100_000)).clip(0.2, 0.8),
+    # ReLU outputs, half exact zeros: [0, 1.48] of [0, 4.3]
+    "relu_zeros": lambda rng: np.maximum(rng.standard_normal(200_000), 0),
+    # ddddocr_det's text probability map, 98 % near 0: [0, 0.074] of [0, 1]
+    "probability_map": lambda rng: 1 / (1 + np.exp(-np.concatenate([rng.normal(-9, 1.5, 196_000), rng.normal(4, 1.5, 4_000)]))),
+}
+
+
+@pytest.mark.parametrize("pattern", list(COLLAPSES))
+def test_entropy_does_not_collapse_where_minmax_keeps(rng, pattern):
+    x = COLLAPSES[pattern](rng).astype(np.float32)
+    spec = get_preset("cpu").activation
+    errors = {}
+    for method in ("entropy", "minmax"):
+        calibrator = Calibrator(spec, method)
+        calibrator.update(x)
+        errors[method] = true_mse(x, calibrator.qparams())
+        if method == "entropy":
+            assert float(calibrator.qparams().scale) * 255 > 0.9 * float(x.max())
+    assert errors["entropy"] <= 1.1 * errors["minmax"], errors
+
+
+def test_entropy_levels_follow_the_spec(rng):
+    """uint8 asymmetric has 256 levels over its grid, int8 symmetric 128 per sign: with the levels
+    given explicitly the choice is the same."""
+    x = rng.standard_t(3, 50_000)
+    observer = HistogramObserver()
+    observer.update(x)
+    uint8 = get_preset("cpu").activation
+    assert EntropyChooser().choose(observer, uint8) == EntropyChooser(num_quantized_bins=256).choose(observer, uint8)
+    int8 = QuantSpec(dtype="int8")
+    assert EntropyChooser().choose(observer, int8) == EntropyChooser(num_quantized_bins=128).choose(observer, int8)
 
 
 def test_pot_minmse_of_an_all_zero_tensor_is_scale_one():
