@@ -81,8 +81,11 @@ def test_subclassed_model_that_cannot_be_traced_is_a_clear_error():
 
     model = Branchy()
     model(np.zeros((1, 3), np.float32))
-    with pytest.raises(rq_tf2.UnsupportedModelError, match="cannot be traced.*keras.ops only"):
+    with pytest.raises(rq_tf2.UnsupportedModelError, match="cannot be traced.*keras.ops only") as info:
         rq_tf2.quantize_model(model)
+    # the message points at the user's own line (HED's tf.shape / tf.image.resize) and at rq-tf1
+    assert "test_bad_input.py:" in str(info.value) and "tf.math.reduce_max(x, axis=-1" in str(info.value)
+    assert "rq_tf1.quantize_frozen_graph" in str(info.value) and "\n" not in str(info.value)
     unbuilt = Branchy()
     with pytest.raises(rq_tf2.UnsupportedModelError, match=r"no known input shape.*input_shape=.*model.build\(\(None"):
         rq_tf2.quantize_model(unbuilt)

@@ -7,8 +7,10 @@ Keras 3 keeps the graph in ``_nodes_by_depth``; Functional._run_through_graph wa
 from __future__ import annotations
 
 import inspect
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import keras
 from keras import tree
@@ -84,10 +86,25 @@ def _trace_subclassed(model: keras.Model, input_shape: tuple | None) -> keras.Mo
     except Exception as error:
         raise UnsupportedModelError(
             f"subclassed model {name} cannot be traced with Keras tensors ({type(error).__name__}: "
-            f"{str(error).strip().splitlines()[0]}). rq needs "
+            f"{str(error).strip().splitlines()[0]}){_failing_line(error, model)}. rq needs "
             "to see where its tensors flow: write call() with Keras layers and keras.ops only (no tf.* ops, no Python "
-            "branches on tensor values), or build it with the Functional API"
+            "branches on tensor values), or build it with the Functional API; a model that keeps its tf.* ops can be "
+            "frozen to a GraphDef and quantized with rq-tf1 (rq_tf1.quantize_frozen_graph)"
         ) from None
+
+
+def _failing_line(error: Exception, model: keras.Model) -> str:
+    """' at <file>:<line>: <code>', the last line of the model's own source the error passed
+    through (HED's `h, w = tf.shape(x)[1], tf.shape(x)[2]`), or '' where none did."""
+    try:
+        source = inspect.getsourcefile(type(model))
+    except TypeError:
+        return ""
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename == source]
+    if not frames:
+        return ""
+    frame = frames[-1]
+    return f" at {Path(frame.filename).name}:{frame.lineno}: {(frame.line or '').strip()}"
 
 
 def _trace(model: keras.Model, shape: tuple) -> keras.Model:
