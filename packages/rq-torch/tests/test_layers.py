@@ -46,3 +46,48 @@ def test_layers_export_and_match(tmp_path, preset):
         # as written where ORT's u8s8 kernels can saturate (x86 without VNNI: rq_common.cpu_features)
         got = run_ort(tmp_path / "layers.onnx", {"x": x.numpy()}, as_written=u8s8_kernels_may_saturate())
         assert np.max(np.abs(got - expected)) <= step * 1.0001
+
+
+class SpatialMeans(nn.Module):
+    """A global pooling written as a mean over H and W, as a function and as a method."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        return self.fc(torch.mean(y, dim=[-2, -1])) + self.fc(y.mean((2, 3), keepdim=True).flatten(1))
+
+
+@pytest.mark.parametrize("preset", ["npu_cnn", "cpu"])
+def test_mean_over_the_spatial_dims_is_a_quantized_reduce_mean(tmp_path, preset):
+    import warnings
+
+    import onnx
+
+    from rq_common.format import validate
+
+    example = torch.randn(1, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing stays in float
+        qmodel = rq_torch.quantize_model(SpatialMeans().eval(), example, preset=preset)
+    assert qmodel.rq_plan.float_ops == []
+    assert {"mean", "mean_1"} <= set(qmodel.rq_plan.quantized_ops)
+    rq_torch.calibrate(qmodel, [torch.randn(1, 3, 8, 8) for _ in range(8)], quiet=True)
+    path = tmp_path / "means.onnx"
+    result = rq_torch.export_onnx(qmodel, example, path)
+    assert result.violations == [] and validate(path, preset) == []
+    written = onnx.load(str(path))
+    means = [n for n in written.graph.node if n.op_type == "ReduceMean"]
+    producers = {out: n for n in written.graph.node for out in n.output}
+    readers = {i: n for n in written.graph.node for i in n.input}
+    assert len(means) == 2
+    for node in means:  # a Q/DQ pair before and after each, as rq-onnx writes it
+        assert producers[node.input[0]].op_type == "DequantizeLinear"
+        assert readers[node.output[0]].op_type == "QuantizeLinear"
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        expected = qmodel(x).numpy()
+    np.testing.assert_array_equal(run_ort(path, {"x": x.numpy()}, as_written=True), expected)

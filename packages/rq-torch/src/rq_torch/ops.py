@@ -82,6 +82,7 @@ FUNCTION_OPS: dict[object, str] = {
     F.interpolate: "Resize",
     F.pad: "Pad",
     F.dropout: "Identity",
+    torch.mean: "ReduceMean",  # the exporter writes ReduceMean for any dims (Tensor.mean too)
 }
 
 METHOD_OPS: dict[str, str] = {
