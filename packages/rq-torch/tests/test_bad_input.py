@@ -197,3 +197,48 @@ def test_many_float_ops_are_one_warning():
     assert "(node exp_2)" in messages[0] and "(node exp_3)" not in messages[0] and messages[0].endswith("; and 7 more")
     assert sum(op.op == "torch.exp" for op in qmodel.rq_plan.float_ops) == 10
 
+
+class Embedder(nn.Module):
+    """forward() branches on a Python argument: fx cannot trace it without a value for it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x, embed=False):
+        y = self.conv(x)
+        if embed:
+            return torch.flatten(y, 1)
+        return torch.relu(y)
+
+
+def test_a_branch_on_a_forward_argument_says_concrete_args():
+    with pytest.raises(TraceError) as caught:
+        rq_torch.quantize_model(Embedder(), torch.randn(1, 3, 4, 4))
+    message = str(caught.value)
+    assert "(if embed:)" in message and "branches in Python on its argument 'embed'" in message
+    assert "quantize_model(..., concrete_args={'embed': False})" in message
+    assert "leaf_modules" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize("embed", [False, True])
+def test_concrete_args_trace_the_branch_asked_for(tmp_path, embed):
+    import numpy as np
+    import onnx
+
+    from conftest import run_ort
+
+    model = Embedder().eval()
+    qmodel = rq_torch.quantize_model(model, torch.randn(1, 3, 4, 4), preset="cpu", concrete_args={"embed": embed})
+    assert qmodel.rq_plan.input_names == ["x"]
+    rq_torch.calibrate(qmodel, [torch.randn(1, 3, 4, 4) for _ in range(8)], quiet=True)
+    path = tmp_path / "q.onnx"
+    assert rq_torch.export_onnx(qmodel, torch.randn(1, 3, 4, 4), path).violations == []
+    assert [i.name for i in onnx.load(str(path)).graph.input] == ["x"]
+    x = torch.randn(1, 3, 4, 4)
+    with torch.no_grad():
+        expected, float_out = qmodel(x).numpy(), model(x, embed=embed).numpy()
+    assert expected.shape == ((1, 64) if embed else (1, 4, 4, 4))
+    assert (expected.min() < 0) == embed  # the flatten branch keeps negatives, the relu branch does not
+    assert 10 * np.log10(np.sum(float_out**2) / np.sum((expected - float_out) ** 2)) > 10  # the float model, quantized
+    np.testing.assert_array_equal(run_ort(path, {"x": x.numpy()}, as_written=True), expected)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
+import re
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -37,14 +40,61 @@ def _user_frame(error: BaseException) -> str:
     return f"{frame.filename}:{frame.lineno} ({(frame.line or '').strip()})"
 
 
-def trace(model: nn.Module, leaf_modules: Sequence[type[nn.Module]] = ()) -> fx.GraphModule:
+def _root_branch(model: nn.Module, error: BaseException) -> list[tuple[str, Any]]:
+    """The arguments with a default (name, default) that the root forward() branches on where fx
+    failed: leaf_modules cannot help there (the root is no submodule), concrete_args can. Empty when
+    the failure is elsewhere or not a Python branch on a traced value."""
+    if not (isinstance(error, fx.proxy.TraceError) and "control flow" in str(error)):
+        return []
+    forward = type(model).forward
+    try:
+        lines, start = inspect.getsourcelines(forward)
+        source = inspect.getsourcefile(forward)
+    except (OSError, TypeError):
+        return []
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename == source and f.name == "forward"]
+    frame = next((f for f in reversed(frames) if start <= (f.lineno or 0) < start + len(lines)), None)
+    if frame is None:
+        return []
+    defaults = [(p.name, p.default) for p in inspect.signature(forward).parameters.values() if p.default is not p.empty]
+    named = [(name, default) for name, default in defaults if re.search(rf"\b{re.escape(name)}\b", frame.line or "")]
+    return named or defaults
+
+
+def _drop_specialized(graph: fx.Graph, concrete_args: Mapping[str, Any]) -> None:
+    """fx keeps a concrete argument as a placeholder with an assert on its value: the quantized
+    model is made for that value, so both go (the export's inputs are then the tensors only)."""
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target is torch._assert:
+            condition = node.args[0]
+            graph.erase_node(node)
+            if isinstance(condition, fx.Node) and not condition.users:
+                graph.erase_node(condition)
+    names = [re.compile(rf"{re.escape(name)}(_\d+)?") for name in concrete_args]
+    for node in list(graph.nodes):
+        if node.op == "placeholder" and not node.users and any(n.fullmatch(str(node.target)) for n in names):
+            graph.erase_node(node)
+
+
+def trace(
+    model: nn.Module, leaf_modules: Sequence[type[nn.Module]] = (), concrete_args: Mapping[str, Any] | None = None
+) -> fx.GraphModule:
     tracer = RqTracer(leaf_modules)
     try:
-        graph = tracer.trace(model)
+        graph = tracer.trace(model, concrete_args=dict(concrete_args) if concrete_args else None)
     except Exception as error:  # fx raises TraceError, TypeError, AttributeError, ... from user code
-        raise TraceError(
-            f"torch.fx cannot trace {type(model).__name__} at {_user_frame(error)}: {type(error).__name__}: {error}. {_FIX}"
-        ) from None
+        where = f"torch.fx cannot trace {type(model).__name__} at {_user_frame(error)}"
+        branches = _root_branch(model, error)
+        if branches:
+            given = ", ".join(f"'{name}': {default!r}" for name, default in branches)
+            raise TraceError(
+                f"{where}: forward() branches in Python on its argument {' / '.join(repr(n) for n, _ in branches)}, "
+                f"which fx cannot trace. Fix: quantize_model(..., concrete_args={{{given}}}) traces the model for that "
+                "value (quantize once per value you need)"
+            ) from None
+        raise TraceError(f"{where}: {type(error).__name__}: {error}. {_FIX}") from None
+    if concrete_args:
+        _drop_specialized(graph, concrete_args)
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 

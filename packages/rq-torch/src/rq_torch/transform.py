@@ -100,6 +100,7 @@ def quantize_model(
     exclude_nodes: Sequence[str] = (),
     learn_scales: bool = False,
     freeze_bn_after: int | None = None,
+    concrete_args: dict[str, Any] | None = None,
 ) -> fx.GraphModule:
     """A traced copy of ``model`` with quantizers in place (the original is left as it is).
 
@@ -109,7 +110,9 @@ def quantize_model(
     this many training steps, then freeze its statistics (None: fold it now, as PTQ does).
     ``learn_scales``: activation scales become parameters for QAT (LSQ for float
     presets; TQT's log2 threshold, rounded, for power-of-two presets). ``preset``: a name, or a
-    Preset changed as needed (``get_preset("cpu", per_channel=False)``).
+    Preset changed as needed (``get_preset("cpu", per_channel=False)``). ``concrete_args``: Python
+    arguments of forward() fixed for tracing (torch.fx's), e.g. ``{"embed": False}`` for a forward
+    that branches on them; the quantized model computes that branch and takes the tensors only.
     """
     preset = get_preset(preset)
     for kind in ("activation", "weight"):
@@ -117,7 +120,7 @@ def quantize_model(
     example_inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     model = copy.deepcopy(model).eval()
     model = to_plain_forms(model, tuple(leaf_modules))
-    gm = trace(model, leaf_modules)
+    gm = trace(model, leaf_modules, concrete_args)
     functionalize_inplace(gm)
     shape_propagate(gm, example_inputs)
     fold_batchnorms(gm, keep_for_qat=freeze_bn_after is not None)
