@@ -114,6 +114,7 @@ def test_a_reshape_to_a_computed_shape_passes_through(preset):
     data = rng.standard_normal((8, 2, 4, 4)).astype(np.float32)
     result = quantize_static(model, None, ArrayReader("x", data), preset=preset, quiet=True)
     assert result.violations == [] and {"flatten", "head"} <= set(result.quantized_ops)
+    assert result.float_ops == []  # the shape arithmetic computes integers: no float op
     producers = {o: n for n in result.model.graph.node for o in n.output}
     flatten = next(n for n in result.model.graph.node if n.name == "flatten")
     assert producers[flatten.input[0]].op_type == "DequantizeLinear"

@@ -90,6 +90,8 @@ def make_plan(
     masked = masked_nodes(model)
     op_nodes = []
     for node in graph.node:
+        if not any(types.get(o, TensorProto.FLOAT) == TensorProto.FLOAT for o in node.output if o):
+            continue  # integer or boolean results (Shape -> Gather -> Concat, masks' Equal): no float op
         rule = facts_for(node.op_type)
         reason = (
             _float_reason(node, rule, ctx, types, exclude_op_types, exclude_nodes)
