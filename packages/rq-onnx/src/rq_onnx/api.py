@@ -136,36 +136,48 @@ def _write_repairing(model, plan, preset: Preset, calibrated: dict, options: Qua
     """Finalize, write and validate. On fixed-point targets an op no NPU position can serve (found
     by finalize, or still failing a position rule after the repair) is kept in float with a note,
     and the rest finalized again from the same calibration (an op kept in float only removes
-    shared-scale constraints, so every tensor still planned was calibrated)."""
+    shared-scale constraints, so every tensor still planned was calibrated). The last plan is
+    always written: what no round could repair stays a violation."""
     float_reasons: dict[str, str] = {}
-    for _ in range(MAX_FLOAT_ROUNDS + 1):
+    for round_ in range(MAX_FLOAT_ROUNDS + 1):
         round_notes: list[str] = []
         numbers = finalize_plan(model, plan, preset, {t: calibrated[t] for t in plan.activations}, round_notes)
+        checked = None
         unrepaired = dict(numbers.unrepairable)
         if not unrepaired:
-            written = onnx.ModelProto()
-            written.CopyFrom(model)
-            if preset.target.fixed_point_rules:
-                fix_batch_to_one(written, round_notes)
-            quantized, dequantized = write_quantized(written, plan, numbers.activations, numbers.weights, numbers.biases)
-            record_float_nodes(quantized, [f.node for f in plan.float_ops])  # for a later `rq-onnx check`
-            violations = validate(quantized, preset)
+            checked = _write_and_validate(model, plan, preset, numbers, round_notes)
             quantized_nodes = set(plan.quantized_nodes)
             unrepaired = {
                 v.node: f"the NPU's {v.kind.value} rule cannot be repaired here ({v.message})"
-                for v in violations
-                if v.kind in POSITION_RULES and v.node in quantized_nodes
+                for v in checked[2]
+                if preset.target.fixed_point_rules and v.kind in POSITION_RULES and v.node in quantized_nodes
             }
-            if not preset.target.fixed_point_rules or not unrepaired:
-                break
-        float_reasons.update({node: f"{why}: runs in float" for node, why in unrepaired.items()})
-        replanned = make_plan(model, preset, options.exclude_op_types, options.exclude_nodes, float_reasons)
-        if not set(replanned.activations) <= set(calibrated):
+        replanned = None
+        if unrepaired and round_ < MAX_FLOAT_ROUNDS:
+            reasons = {**float_reasons, **{node: f"{why}: runs in float" for node, why in unrepaired.items()}}
+            replanned = make_plan(model, preset, options.exclude_op_types, options.exclude_nodes, reasons)
+            if set(replanned.activations) <= set(calibrated):
+                float_reasons = reasons
+            else:
+                replanned = None
+        if replanned is None:
             break
         plan = replanned
+    quantized, dequantized, violations = checked or _write_and_validate(model, plan, preset, numbers, round_notes)
     notes += round_notes
     notes += [f"{node}: kept in float: {reason}" for node, reason in float_reasons.items()]
     return quantized, dequantized, plan, numbers.activations, violations
+
+
+def _write_and_validate(model, plan, preset: Preset, numbers, notes: list[str]):
+    """The quantized model (and its dequantized twin for the report) with its violations."""
+    written = onnx.ModelProto()
+    written.CopyFrom(model)
+    if preset.target.fixed_point_rules:
+        fix_batch_to_one(written, notes)
+    quantized, dequantized = write_quantized(written, plan, numbers.activations, numbers.weights, numbers.biases)
+    record_float_nodes(quantized, [f.node for f in plan.float_ops])  # for a later `rq-onnx check`
+    return quantized, dequantized, validate(quantized, preset)
 
 
 def _reader_batches(reader, limit: int):
