@@ -132,20 +132,22 @@ def _shifted(view: ModelView, activations: dict[Hashable, QParams], weights: dic
 def _conflicting_layers(view: ModelView, activations: dict[Hashable, QParams], weights: dict[str, QParams]) -> dict[str, str]:
     """Layers writing one scale (through a Concat's shared scale) whose shift_cut ranges have no
     output position in common: dropped one at a time, farthest from the calibrated position first,
-    until the rest agree. Each allows out_pos in [acc - 16, acc], acc = w_pos + in_pos."""
+    until the rest agree. Each allows out_pos in [acc - SHIFT_CUT_MAX, acc - SHIFT_CUT_MIN],
+    acc = w_pos + in_pos."""
     position = {key: npu_rules.position(qp.scale) for key, qp in activations.items()}
-    by_output: dict[Hashable, list[tuple[int, Layer]]] = {}
+    by_output: dict[Hashable, list[tuple[int, int, Layer]]] = {}  # output key -> (low, high, layer)
     for layer in _shifted(view, activations, weights):
         accumulator = npu_rules.position(weights[layer.weight].scale) + position[layer.input]
-        by_output.setdefault(layer.output, []).append((accumulator, layer))
+        allowed = (accumulator - npu_rules.SHIFT_CUT_MAX, accumulator - npu_rules.SHIFT_CUT_MIN, layer)
+        by_output.setdefault(layer.output, []).append(allowed)
     dropped = {}
     for output, members in by_output.items():
         calibrated = position[output]
-        while len(members) > 1 and max(a for a, _ in members) - npu_rules.SHIFT_CUT_MAX > min(a for a, _ in members):
-            worst = max(members, key=lambda m: max(m[0] - npu_rules.SHIFT_CUT_MAX - calibrated, calibrated - m[0], 0))
+        while len(members) > 1 and max(low for low, _, _ in members) > min(high for _, high, _ in members):
+            worst = max(members, key=lambda m: max(m[0] - calibrated, calibrated - m[1], 0))
             members.remove(worst)
-            low, high = worst[0] - npu_rules.SHIFT_CUT_MAX, worst[0]
-            dropped[worst[1].name] = (
+            low, high, layer = worst
+            dropped[layer.name] = (
                 f"the NPU's shift_cut needs an output position in [{low}, {high}], which the other ops sharing its "
                 f"output scale (calibrated position {calibrated}) cannot share"
             )
