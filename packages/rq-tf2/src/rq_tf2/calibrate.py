@@ -106,6 +106,24 @@ def _batches(data, batch_size: int, input_count: int) -> Iterator:
     yield from data
 
 
+def sample_shape(data, batch_size: int) -> tuple[tuple | None, Iterable]:
+    """The shape of one sample of the first calibration batch (its first input; None where it has
+    none), and the data to calibrate on: ``data`` itself, or a one-shot iterator with the batch
+    read put back in front."""
+    if isinstance(data, Iterator):
+        batch = next(data, None)
+        if batch is not None:
+            data = itertools.chain([batch], data)
+    else:
+        batch = next(iter(_batches(data, batch_size, 1)), None)
+    if isinstance(batch, (tuple, list)) and batch:  # (x, y) as fit() takes it
+        batch = batch[0]
+    shape = getattr(batch, "shape", None)
+    if shape is None or isinstance(batch, dict) or len(shape) < 2:
+        return None, data
+    return tuple(None if d is None else int(d) for d in shape[1:]), data
+
+
 def _inputs(batch, model: keras.Model) -> list[np.ndarray]:
     """The model's inputs from one batch (labels after the inputs are dropped)."""
     names = [t.name for t in model.inputs]

@@ -29,6 +29,7 @@ from rq_tf2.layers import (
     QuantPReLU,
     QuantWeightedMixin,
 )
+from rq_tf2.tf_ops import RESIZE_METHODS, TFOpLayer
 
 L = keras.layers
 
@@ -314,6 +315,21 @@ layer_rule(L.Flatten, L.Reshape)(_simple("Reshape"))
 layer_rule(L.Permute)(_simple("Transpose"))
 layer_rule(L.ZeroPadding2D)(_simple("Pad"))
 layer_rule(L.UpSampling2D)(_simple("Resize"))
+
+
+@layer_rule(TFOpLayer)
+def tf_function_rule(layer: TFOpLayer, ctx: RuleContext) -> list[Step]:
+    """A tf.* function from a subclassed model's call(): its ONNX op where rq knows it."""
+    reason = None
+    if layer.op is None:
+        reason = f"tf.{layer.function} has no quantization rule: runs in float"
+    elif layer.op == "Resize" and (
+        str(layer.argument("method", 2, "bilinear")) not in RESIZE_METHODS or layer.argument("antialias", 4, False)
+    ):
+        reason = f"tf.image.resize with method={layer.argument('method', 2)!r} or antialias is not quantized (bilinear, nearest)"
+    elif layer.op == "Softmax" and layer.argument("axis", 1, None) not in (None, -1, ctx.input_rank - 1):
+        reason = "Softmax over another axis than the last is not quantized"
+    return [Step(layer.name, layer.op, lambda: _copy(layer), float_reason=reason)]
 
 
 @layer_rule(L.LayerNormalization)

@@ -17,7 +17,8 @@ from rq_common.optable import facts_for
 from rq_common.pipeline.placement import EXCLUDED, FloatOp, OpNode, follows_from_others, place_quantizers
 from rq_common.spec import Preset, get_preset
 from rq_tf2.attention import decompose_attention, parts_of
-from rq_tf2.graph import FunctionalGraph, GraphNode, functional_graph, rebuild
+from rq_tf2.calibrate import calibrate, sample_shape
+from rq_tf2.graph import FunctionalGraph, GraphNode, functional_graph, is_subclassed, rebuild
 from rq_tf2.layers import QUANT_TWINS, QuantWeightedMixin
 from rq_tf2.quantizer import ActivationQuantizer, Mode
 from rq_tf2.rules import RuleContext, Step, steps_for
@@ -64,13 +65,17 @@ def quantize_model(
     one-call form of Vitis AI's quantizer).
     ``keep_regularizers``: keep the layers' kernel / bias / activity (every ``*_regularizer``)
     penalties. Left out by default: sized for training from scratch, they dominate a QAT loss.
-    ``input_shape``: one sample's shape (no batch axis), to trace a subclassed model whose input
-    shape Keras did not record and rq cannot find from its layers.
+    ``input_shape``: one sample's shape (no batch axis), to trace a subclassed model. Left out, it is
+    the calibration data's where ``calib_dataset`` is given (a model built on a 64x64 image and
+    calibrated on 192x192 ones is traced for 192x192), else the one Keras recorded or rq finds from
+    the model's layers.
     """
     preset = get_preset(preset)
     configs = dict(layer_configs or {})
     for name in exclude_nodes:
         configs[name] = LayerConfig(exclude=True)
+    if input_shape is None and calib_dataset is not None and is_subclassed(model):
+        input_shape, calib_dataset = sample_shape(calib_dataset, calib_batch_size)
     graph = functional_graph(model, input_shape)
     _check_names(graph, configs)
     plain, written_out = decompose_attention(graph, keep={name for name, c in configs.items() if c.exclude})
@@ -82,7 +87,8 @@ def quantize_model(
                 configs.update({node.name: config for node in graph.nodes if node.name in parts_of(name)})
     expanded, op_nodes, aliases = _expand(graph, preset, configs, freeze_bn_after)
     outputs = [aliases.get(key, key) for key in graph.outputs]
-    placement = place_quantizers(op_nodes, graph.inputs, outputs, preset.target.fixed_point_rules)
+    float_inputs = [key for key in graph.inputs if key in graph.floats]
+    placement = place_quantizers(op_nodes, float_inputs, outputs, preset.target.fixed_point_rules)
     _warn_float(placement.float_ops)
 
     quantizers: dict[Any, ActivationQuantizer] = {}
@@ -127,8 +133,6 @@ def quantize_model(
     qmodel = rebuild(graph, lambda fresh: [quantize(k, t) for k, t in zip(graph.inputs, fresh)], on_node)
     qmodel.rq_float_ops = list(placement.float_ops)
     if calib_dataset is not None:
-        from rq_tf2.calibrate import calibrate
-
         calibrate(qmodel, calib_dataset, max_calibration_batches, batch_size=calib_batch_size, quiet=quiet)
     return qmodel
 
@@ -181,6 +185,12 @@ def _expand(graph: FunctionalGraph, preset: Preset, configs, freeze_bn_after):
             aliases[node.outputs[0]] = inputs[0]
             expanded[id(node.keras_node)] = _Expanded([], [], layer_preset)
             continue
+        if not any(key in graph.floats for key in node.outputs):
+            # shape arithmetic (tf.shape -> [1] -> a Resize's size): not a float op, nothing to quantize
+            expanded[id(node.keras_node)] = _Expanded(
+                [_float_copy(node.operation, reason=None)], [(inputs, node.outputs)], layer_preset
+            )
+            continue
         if config.exclude:
             steps = [_float_copy(node.operation)]
         else:
@@ -201,7 +211,8 @@ def _expand(graph: FunctionalGraph, preset: Preset, configs, freeze_bn_after):
             facts = facts_for(step.op)
             if facts is not None and facts.operands and len(step_in) < 2 and not step.constant_operand:
                 reason = reason or f"{step.op} with a constant operand is not quantized by rq-tf2 (use a layer for the constant)"
-            op_nodes.append(OpNode(step.name, step.op, step_in, step_out, reason, step.fusable))
+            float_in = tuple(key for key in step_in if key in graph.floats or i > 0)  # a Resize's size is no activation
+            op_nodes.append(OpNode(step.name, step.op, float_in, step_out, reason, step.fusable))
         expanded[id(node.keras_node)] = _Expanded(steps, keys, layer_preset)
     return expanded, op_nodes, aliases
 
@@ -219,16 +230,16 @@ def _layer_preset(preset: Preset, layer: Preset | str | None) -> Preset:
     return layer
 
 
-def _float_copy(operation) -> Step:
+def _float_copy(operation, reason: str | None = EXCLUDED) -> Step:
     if not isinstance(operation, keras.layers.Layer):
-        return Step(operation.name, None, lambda: operation, float_reason=EXCLUDED)
+        return Step(operation.name, None, lambda: operation, float_reason=reason)
     values = [w.numpy() for w in operation.weights]
     return Step(
         operation.name,
         None,
         lambda: type(operation).from_config(operation.get_config()),
         (lambda new: new.set_weights(values)) if values else None,
-        float_reason=EXCLUDED,
+        float_reason=reason,
     )
 
 

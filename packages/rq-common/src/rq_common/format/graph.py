@@ -208,11 +208,12 @@ def qdq_params(index: GraphIndex, node: onnx.NodeProto) -> QdqParams | None:
 
 
 def output_qdq_params(model: onnx.ModelProto, output: int = 0) -> QdqParams:
-    """The parameters of the DequantizeLinear that produces graph output ``output`` (through any
-    Identity an exporter leaves): one step of that output is its scale."""
+    """The parameters of the DequantizeLinear that produces graph output ``output`` (through the
+    layout ops an exporter leaves: an Identity, tf2onnx's NCHW-to-NHWC Reshape of one channel):
+    one step of that output is its scale."""
     index = GraphIndex(model)
     node = index.producers.get(model.graph.output[output].name)
-    while node is not None and node.op_type == "Identity":
+    while node is not None and getattr(facts_for(node.op_type), "layout", False):
         node = index.producers.get(node.input[0])
     if node is None or node.op_type != DEQUANTIZE:
         raise FormatError(f"graph output {model.graph.output[output].name!r} does not come from a DequantizeLinear")
