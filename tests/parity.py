@@ -1,5 +1,9 @@
 """What the parity tests compare: each weighted layer's quantization, read from an exported file."""
 
+import hashlib
+import json
+import os
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -175,27 +179,36 @@ def _same_scale(a, b, pot: bool, message: str) -> None:
 RECORDED_BYTES = Path(__file__).parent / "golden" / "parity_bytes.json"
 
 
+def float_kernel_family() -> str:
+    """The recording's key: ONNX Runtime's and TensorFlow's float kernels pick their code by SIMD width
+    (AVX2 or AVX-512 on x86), and calibrated ranges, hence scales and bytes, follow their last bits."""
+    from rq_common.cpu_features import cpu_flags, is_x86
+
+    machine = platform.machine().lower()
+    if not is_x86():
+        return machine
+    return f"{machine}-" + next((f for f in ("avx512f", "avx2") if f in cpu_flags()), "sse")
+
+
 def assert_recorded_bytes(request, files: dict[str, Path]) -> None:
     """Every file rq wrote for this parity test has the bytes recorded in tests/golden/parity_bytes.json
-    (sha256): refactoring rq's pipeline must not change a single number. RQ_RECORD_BYTES=1 records
-    them instead (only when a change of numbers is intended, and named in the commit).
+    (sha256) for this CPU's float kernels (float_kernel_family): refactoring rq's pipeline must not
+    change a single number. RQ_RECORD_BYTES=1 records them instead (only when a change of numbers is
+    intended, and named in the commit, or for a kernel family not yet recorded).
     """
-    import hashlib
-    import json
-    import os
-
     digests = {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in sorted(files.items())}
-    key = request.node.nodeid.split("::", 1)[1]
+    key, family = request.node.nodeid.split("::", 1)[1], float_kernel_family()
+    recordings = json.loads(RECORDED_BYTES.read_text()) if RECORDED_BYTES.exists() else {}
     if os.environ.get("RQ_RECORD_BYTES") == "1":
-        recorded = json.loads(RECORDED_BYTES.read_text()) if RECORDED_BYTES.exists() else {}
-        recorded[key] = digests
+        recordings.setdefault(family, {})[key] = digests
+        recordings = {f: dict(sorted(r.items())) for f, r in sorted(recordings.items())}
         RECORDED_BYTES.parent.mkdir(exist_ok=True)
-        RECORDED_BYTES.write_text(json.dumps(dict(sorted(recorded.items())), indent=1) + "\n")
+        RECORDED_BYTES.write_text(json.dumps(recordings, indent=1) + "\n")
         return
-    recorded = json.loads(RECORDED_BYTES.read_text()).get(key)
-    assert recorded is not None, f"no recorded bytes for {key}; record them with RQ_RECORD_BYTES=1"
+    recorded = recordings.get(family, {}).get(key)
+    assert recorded is not None, f"no recorded bytes for {key} on {family} CPUs; record them with RQ_RECORD_BYTES=1"
     changed = [name for name in digests if digests[name] != recorded.get(name)]
-    assert digests.keys() == recorded.keys() and not changed, f"{key}: bytes differ from the recording: {changed}"
+    assert digests.keys() == recorded.keys() and not changed, f"{key} ({family}): bytes differ from the recording: {changed}"
 
 
 def stable_tf2onnx(model: onnx.ModelProto) -> bytes:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import rq_tf1
+from rq_common import get_preset
 from rq_common.cpu_features import u8s8_kernels_may_saturate
 from rq_common.format import validate
 
@@ -37,8 +38,18 @@ def test_eval_model_and_onnx_agree(tmp_path, network, preset):
     as_written = run_ort(result.path, {"x:0": x}, as_written=True)
     if preset == "npu_cnn":
         np.testing.assert_array_equal(as_written, expected)
-    assert np.abs(as_written - expected).max() / step <= 1.0001
+    within_steps(as_written, expected, step, network, preset)
     if not u8s8_kernels_may_saturate():  # ORT's u8s8 kernels without VNNI clip pair sums (rq_common.cpu_features)
-        assert np.abs(run_ort(result.path, {"x:0": x}) - expected).max() / step <= 1.0001
+        within_steps(run_ort(result.path, {"x:0": x}), expected, step, network, preset)
     sqnr = 10 * np.log10(np.sum(float_out**2) / np.sum((expected - float_out) ** 2))
     assert sqnr > 20  # and it still computes the float graph's function
+
+
+def within_steps(onnx_out, expected, step, network, preset):
+    """One output step; where the network has rounding ties and the scales are not powers of two,
+    a tie broken the other way is one step at its op, and later layers can carry it to two."""
+    steps = np.abs(onnx_out - expected) / step
+    if network in nets.ROUNDING_TIES and not get_preset(preset).power_of_two:
+        assert steps.max() <= 2.0001 and np.mean(steps > 1.0001) <= 0.05
+    else:
+        assert steps.max() <= 1.0001

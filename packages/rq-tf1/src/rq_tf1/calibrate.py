@@ -18,7 +18,7 @@ from rq_common.pipeline import Layer, ModelView, Weight, finalize
 from rq_common.qmath import QParams
 from rq_common.spec import Preset
 from rq_tf1.errors import InputFnError
-from rq_tf1.graphdef import GraphDef, const_value, nodes_by_name, tensor_name, weight_view
+from rq_tf1.graphdef import GraphDef, const_value, nodes_by_name, session_config, tensor_name, weight_view
 from rq_tf1.plan import Tf1Plan
 
 
@@ -77,7 +77,7 @@ def calibrate(
     fetch = [t for t in plan.placement.quantized]
     with tf.Graph().as_default() as graph:
         tf.graph_util.import_graph_def(graph_def, name="")
-        with tf.compat.v1.Session(graph=graph) as session:
+        with tf.compat.v1.Session(graph=graph, config=session_config()) as session:
             for i in tqdm(range(max_calibration_batches), desc="calibrating", disable=quiet, file=sys.stderr):
                 feed = check_feed(input_fn(i), inputs, shapes, i)
                 values = session.run(fetch, {tensor_name(k): v for k, v in feed.items()})

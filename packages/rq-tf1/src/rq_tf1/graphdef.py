@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2, node_def_pb2
+from tensorflow.core.protobuf import rewriter_config_pb2
 
 from rq_tf1.errors import GraphError
 
@@ -125,11 +126,20 @@ def copy(graph_def: GraphDef) -> GraphDef:
     return out
 
 
+def session_config() -> tf.compat.v1.ConfigProto:
+    """Grappler's remapper off: with oneDNN (x86 with AVX-512) it fuses Conv2D + BiasAdd + LeakyRelu into
+    one kernel even when the BiasAdd's output is fetched, and the run then fails ('not found in the
+    Graph'); calibration fetches every quantized tensor, so rq's sessions run the graph as written."""
+    config = tf.compat.v1.ConfigProto()
+    config.graph_options.rewrite_options.remapping = rewriter_config_pb2.RewriterConfig.OFF
+    return config
+
+
 def run(graph_def: GraphDef, fetches: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """Run ``graph_def`` once in a tf.compat.v1 Session."""
     with tf.Graph().as_default() as graph:
         tf.graph_util.import_graph_def(graph_def, name="")
-        with tf.compat.v1.Session(graph=graph) as session:
+        with tf.compat.v1.Session(graph=graph, config=session_config()) as session:
             return session.run(fetches, {tensor_name(k): v for k, v in feeds.items()})
 
 
