@@ -67,3 +67,46 @@ def test_export_matches_torch_within_one_output_step(tmp_path, network, preset):
         float_out = model(x).numpy()
     signal, noise = np.sum(float_out**2), np.sum((got - float_out) ** 2)
     assert 10 * np.log10(signal / noise) > 15  # and it is still the float network
+
+
+class BatchNormAfterRelu(torch.nn.Module):
+    """A BatchNorm with no Conv before it (it follows a ReLU): nothing to fold it into."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 4, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        return self.conv2(self.bn(torch.relu(self.conv1(x))))
+
+
+def test_lone_batchnorm_becomes_a_depthwise_conv_for_the_npu(tmp_path):
+    """As rq-onnx does: for npu_cnn the BatchNorm is a depthwise 1x1 Conv that computes it (the NPU
+    runs it); for the float-scale presets it stays float in both packages."""
+    from torch import fx
+
+    from rq_torch.transform import lone_batchnorms_to_depthwise
+
+    model = nets.randomize_batchnorm(BatchNormAfterRelu()).eval()
+    x = torch.randn(4, 3, 8, 8)
+    gm = fx.symbolic_trace(model)
+    assert lone_batchnorms_to_depthwise(gm) == 1
+    with torch.no_grad():
+        np.testing.assert_allclose(gm(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-5)
+
+    qmodel = rq_torch.quantize_model(model, x[:1], preset="npu_cnn")
+    assert qmodel.rq_plan.float_ops == []
+    rq_torch.calibrate(qmodel, [torch.randn(4, 3, 8, 8) for _ in range(8)], quiet=True)
+    result = rq_torch.export_onnx(qmodel, x[:1], tmp_path / "int8.onnx")
+    assert result.violations == [] and validate(tmp_path / "int8.onnx", "npu_cnn") == []
+    convs = [n for n in result.model.graph.node if n.op_type == "Conv"]
+    groups = [next((a.i for a in n.attribute if a.name == "group"), 1) for n in convs]
+    assert groups == [1, 8, 1] and "BatchNormalization" not in {n.op_type for n in result.model.graph.node}
+    with torch.no_grad():
+        expected = qmodel(x[:1]).numpy()
+    np.testing.assert_array_equal(run_ort(tmp_path / "int8.onnx", {"x": x[:1].numpy()}, as_written=True), expected)
+
+    with pytest.warns(UserWarning, match="in float"):
+        qmodel = rq_torch.quantize_model(model, x[:1], preset="cpu")
+    assert [op.node for op in qmodel.rq_plan.float_ops] == ["bn"]

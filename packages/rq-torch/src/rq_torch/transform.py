@@ -91,6 +91,30 @@ def fold_batchnorms(gm: fx.GraphModule, keep_for_qat: bool = False) -> int:
     return folded
 
 
+def lone_batchnorms_to_depthwise(gm: fx.GraphModule) -> int:
+    """A BatchNorm2d that follows no Conv (after a ReLU, a residual Add, the input) -> a depthwise 1x1
+    Conv2d that computes it (the identity conv with the BN folded in, rq_common's fold): the NPU runs
+    that conv, and rq-onnx turns the same BatchNormalization into the same Conv. Its statistics are
+    then fixed, as in inference; in QAT its scale and shift train as the conv's weight and bias."""
+    converted = 0
+    for node in list(gm.graph.nodes):
+        bn = gm.get_submodule(node.target) if node.op == "call_module" else None
+        if type(bn) is not nn.BatchNorm2d or not bn.track_running_stats or bn.running_mean is None:
+            continue
+        channels = bn.num_features
+        gamma = bn.weight.detach().numpy() if bn.affine else np.ones(channels, np.float32)
+        beta = bn.bias.detach().numpy() if bn.affine else np.zeros(channels, np.float32)
+        weight, bias = fold_batchnorm(
+            np.ones((channels, 1, 1, 1)), None, gamma, beta, bn.running_mean.numpy(), bn.running_var.numpy(), bn.eps
+        )
+        conv = nn.Conv2d(channels, channels, 1, groups=channels, bias=True)
+        conv.weight = nn.Parameter(torch.from_numpy(weight))
+        conv.bias = nn.Parameter(torch.from_numpy(bias))
+        _set_submodule(gm, node.target, conv)
+        converted += 1
+    return converted
+
+
 def quantize_model(
     model: nn.Module,
     example_inputs: Any,
@@ -124,6 +148,8 @@ def quantize_model(
     functionalize_inplace(gm)
     shape_propagate(gm, example_inputs)
     fold_batchnorms(gm, keep_for_qat=freeze_bn_after is not None)
+    if preset.target.fixed_point_rules:
+        lone_batchnorms_to_depthwise(gm)
     decompose_gelu(gm)
     shape_propagate(gm, example_inputs)
     plan = TorchPlan(preset, input_names=[n.name for n in gm.graph.nodes if n.op == "placeholder"])
