@@ -127,10 +127,17 @@ def hf_additive_mask(g: GraphBuilder, form: str) -> str:
 
 
 def transformer_encoder_net(
-    seed: int = 0, tokens: int = 8, d: int = 32, heads: int = 4, written_out_layer_norm: bool = False, mask: str | None = None
+    seed: int = 0,
+    tokens: int = 8,
+    d: int = 32,
+    heads: int = 4,
+    written_out_layer_norm: bool = False,
+    mask: str | None = None,
+    opset: int = 17,
 ) -> onnx.ModelProto:
-    """One pre-norm encoder block; ``mask`` ("where_inf" / "finfo_min") adds an ``attention_mask``
-    input applied to the scores as a Hugging Face export writes it."""
+    """One pre-norm encoder block, its GELU written out as torch.onnx writes it; ``mask``
+    ("where_inf" / "finfo_min") adds an ``attention_mask`` input applied to the scores as a Hugging
+    Face export writes it."""
     g = GraphBuilder(seed)
     hd = d // heads
     x = "tokens"
@@ -165,7 +172,7 @@ def transformer_encoder_net(
     inputs = [helper.make_tensor_value_info("tokens", TensorProto.FLOAT, ["N", tokens, d])]
     if mask is not None:
         inputs.append(helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["N", tokens]))
-    return g.model(inputs, [helper.make_tensor_value_info("encoded", TensorProto.FLOAT, ["N", tokens, d])])
+    return g.model(inputs, [helper.make_tensor_value_info("encoded", TensorProto.FLOAT, ["N", tokens, d])], opset=opset)
 
 
 def digits_mlp(hidden: int = 64):

@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from rq_common.cpu_features import u8s8_kernels_may_saturate
-from rq_common.format import ViolationKind, validate
+from rq_common.format import GraphIndex, ViolationKind, validate
 from rq_onnx import quantize_static
 
 from conftest import ArrayReader, run, sqnr_db
@@ -65,6 +65,59 @@ def test_every_op_of_the_encoder_is_quantized_its_gelu_division_as_a_mul():
     assert result.float_ops == [] and result.violations == []  # GELU's x / sqrt(2) stayed float before
     assert "1 Div node(s) by a constant became Mul by its reciprocal" in result.notes
     assert "Div" not in {n.op_type for n in result.model.graph.node}
+
+
+@pytest.mark.parametrize("preset", ["npu_cnn", "npu_transformer", "cpu"])
+def test_a_written_out_gelu_quantizes_as_one_gelu_at_opset_20(preset):
+    """The encoder's GELU at opset 20 is one Gelu with one output quantizer; at opset 17 (no Gelu op)
+    it stays op by op. Both stay close to float, the fused one at least as close."""
+    data = np.random.default_rng(0).standard_normal((8, 8, 32)).astype(np.float32)
+    x = np.random.default_rng(1).standard_normal((4, 8, 32)).astype(np.float32)
+    sqnr = {}
+    for opset in (17, 20):
+        model = nets.transformer_encoder_net(opset=opset)
+        (float_out,) = run(model, {"tokens": x})
+        result = quantize_static(model, None, ArrayReader("tokens", data, 4), preset=preset, quiet=True)
+        assert result.float_ops == [] and result.violations == [] and validate(result.model, preset) == []
+        ops = [n.op_type for n in result.model.graph.node]
+        fused = "1 written-out GELU / SiLU chain(s) fused into one Gelu / Swish" in result.notes
+        assert fused == (opset == 20) and ("Gelu" in ops) == (opset == 20) and ("Erf" in ops) == (opset == 17)
+        if opset == 20:
+            gelu = next(n for n in result.model.graph.node if n.op_type == "Gelu")
+            index = GraphIndex(result.model)
+            assert index.producers[gelu.input[0]].op_type == "DequantizeLinear"
+            assert [c.op_type for c, _ in index.consumers_of(gelu.output[0])] == ["QuantizeLinear"]
+        got = np.concatenate([run(result.model, {"tokens": x[i : i + 1]})[0] for i in range(len(x))])  # npu_cnn: batch 1
+        sqnr[opset] = sqnr_db(float_out, got)
+    assert sqnr[20] > 20 and sqnr[20] >= sqnr[17] - 0.5
+
+
+@pytest.mark.parametrize("preset", ["npu_cnn", "npu_transformer", "cpu"])
+def test_a_written_out_silu_quantizes_as_one_swish_at_opset_24(preset):
+    """Conv -> x * sigmoid(x) -> Conv at opset 24: one Swish between a DequantizeLinear and a
+    QuantizeLinear, close to float."""
+    from onnx import TensorProto, helper
+
+    g = nets.GraphBuilder(0)
+    h = g.conv("input", 3, 8)
+    g.conv(g.op("Mul", [h, g.op("Sigmoid", [h])]), 8, 4)
+    g.nodes[-1].output[0] = "y"
+    model = g.model(
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        opset=24,
+    )
+    data = np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32)
+    result = quantize_static(model, None, ArrayReader("input", data, 1), preset=preset, quiet=True)
+    assert result.float_ops == [] and result.violations == [] and validate(result.model, preset) == []
+    assert "1 written-out GELU / SiLU chain(s) fused into one Gelu / Swish" in result.notes
+    index = GraphIndex(result.model)
+    (swish,) = [n for n in result.model.graph.node if n.op_type == "Swish"]
+    assert "Sigmoid" not in {n.op_type for n in result.model.graph.node}
+    assert index.producers[swish.input[0]].op_type == "DequantizeLinear"
+    assert [c.op_type for c, _ in index.consumers_of(swish.output[0])] == ["QuantizeLinear"]
+    x = data[:1]
+    assert sqnr_db(run(model, {"input": x})[0], run(result.model, {"input": x})[0]) > 25
 
 
 def test_npu_cnn_calibrates_in_batches_and_reports_per_sample():

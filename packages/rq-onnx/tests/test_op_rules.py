@@ -61,7 +61,8 @@ def op_zoo():
 
 
 def test_the_zoo_covers_every_registered_op():
-    assert {n.op_type for n in op_zoo().graph.node} >= set(OP_TABLE) - {"Gelu", "Identity"}
+    # the zoo is opset 17: Gelu (20) and Swish (24) are covered where written-out chains fuse to them (test_networks)
+    assert {n.op_type for n in op_zoo().graph.node} >= set(OP_TABLE) - {"Gelu", "Swish", "Identity"}
 
 
 @pytest.mark.parametrize("preset", ["npu_cnn", "npu_transformer", "cpu"])

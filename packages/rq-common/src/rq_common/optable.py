@@ -107,7 +107,8 @@ OP_TABLE: dict[str, OpFacts] = {
         OpFacts("Tanh"),
         OpFacts("Softmax"),
         OpFacts("Erf"),
-        OpFacts("Gelu"),
+        OpFacts("Gelu"),  # opset 20; a written-out GELU is fused to it there (format.smooth_activations)
+        OpFacts("Swish"),  # opset 24: SiLU
         # pass-through ops: the output is the input's values rearranged (or their max): same scale
         OpFacts("Reshape", _PASS, layout=True),  # the shape may be computed (Shape -> Gather -> Concat)
         OpFacts("Transpose", _PASS, layout=True),

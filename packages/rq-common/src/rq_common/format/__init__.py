@@ -16,6 +16,7 @@ from rq_common.format.gemm import fuse_matmul_bias
 from rq_common.format.graph import GraphIndex, QdqParams, output_qdq_params, qdq_params
 from rq_common.format.hard_activations import divisions_to_multiplications, fuse_written_out_activations
 from rq_common.format.layernorm import fuse_layer_norms
+from rq_common.format.smooth_activations import find_smooth_activations, fuse_smooth_activations
 from rq_common.format.validate import CHECKS, Violation, ViolationKind, require_valid, validate
 
 __all__ = [
@@ -31,9 +32,11 @@ __all__ = [
     "ViolationKind",
     "canonicalize",
     "divisions_to_multiplications",
+    "find_smooth_activations",
     "fuse_written_out_activations",
     "fuse_layer_norms",
     "fuse_matmul_bias",
+    "fuse_smooth_activations",
     "insert_qdq",
     "insert_qdq_many",
     "make_qdq",

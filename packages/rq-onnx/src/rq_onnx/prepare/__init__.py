@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import onnx
 
-from rq_common.format import divisions_to_multiplications, fuse_layer_norms, fuse_matmul_bias, fuse_written_out_activations
+from rq_common.format import (
+    divisions_to_multiplications,
+    fuse_layer_norms,
+    fuse_matmul_bias,
+    fuse_smooth_activations,
+    fuse_written_out_activations,
+)
 from rq_common.qmath.npu_rules import is_leaky_alpha_exact, round_leaky_alpha
 from rq_common.spec import Preset
 from rq_onnx.errors import ModelLoadError
@@ -65,6 +71,7 @@ def prepare_model(model: onnx.ModelProto, preset: Preset, notes: list[str]) -> o
     fold_constants(model, notes)
     _count(notes, divisions_to_multiplications(model), "Div node(s) by a constant became Mul by its reciprocal")
     _count(notes, fuse_written_out_activations(model), "written-out HardSigmoid / HardSwish / PReLU chain(s) fused into one op")
+    _count(notes, fuse_smooth_activations(model), "written-out GELU / SiLU chain(s) fused into one Gelu / Swish")
     model = infer_shapes(model)
     fold_batchnorm(model, notes, lone_to_depthwise=preset.target.fixed_point_rules)
     fold_scale_shift_into_conv(model, notes)
