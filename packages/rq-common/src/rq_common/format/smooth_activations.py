@@ -18,6 +18,7 @@ inside of the chain in float instead gains nothing measurable (zoo minilm, opset
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,7 +46,7 @@ class SmoothActivation:
     op_type: str
     opset: int
     attributes: tuple[tuple[str, object], ...]
-    reference: object  # float64 numpy function
+    reference: Callable[[np.ndarray], np.ndarray]  # in float64
 
     def matches(self, values: np.ndarray) -> bool:
         expected = self.reference(PROBE.astype(np.float64))
@@ -157,8 +158,7 @@ def _cone(index: GraphIndex, last: onnx.NodeProto, source: str) -> list[onnx.Nod
             return None
         if any(reader not in nodes for o in node.output for reader, _ in index.consumers_of(o)):
             return None
-    order = {id(n): i for i, n in enumerate(index.model.graph.node)}
-    return sorted(nodes, key=lambda n: order[id(n)])
+    return sorted(nodes, key=lambda n: index.positions[n.output[0]])
 
 
 def _reads_source_directly(nodes: list[onnx.NodeProto], source: str) -> bool:
