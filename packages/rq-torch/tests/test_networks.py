@@ -110,3 +110,31 @@ def test_lone_batchnorm_becomes_a_depthwise_conv_for_the_npu(tmp_path):
     with pytest.warns(UserWarning, match="in float"):
         qmodel = rq_torch.quantize_model(model, x[:1], preset="cpu")
     assert [op.node for op in qmodel.rq_plan.float_ops] == ["bn"]
+
+
+class ConvCalledTwice(torch.nn.Module):
+    """One Conv applied twice (weights tied): each call has its own input scale."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.conv = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(torch.relu(self.conv(torch.relu(self.stem(x)))))
+
+
+@pytest.mark.parametrize("preset", ["npu_cnn", "npu_transformer", "cpu"])
+def test_a_module_called_twice_gets_a_bias_scale_per_call(tmp_path, preset):
+    """A twin per call, sharing the weight and bias parameters (still tied for QAT); each exported
+    Conv has its bias at its own input scale x weight scale, so the file is valid and ORT computes
+    what torch does."""
+    x = torch.randn(1, 3, 8, 8)
+    qmodel = rq_torch.quantize_model(ConvCalledTwice().eval(), x, preset=preset)
+    assert qmodel.conv.weight is qmodel.conv_2.weight and qmodel.conv.bias is qmodel.conv_2.bias
+    assert qmodel.conv.input_quantizer is not qmodel.conv_2.input_quantizer
+    rq_torch.calibrate(qmodel, [torch.randn(2, 3, 8, 8) for _ in range(8)], quiet=True)
+    result = rq_torch.export_onnx(qmodel, x, tmp_path / "int8.onnx")
+    assert result.violations == [] and validate(tmp_path / "int8.onnx", preset) == []
+    with torch.no_grad():
+        expected = qmodel(x).numpy()
+    np.testing.assert_array_equal(run_ort(tmp_path / "int8.onnx", {"x": x.numpy()}, as_written=True), expected)

@@ -22,15 +22,19 @@ from rq_common.optable import facts_for
 from rq_common.pipeline import QuantizeResult
 from rq_common.qmath import QParams
 from rq_torch.calibrate import activation_quantizers, require_calibrated
+from rq_torch.modules import QuantLayerMixin
 from rq_torch.quantizer import TensorQuantizer
 from rq_torch.transform import quant_layers
 
 
 def _bias_qparams(model: fx.GraphModule, exported: onnx.ModelProto) -> dict[str, QParams]:
     """The float bias initializer of each exported Conv / Gemm -> the QParams torch used for it.
-    Exported node names carry the module path ("/features/0/Conv"), which finds the layer."""
+    Exported node names carry the module path ("/features/0/Conv"), which finds the layer. The
+    twins of a module called twice share its bias parameter, which the exporter writes once; each
+    call's node gets a copy of its own, for its own bias scale."""
     layers = {f"/{layer.layer_name.replace('.', '/')}/": layer for layer in quant_layers(model)}
-    initializers = {t.name for t in exported.graph.initializer}
+    initializers = {t.name: t for t in exported.graph.initializer}
+    owners: dict[str, QuantLayerMixin] = {}
     out = {}
     for node in exported.graph.node:
         facts = facts_for(node.op_type)
@@ -40,11 +44,23 @@ def _bias_qparams(model: fx.GraphModule, exported: onnx.ModelProto) -> dict[str,
         if layer is None or getattr(layer, "bias_quantizer", None) is not None:
             continue
         qp = layer.bias_qparams()
-        if qp is not None:
-            out[node.input[facts.bias]] = QParams(
-                layer.bias_scale.numpy().reshape(qp.scale.shape), qp.zero_point, qp.spec, qp.axis
-            )
+        if qp is None:
+            continue
+        if owners.setdefault(node.input[facts.bias], layer) is not layer:
+            node.input[facts.bias] = _copy_initializer(exported, initializers[node.input[facts.bias]], layer.layer_name)
+            owners[node.input[facts.bias]] = layer
+        out[node.input[facts.bias]] = QParams(
+            layer.bias_scale.numpy().reshape(qp.scale.shape), qp.zero_point, qp.spec, qp.axis
+        )
     return out
+
+
+def _copy_initializer(model: onnx.ModelProto, tensor: onnx.TensorProto, owner: str) -> str:
+    copy = onnx.TensorProto()
+    copy.CopyFrom(tensor)
+    copy.name = f"{owner}.{tensor.name.rpartition('.')[2]}"
+    model.graph.initializer.append(copy)
+    return copy.name
 
 
 FLOAT_SCOPE = "rq_float_"  # the module scope each float op is exported under, then renamed

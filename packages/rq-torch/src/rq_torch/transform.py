@@ -316,11 +316,18 @@ def _quantizer_after(node: fx.Node, gm: fx.GraphModule) -> TensorQuantizer | Non
 
 
 def _swap_layers(gm, node_ops, quantizer_of, preset, plan, freeze_bn_after: int) -> None:
+    """Each weighted module becomes its Quant twin. A module called more than once (one Conv
+    applied twice) gets a twin per call, sharing its weight and bias parameters: each call has its
+    own input scale, hence its own bias scale (input scale x weight scale)."""
+    originals: dict[str, nn.Module] = {}
     for node, op in node_ops.items():
         if node.op == "call_module":
-            module = gm.get_submodule(node.target)
+            module = originals.get(node.target) or gm.get_submodule(node.target)
             quant_type = QUANT_LAYERS.get(type(module))
             if quant_type is not None:
+                if node.target in originals:
+                    node.target = _unused_target(gm, node.target)
+                originals[node.target] = module
                 extra = {"freeze_after": freeze_bn_after} if isinstance(module, ConvBn2d) else {}
                 layer = quant_type.from_float(module, preset, node.target, **extra)
                 source = node.args[0]
@@ -372,6 +379,15 @@ def _target_name(node: fx.Node) -> str:
 
 def _name_of(gm: fx.GraphModule, module: nn.Module | None) -> str | None:
     return next((n for n, m in gm.named_modules() if m is module), None)
+
+
+def _unused_target(gm: fx.GraphModule, target: str) -> str:
+    """``target`` with the first free suffix _2, _3, ... (a module path for one more twin)."""
+    names = {name for name, _ in gm.named_modules()}
+    count = 2
+    while f"{target}_{count}" in names:
+        count += 1
+    return f"{target}_{count}"
 
 
 def _set_submodule(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
