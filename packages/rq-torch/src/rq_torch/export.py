@@ -49,9 +49,7 @@ def _bias_qparams(model: fx.GraphModule, exported: onnx.ModelProto) -> dict[str,
         if owners.setdefault(node.input[facts.bias], layer) is not layer:
             node.input[facts.bias] = _copy_initializer(exported, initializers[node.input[facts.bias]], layer.layer_name)
             owners[node.input[facts.bias]] = layer
-        out[node.input[facts.bias]] = QParams(
-            layer.bias_scale.numpy().reshape(qp.scale.shape), qp.zero_point, qp.spec, qp.axis
-        )
+        out[node.input[facts.bias]] = QParams(layer.bias_scale.numpy().reshape(qp.scale.shape), qp.zero_point, qp.spec, qp.axis)
     return out
 
 
