@@ -132,3 +132,39 @@ def test_a_nested_functional_backbone_is_inlined_and_quantized(tmp_path):
     rq_tf2.export_onnx(qmodel, tmp_path / "backbone.onnx")
     np.testing.assert_array_equal(run_ort(tmp_path / "backbone.onnx", {"x": x}, as_written=True), np.asarray(qmodel(x)))
     assert sqnr(np.asarray(qmodel(x)), np.asarray(model(x))) > 15
+
+
+class FullyConvolutional(keras.Model):
+    """MTCNN PNet's shape: built for any height and width, valid convolutions with PReLU down to a
+    1x1 map on its 12x12 training windows, run on whole images."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = L.Conv2D(4, 3, name="conv1"), L.Conv2D(8, 3, name="conv2")
+        self.prelu1, self.prelu2 = L.PReLU(shared_axes=[1, 2], name="prelu1"), L.PReLU(shared_axes=[1, 2], name="prelu2")
+        self.pool = L.MaxPooling2D(2, name="pool")
+        self.head = L.Conv2D(2, 3, name="head")
+
+    def build(self, input_shape=(None, None, None, 3)):
+        self.conv1.build(input_shape)
+        super().build(input_shape)
+
+    def call(self, x):
+        return self.head(self.prelu2(self.conv2(self.pool(self.prelu1(self.conv1(x))))))
+
+
+def test_a_model_built_for_any_size_stays_so_when_calibrated_on_one(tmp_path):
+    """Calibrated on 12x12 windows (the PReLU's map is then 1x1), the model is traced with the
+    shape it was built with (any height and width), as before calibration: the export runs on
+    12x12 windows and on a whole image."""
+    model = FullyConvolutional()
+    model.build()
+    qmodel = rq_tf2.quantize_model(model, preset="cpu", calib_dataset=images(8, 12), calib_batch_size=4, quiet=True)
+    assert tuple(qmodel.inputs[0].shape) == (None, None, None, 3)
+    result = rq_tf2.export_onnx(qmodel, tmp_path / "fcn.onnx")
+    assert result.violations == [] and result.float_ops == []
+    for x in (images(2, 12, seed=3), images(1, 20, seed=4)):
+        expected, onnx_out = np.asarray(qmodel(x)), run_ort(tmp_path / "fcn.onnx", {"input": x}, as_written=True)
+        assert (
+            onnx_out.shape == expected.shape and np.abs(onnx_out - expected).max() <= output_step(tmp_path / "fcn.onnx") * 1.001
+        )

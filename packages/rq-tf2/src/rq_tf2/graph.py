@@ -208,6 +208,17 @@ def _build_shape(model: keras.Model) -> tuple | None:
     return None
 
 
+def trace_shape(model: keras.Model, data_shape: tuple | None) -> tuple | None:
+    """One sample's shape to trace a subclassed model with, given the calibration data's: the shape
+    it was built with where the data fits it (a fully convolutional model built for any size stays
+    so: MTCNN's PNet), else the data's (HED, built for 64x64 and run on larger images)."""
+    built = _build_shape(model)
+    if data_shape is None or built is None or len(built) != len(data_shape) + 1:
+        return data_shape
+    fits = all(b is None or b == d for b, d in zip(built[1:], data_shape))
+    return tuple(built[1:]) if fits else data_shape
+
+
 def functional_graph(model: keras.Model, input_shape: tuple | None = None) -> FunctionalGraph:
     """The graph of ``model``, with every nested Sequential / Functional model inlined."""
     return _graph_of(_inline_nested(functional_of(model, input_shape)))

@@ -18,7 +18,7 @@ from rq_common.pipeline.placement import EXCLUDED, FloatOp, OpNode, follows_from
 from rq_common.spec import Preset, get_preset
 from rq_tf2.attention import decompose_attention, parts_of
 from rq_tf2.calibrate import calibrate, sample_shape
-from rq_tf2.graph import FunctionalGraph, GraphNode, functional_graph, is_subclassed, rebuild
+from rq_tf2.graph import FunctionalGraph, GraphNode, functional_graph, is_subclassed, rebuild, trace_shape
 from rq_tf2.layers import QUANT_TWINS, QuantWeightedMixin
 from rq_tf2.quantizer import ActivationQuantizer, Mode
 from rq_tf2.rules import RuleContext, Step, steps_for
@@ -66,16 +66,18 @@ def quantize_model(
     ``keep_regularizers``: keep the layers' kernel / bias / activity (every ``*_regularizer``)
     penalties. Left out by default: sized for training from scratch, they dominate a QAT loss.
     ``input_shape``: one sample's shape (no batch axis), to trace a subclassed model. Left out, it is
-    the calibration data's where ``calib_dataset`` is given (a model built on a 64x64 image and
-    calibrated on 192x192 ones is traced for 192x192), else the one Keras recorded or rq finds from
-    the model's layers.
+    the one the model was built with where the calibration data fits it (built for any height and
+    width: traced so), else the calibration data's where ``calib_dataset`` is given (a model built
+    on a 64x64 image and calibrated on 192x192 ones is traced for 192x192), else the one Keras
+    recorded or rq finds from the model's layers.
     """
     preset = get_preset(preset)
     configs = dict(layer_configs or {})
     for name in exclude_nodes:
         configs[name] = LayerConfig(exclude=True)
     if input_shape is None and calib_dataset is not None and is_subclassed(model):
-        input_shape, calib_dataset = sample_shape(calib_dataset, calib_batch_size)
+        data_shape, calib_dataset = sample_shape(calib_dataset, calib_batch_size)
+        input_shape = trace_shape(model, data_shape)
     graph = functional_graph(model, input_shape)
     _check_names(graph, configs)
     plain, written_out = decompose_attention(graph, keep={name for name, c in configs.items() if c.exclude})
