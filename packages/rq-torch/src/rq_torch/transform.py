@@ -75,12 +75,8 @@ def fold_batchnorms(gm: fx.GraphModule, keep_for_qat: bool = False) -> int:
                 gm.graph.erase_node(node)
                 folded += 1
             continue
-        gamma = bn.weight.detach().numpy() if bn.affine else torch.ones_like(bn.running_mean).numpy()
-        beta = bn.bias.detach().numpy() if bn.affine else torch.zeros_like(bn.running_mean).numpy()
         bias = conv.bias.detach().numpy() if conv.bias is not None else None
-        weight, new_bias = fold_batchnorm(
-            conv.weight.detach().numpy(), bias, gamma, beta, bn.running_mean.numpy(), bn.running_var.numpy(), bn.eps
-        )
+        weight, new_bias = fold_batchnorm(conv.weight.detach().numpy(), bias, *_inference_statistics(bn))
         conv.weight = nn.Parameter(torch.from_numpy(weight))
         conv.bias = nn.Parameter(torch.from_numpy(new_bias))
         node.replace_all_uses_with(source)
@@ -89,6 +85,14 @@ def fold_batchnorms(gm: fx.GraphModule, keep_for_qat: bool = False) -> int:
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     return folded
+
+
+def _inference_statistics(bn: nn.modules.batchnorm._BatchNorm) -> tuple:
+    """(gamma, beta, mean, var, eps) as rq_common's fold_batchnorm takes them (ones and zeros
+    where the BatchNorm has no affine parameters)."""
+    gamma = bn.weight.detach().numpy() if bn.affine else torch.ones_like(bn.running_mean).numpy()
+    beta = bn.bias.detach().numpy() if bn.affine else torch.zeros_like(bn.running_mean).numpy()
+    return gamma, beta, bn.running_mean.numpy(), bn.running_var.numpy(), bn.eps
 
 
 def lone_batchnorms_to_depthwise(gm: fx.GraphModule) -> int:
@@ -102,11 +106,7 @@ def lone_batchnorms_to_depthwise(gm: fx.GraphModule) -> int:
         if type(bn) is not nn.BatchNorm2d or not bn.track_running_stats or bn.running_mean is None:
             continue
         channels = bn.num_features
-        gamma = bn.weight.detach().numpy() if bn.affine else np.ones(channels, np.float32)
-        beta = bn.bias.detach().numpy() if bn.affine else np.zeros(channels, np.float32)
-        weight, bias = fold_batchnorm(
-            np.ones((channels, 1, 1, 1)), None, gamma, beta, bn.running_mean.numpy(), bn.running_var.numpy(), bn.eps
-        )
+        weight, bias = fold_batchnorm(np.ones((channels, 1, 1, 1)), None, *_inference_statistics(bn))
         conv = nn.Conv2d(channels, channels, 1, groups=channels, bias=True)
         conv.weight = nn.Parameter(torch.from_numpy(weight))
         conv.bias = nn.Parameter(torch.from_numpy(bias))

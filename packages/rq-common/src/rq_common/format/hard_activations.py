@@ -83,9 +83,15 @@ def _replace(
     constants); the chain before it goes once nothing else reads it."""
     attrs = {"alpha": HARD_SIGMOID_ALPHA, "beta": HARD_SIGMOID_BETA} if op_type == "HardSigmoid" else {}
     fused = helper.make_node(op_type, [source, *extra_inputs], [last.output[0]], name=last.name or None, **attrs)
+    substitute(model, last, fused, _chain(index, last, source))
+    return f"{node_label(fused)}: written-out {op_type} fused into one op"
+
+
+def substitute(model: onnx.ModelProto, last: onnx.NodeProto, fused: onnx.NodeProto, chain: list[onnx.NodeProto]) -> None:
+    """``fused`` in ``last``'s place (it computes ``last``'s output); the nodes of ``chain`` (producers
+    first, ``last`` among them) go once nothing else reads them."""
     graph = model.graph
     position = list(graph.node).index(last)
-    chain = _chain(index, last, source)
     graph.node.remove(last)
     graph.node.insert(position, fused)
     read = {x for n in graph.node for x in n.input} | {o.name for o in graph.output}
@@ -93,7 +99,6 @@ def _replace(
         if node is not last and not any(o in read for o in node.output):
             graph.node.remove(node)
             read = {x for n in graph.node for x in n.input} | {o.name for o in graph.output}
-    return f"{node_label(fused)}: written-out {op_type} fused into one op"
 
 
 def _chain(index: GraphIndex, last: onnx.NodeProto, source: str) -> list[onnx.NodeProto]:

@@ -26,6 +26,7 @@ import onnx
 from onnx import helper
 
 from rq_common.format.graph import GraphIndex, node_label
+from rq_common.format.hard_activations import substitute
 
 ELEMENTWISE = frozenset({"Mul", "Add", "Sub", "Div", "Pow", "Erf", "Tanh", "Sigmoid"})
 MARKERS = frozenset({"Erf", "Tanh", "Sigmoid"})  # a cone without one of them is none of these functions
@@ -205,9 +206,5 @@ def _replace(model: onnx.ModelProto, match: Match) -> str:
         name=match.last.name or None,
         **dict(match.activation.attributes),
     )
-    graph = model.graph
-    position = list(graph.node).index(match.last)
-    graph.node.insert(position, fused)
-    for node in match.nodes:
-        graph.node.remove(node)
+    substitute(model, match.last, fused, list(match.nodes))
     return f"{node_label(fused)}: written-out {match.activation.name} fused into one {match.activation.op_type}"
