@@ -134,3 +134,39 @@ def test_a_tiny_dense_bias_on_3d_inputs_is_aligned_for_the_npu(tmp_path):
     x = rng.uniform(-4, 4, (2, 4, 8)).astype(np.float32)
     got = run_ort(tmp_path / "q.onnx", {"x": x}, as_written=True)
     assert np.abs(got - np.asarray(qmodel(x, training=False))).max() / output_step(tmp_path / "q.onnx") <= 1.0001
+
+
+def test_a_layer_no_npu_position_can_serve_runs_in_float(tmp_path):
+    """rq-onnx's case (its test_npu_rules): two 1x1 Convs into one Concat share its scale on the NPU,
+    one with weights near 127 (w_pos 0), one near 1e-5 (w_pos 23); shift_cut in [0, 16] leaves them no
+    shared output position. The twin rq_common's finalize names unrepairable keeps a float kernel and
+    is recorded as a float op (rq-onnx check agrees with the export); a saved model loads it so."""
+    inputs = keras.Input((4, 4, 2), name="x")
+    big, tiny = L.Conv2D(2, 1, use_bias=False, name="conv_big"), L.Conv2D(2, 1, use_bias=False, name="conv_tiny")
+    model = keras.Model(inputs, L.Concatenate(name="cat")([big(inputs), tiny(inputs)]))
+    rng = np.random.default_rng(0)
+    big.kernel.assign(rng.uniform(60, 127, (1, 1, 2, 2)).astype(np.float32))
+    tiny.kernel.assign(rng.uniform(0.6e-5, 1.2e-5, (1, 1, 2, 2)).astype(np.float32))
+    qmodel = rq_tf2.quantize_model(model, preset="npu_cnn")
+    rq_tf2.calibrate(qmodel, rng.uniform(0, 1, (16, 4, 4, 2)).astype(np.float32), batch_size=8, quiet=True)
+    assert [op.node for op in qmodel.rq_float_ops] == ["conv_tiny"]
+    assert "shift_cut needs an output position in [14, 30]" in qmodel.rq_float_ops[0].reason  # w_pos 23 + in_pos 7
+    assert any(note.startswith("conv_tiny: kept in float") for note in qmodel.rq_notes)
+    result = rq_tf2.export_onnx(qmodel, tmp_path / "q.onnx")
+    assert result.violations == [] and validate(tmp_path / "q.onnx", "npu_cnn") == []
+    assert "conv_tiny" not in result.quantized_ops and "conv_big" in result.quantized_ops
+    producers = {o: n for n in result.model.graph.node for o in n.output}
+    initializers = {t.name for t in result.model.graph.initializer}
+    weights = {n.name: n.input[1] for n in result.model.graph.node if n.op_type == "Conv"}
+    (tiny_weight,) = [w for name, w in weights.items() if "conv_tiny" in name]
+    (big_weight,) = [w for name, w in weights.items() if "conv_big" in name]
+    assert tiny_weight in initializers and producers[big_weight].op_type == "DequantizeLinear"  # float / int8
+    x = rng.uniform(0, 1, (2, 4, 4, 2)).astype(np.float32)
+    got = run_ort(tmp_path / "q.onnx", {"x": x}, as_written=True)
+    assert np.abs(got - np.asarray(qmodel(x, training=False))).max() / output_step(tmp_path / "q.onnx") <= 1.0001
+
+    qmodel.save(tmp_path / "q.keras")
+    loaded = rq_tf2.load_model(tmp_path / "q.keras")
+    again = rq_tf2.export_onnx(loaded, tmp_path / "again.onnx")
+    assert again.violations == [] and "conv_tiny" not in again.quantized_ops
+    assert (tmp_path / "again.onnx").read_bytes() == (tmp_path / "q.onnx").read_bytes()

@@ -87,7 +87,8 @@ def calibrate(
 
 
 def finalize_scales(graph_def: GraphDef, plan: Tf1Plan, preset: Preset, activations: dict[str, QParams]) -> Scales:
-    """rq_common.pipeline.finalize over the plan's weighted ops (weights in their weight view)."""
+    """rq_common.pipeline.finalize over the plan's weighted ops (weights in their weight view). An
+    op no NPU position can serve is moved to the plan's float ops, with a note."""
     group = plan.placement.group_of
     by_name = nodes_by_name(graph_def)
     weights, layers = {}, []
@@ -100,4 +101,8 @@ def finalize_scales(graph_def: GraphDef, plan: Tf1Plan, preset: Preset, activati
         weights[prelu.node] = Weight(const_value(by_name[prelu.constant]))
     view = ModelView(activations, weights, layers, adds=[[group(t) for t in add] for add in plan.adds])
     result = finalize(view, preset)
-    return Scales(result.activations, result.weights, result.biases, result.notes, frozenset(p.node for p in plan.prelus))
+    notes = list(result.notes)
+    for node, why in result.unrepairable.items():
+        plan.keep_in_float(node, f"{why}: runs in float")
+        notes.append(f"{node}: kept in float: {why}: runs in float")
+    return Scales(result.activations, result.weights, result.biases, notes, frozenset(p.node for p in plan.prelus))

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from rq_common.optable import facts_for
-from rq_common.pipeline.placement import EXCLUDED, OpNode, Placement, place_quantizers
+from rq_common.pipeline.placement import EXCLUDED, FloatOp, OpNode, Placement, place_quantizers
 from rq_common.spec import Preset
 from rq_tf1.graphdef import GraphDef, NodeDef, const_value, nodes_by_name, readers, tensor_name
 from rq_tf1.ops import TF_OP_RULES, WEIGHTED_OPS
@@ -54,6 +54,15 @@ class Tf1Plan:
     bias_adds: dict[str, str] = field(default_factory=dict)  # weighted op -> the BiasAdd merged into it
     prelus: list[PReluOp] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what preparing the graph for the preset changed
+
+    def keep_in_float(self, node: str, reason: str) -> None:
+        """A weighted op no NPU position can serve (rq_common's finalize names it) runs in float, as
+        rq-onnx keeps such an op: its weight unquantized, the tensors around it quantized for their
+        other users (the scales finalize chose hold without it)."""
+        (weighted,) = [w for w in self.weighted if w.node == node]
+        self.weighted.remove(weighted)
+        self.placement.quantized_ops.remove(node)
+        self.placement.float_ops.append(FloatOp(node, weighted.op, reason))
 
     def float_nodes(self) -> list[str]:
         """The nodes that run in float, with the BiasAdds merged into them (tf2onnx names the

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from rq_common.errors import CalibrationDataError
 from rq_common.pipeline import ConstantOperand, Layer, ModelView, Weight
 from rq_common.pipeline import finalize as finalize_view
+from rq_common.pipeline.placement import FloatOp
 from rq_tf2.errors import NotCalibratedError, unwrapped
 from rq_tf2.graph import functional_graph
 from rq_tf2.layers import BiasAdd, ExportableLayerNormalization, QuantWeightedMixin
@@ -199,8 +200,10 @@ def finalize(model: keras.Model, wiring: Links | None = None) -> list[str]:
     for q in wiring.quantizers:
         q.finalize()
     key = {id(q): q.name for q in wiring.quantizers}
+    kept_float = {op.node for op in getattr(model, "rq_float_ops", [])}
+    twins = [twin for twin in wiring.twins if twin.name not in kept_float]
     layers = []
-    for twin in wiring.twins:
+    for twin in twins:
         source, output = wiring.input_of.get(twin.name), wiring.output_of.get(twin.name)
         bias = None if twin.constant_operand else twin.float_bias()
         if bias is not None and source is None:
@@ -217,30 +220,45 @@ def finalize(model: keras.Model, wiring: Links | None = None) -> list[str]:
         )
     view = ModelView(
         activations={q.name: q.qparams() for q in wiring.quantizers},
-        weights={
-            t.name: Weight(t.float_weight_view(), t.weight_spec.axis if t.weight_spec.per_channel else None) for t in wiring.twins
-        },
+        weights={t.name: Weight(t.float_weight_view(), t.weight_spec.axis if t.weight_spec.per_channel else None) for t in twins},
         layers=layers,
         adds=[[key[id(q)] for q in add] for add in wiring.adds]
         + [  # a Dense's bias Add on 3-d inputs: the NPU aligns the constant's position too
             [key[id(wiring.input_of[t.name])], ConstantOperand(t.name)]
-            for t in wiring.twins
+            for t in twins
             if isinstance(t, BiasAdd) and t.name in wiring.input_of
         ],
     )
     result = finalize_view(view, preset)
+    notes = list(result.notes)
     for q in wiring.quantizers:
         if result.activations[q.name] is not view.activations[q.name]:
             q.scale.assign(np.float32(result.activations[q.name].scale))
-    for twin in wiring.twins:
+    for twin in twins:
+        if twin.name in result.unrepairable:
+            reason = f"{result.unrepairable[twin.name]}: runs in float"
+            _keep_in_float(model, twin, reason)
+            notes.append(f"{twin.name}: kept in float: {reason}")
+            continue
         twin.set_weight_qparams(result.weights[twin.name])
         twin.mode = Mode.QUANTIZE
         if twin.name in result.biases:
             twin.set_input_scale(result.activations[key[id(wiring.input_of[twin.name])]])
             twin.set_bias_qparams(result.biases[twin.name])
     _forget_traced_functions(model)
-    model.rq_notes = result.notes
-    return result.notes
+    model.rq_notes = notes
+    return notes
+
+
+def _keep_in_float(model: keras.Model, twin: QuantWeightedMixin, reason: str) -> None:
+    """A layer no NPU position can serve (rq_common's finalize names it) runs in float, as rq-onnx
+    keeps such an op: its kernel unquantized and the twin uncalibrated (so a saved model loads it
+    so), the activations around it quantized for their other users. The export records it as a
+    float op."""
+    twin.mode = Mode.OFF
+    twin.calibrated.assign(0.0)
+    if hasattr(model, "rq_float_ops"):  # a loaded model has none: its export finds the twin by its mode
+        model.rq_float_ops.append(FloatOp(twin.name, type(twin).__name__, reason))
 
 
 def _forget_traced_functions(model: keras.Model) -> None:

@@ -111,12 +111,14 @@ def _check_converted(model: onnx.ModelProto) -> None:
 
 
 def _float_layers(model: keras.Model) -> set[str]:
-    """Names of the layers that run in float: what quantize_model recorded, or, for a loaded model,
-    every weighted Keras layer that is not a quantized twin."""
+    """Names of the layers that run in float: what quantize_model and calibrate recorded, or, for a
+    loaded model, every weighted Keras layer that is not a quantized twin; and the twins calibration
+    kept in float (no NPU position serves them), which are not quantizing."""
+    kept = {layer.name for layer in model.layers if isinstance(layer, QuantWeightedMixin) and not layer.quantizing}
     recorded = getattr(model, "rq_float_ops", None)
     if recorded is not None:
-        return {op.node for op in recorded}
-    return {layer.name for layer in model.layers if hasattr(layer, "kernel") and not isinstance(layer, QuantWeightedMixin)}
+        return kept | {op.node for op in recorded}
+    return kept | {layer.name for layer in model.layers if hasattr(layer, "kernel") and not isinstance(layer, QuantWeightedMixin)}
 
 
 def _in_layers(node_name: str, layers: set[str]) -> bool:
@@ -126,7 +128,8 @@ def _in_layers(node_name: str, layers: set[str]) -> bool:
 
 def _mark(wiring: Links) -> dict[str, keras.layers.Layer]:
     markers: dict[str, keras.layers.Layer] = {}
-    for layer in [*wiring.quantizers, *wiring.twins, *wiring.layer_norms]:
+    twins = [twin for twin in wiring.twins if twin.quantizing]  # a twin kept in float exports as its float op
+    for layer in [*wiring.quantizers, *twins, *wiring.layer_norms]:
         marker = MARKER.format(len(markers))
         layer.export_marker = marker
         markers[marker] = layer

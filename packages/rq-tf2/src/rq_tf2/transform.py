@@ -272,4 +272,4 @@ def _input_layer_name(name: str) -> str:
 def set_mode(model: keras.Model, mode: Mode) -> None:
     for layer in model.layers:
         if isinstance(layer, (ActivationQuantizer, QuantWeightedMixin)):
-            layer.mode = mode
+            layer.mode = mode if mode is not Mode.QUANTIZE or layer.is_calibrated else Mode.OFF  # a twin kept in float stays so

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from rq_common.errors import CalibrationDataError
 from rq_common.pipeline import ConstantOperand, Layer, ModelView, Weight
 from rq_common.pipeline import finalize as finalize_view
+from rq_common.pipeline.placement import FloatOp
 from rq_torch.errors import NotCalibratedError
 from rq_torch.modules import QuantLayerMixin
 from rq_torch.quantizer import Mode, TensorQuantizer
@@ -139,7 +140,11 @@ def finalize(model: fx.GraphModule) -> list[str]:
         quantizer.observe(_tensor_at(model, tensor))
         quantizer.finalize()
     key = {id(q): name for name, q in quantizers.items()}
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, QuantLayerMixin)}
+    node_of = {node.target: node.name for node in model.graph.nodes if node.op == "call_module"}
+    kept_float = {op.node for op in plan.float_ops}
+    layers = {
+        name: m for name, m in model.named_modules() if isinstance(m, QuantLayerMixin) and node_of.get(name) not in kept_float
+    }
     add_constants = {k.weight for add in plan.adds for k in add if isinstance(k, ConstantOperand)}
     weights = {
         name: Weight(layer.float_weight().detach().to(torch.float32).cpu().numpy(), layer.weight_axis)
@@ -156,6 +161,10 @@ def finalize(model: fx.GraphModule) -> list[str]:
         adds=plan.adds,
     )
     result = finalize_view(view, plan.preset)
+    notes = list(result.notes)
+    for name, why in result.unrepairable.items():
+        _keep_in_float(plan, layers.pop(name), node_of[name], name, f"{why}: runs in float")
+        notes.append(f"{name}: kept in float: {why}: runs in float")
     for name, layer in layers.items():
         layer.weight_quantizer.set_qparams(result.weights[name])
         layer.weight_quantizer.mode = Mode.QUANTIZE
@@ -163,10 +172,22 @@ def finalize(model: fx.GraphModule) -> list[str]:
         if result.activations[name] is not view.activations[name]:
             q.scale = torch.tensor(float(result.activations[name].scale), dtype=torch.float32)
     for name, qp in result.biases.items():
-        layers[name].set_bias_qparams(qp)
+        if name in layers:
+            layers[name].set_bias_qparams(qp)
     _write_moved_constants(model, {name: result.weights[name] for name in add_constants})
-    model.rq_notes = result.notes
-    return result.notes
+    model.rq_notes = notes
+    return notes
+
+
+def _keep_in_float(plan, layer: QuantLayerMixin, node: str, target: str, reason: str) -> None:
+    """A layer no NPU position can serve (rq_common's finalize names it) runs in float, as rq-onnx
+    keeps such an op: its weight (and a MatMul form's bias) unquantized, the activations around it
+    quantized for their other users; the export scopes and records it as a float op."""
+    layer.weight_quantizer.mode = Mode.OFF
+    if getattr(layer, "bias_quantizer", None) is not None:
+        layer.bias_quantizer.mode = Mode.OFF
+    plan.quantized_ops = [op for op in plan.quantized_ops if op != node]
+    plan.float_ops.append(FloatOp(node, target, reason))
 
 
 def _write_moved_constants(model: fx.GraphModule, moved: dict) -> None:

@@ -20,6 +20,7 @@ from rq_common.format.graph import record_float_nodes
 from rq_common.io import save_onnx
 from rq_common.optable import facts_for
 from rq_common.pipeline import QuantizeResult
+from rq_common.pipeline.placement import FloatOp
 from rq_common.qmath import QParams
 from rq_torch.calibrate import activation_quantizers, require_calibrated
 from rq_torch.modules import QuantLayerMixin
@@ -61,6 +62,18 @@ def _copy_initializer(model: onnx.ModelProto, tensor: onnx.TensorProto, owner: s
     return copy.name
 
 
+def float_ops(model: fx.GraphModule) -> list[FloatOp]:
+    """The plan's float ops, and a layer calibration kept in float (no NPU position served it) in a
+    model whose state was loaded: its weight quantizer is off while the model quantizes."""
+    ops = list(model.rq_plan.float_ops)
+    known = {op.node for op in ops}
+    for node in model.graph.nodes:
+        module = model.get_submodule(node.target) if node.op == "call_module" else None
+        if isinstance(module, QuantLayerMixin) and not module.quantizing and node.name not in known:
+            ops.append(FloatOp(node.name, str(node.target), "kept in float when calibrated (no NPU position serves it)"))
+    return ops
+
+
 FLOAT_SCOPE = "rq_float_"  # the module scope each float op is exported under, then renamed
 
 
@@ -89,7 +102,7 @@ def _float_ops_scoped(model: fx.GraphModule) -> tuple[nn.Module, dict[str, str]]
     nodes = {node.name: node for node in model.graph.nodes if node.op in ("call_module", "call_function", "call_method")}
     names = [
         op.node
-        for op in model.rq_plan.float_ops
+        for op in float_ops(model)
         if op.node in nodes
         and not (nodes[op.node].op == "call_module" and isinstance(model.get_submodule(nodes[op.node].target), TensorQuantizer))
     ]
@@ -178,7 +191,7 @@ def export_onnx(
         result.model,
         plan.preset,
         quantized_ops=list(plan.quantized_ops),
-        float_ops=list(plan.float_ops),
+        float_ops=float_ops(model),
         notes=list(getattr(model, "rq_notes", [])),
         violations=violations,
         qparams={name: quantizer.qparams() for name, quantizer in activation_quantizers(model).items()},
