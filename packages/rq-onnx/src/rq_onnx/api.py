@@ -18,7 +18,7 @@ from rq_common.pipeline import QuantizeResult
 from rq_common.report import QuantReport
 from rq_common.spec import CalibrationMethod, Preset, get_preset
 from rq_onnx.calibrate import CalibrationDataReader, calibrate
-from rq_onnx.finalize import finalize_plan
+from rq_onnx.finalize import corrected_inputs, finalize_plan
 from rq_onnx.options import QuantizeOptions
 from rq_onnx.plan import make_plan, name_nodes
 from rq_onnx.prepare import load_model, prepare_model
@@ -42,6 +42,7 @@ def quantize_static(
     report_path: str | Path | None = None,
     quiet: bool = False,
     nonfinite: NonFinitePolicy | str = NonFinitePolicy.RAISE,
+    bias_correction: bool = False,
     allow_violations: bool = False,
 ) -> QuantizeResult:
     """Quantize a float ONNX model to rq's int8 format.
@@ -66,6 +67,7 @@ def quantize_static(
         report_path=report_path,
         quiet=quiet,
         nonfinite=nonfinite,
+        bias_correction=bias_correction,
     )
     preset = get_preset(preset, per_channel=per_channel, activation_method=calibrate_method)
     notes: list[str] = []
@@ -88,9 +90,10 @@ def quantize_static(
         keep_batches=0 if rewind else options.report_batches,
         quiet=options.quiet,
         nonfinite=options.nonfinite,
+        channel_axes=corrected_inputs(model, plan) if options.bias_correction else None,
     )
     notes += calibration.notes
-    quantized, dequantized, plan, act, violations = _write_repairing(model, plan, preset, calibration.qparams, options, notes)
+    quantized, dequantized, plan, act, violations = _write_repairing(model, plan, preset, calibration, options, notes)
     report = QuantReport(title=f"rq-onnx: {preset.name}", notes=list(notes))
     report.notes += [f"kept in float: {f.node} ({f.op}): {f.reason}" for f in plan.float_ops]
     report.notes += [f"format violation: {v}" for v in violations]
@@ -132,16 +135,18 @@ POSITION_RULES = frozenset(
 MAX_FLOAT_ROUNDS = 3
 
 
-def _write_repairing(model, plan, preset: Preset, calibrated: dict, options: QuantizeOptions, notes: list[str]):
+def _write_repairing(model, plan, preset: Preset, calibration, options: QuantizeOptions, notes: list[str]):
     """Finalize, write and validate. On fixed-point targets an op no NPU position can serve (found
     by finalize, or still failing a position rule after the repair) is kept in float with a note,
     and the rest finalized again from the same calibration (an op kept in float only removes
     shared-scale constraints, so every tensor still planned was calibrated). The last plan is
     always written: what no round could repair stays a violation."""
+    calibrated = calibration.qparams
     float_reasons: dict[str, str] = {}
     for round_ in range(MAX_FLOAT_ROUNDS + 1):
         round_notes: list[str] = []
-        numbers = finalize_plan(model, plan, preset, {t: calibrated[t] for t in plan.activations}, round_notes)
+        activations = {t: calibrated[t] for t in plan.activations}
+        numbers = finalize_plan(model, plan, preset, activations, round_notes, calibration.channel_means)
         checked = None
         unrepaired = dict(numbers.unrepairable)
         if not unrepaired:
@@ -175,7 +180,9 @@ def _write_and_validate(model, plan, preset: Preset, numbers, notes: list[str]):
     written.CopyFrom(model)
     if preset.target.fixed_point_rules:
         fix_batch_to_one(written, notes)
-    quantized, dequantized = write_quantized(written, plan, numbers.activations, numbers.weights, numbers.biases)
+    quantized, dequantized = write_quantized(
+        written, plan, numbers.activations, numbers.weights, numbers.biases, numbers.bias_values
+    )
     record_float_nodes(quantized, [f.node for f in plan.float_ops])  # for a later `rq-onnx check`
     return quantized, dequantized, validate(quantized, preset)
 

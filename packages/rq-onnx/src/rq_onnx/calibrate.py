@@ -150,6 +150,7 @@ class CalibrationResult:
     kept_batches: list[dict[str, np.ndarray]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # the inputs' dtype conversions
     inputs: list[ort.NodeArg] = field(default_factory=list)
+    channel_means: dict[str, np.ndarray] = field(default_factory=dict)  # tensor -> mean per channel (float64)
 
     def checked(self, feeds: Iterable[dict]) -> Iterator[dict[str, np.ndarray]]:
         """``feeds`` (read again from a rewound reader) converted as calibration converted them."""
@@ -168,8 +169,10 @@ def calibrate(
     keep_batches: int = 0,
     quiet: bool = False,
     nonfinite: NonFinitePolicy = NonFinitePolicy.RAISE,
+    channel_axes: dict[str, int] | None = None,
 ) -> CalibrationResult:
-    """QParams for every tensor in ``tensors``, one per scale group (the group's statistics merged)."""
+    """QParams for every tensor in ``tensors``, one per scale group (the group's statistics merged);
+    and for each tensor in ``channel_axes`` (a subset of ``tensors``) its mean per channel of that axis."""
     inputs = {i.name for i in model.graph.input}
     extra = [t for t in tensors if t not in inputs]
     session = make_session(with_outputs(model, extra))
@@ -177,6 +180,7 @@ def calibrate(
     calibrators = {t: Calibrator(preset.activation, preset.activation_method, name=t, nonfinite=nonfinite) for t in tensors}
     kept: list[dict[str, np.ndarray]] = []
     notes: list[str] = []
+    means = _ChannelMeans()
     total = _length(reader)
     count = 0
     for feed in tqdm(batches(reader, max_batches), desc="calibrating", unit="batch", total=total, disable=quiet, file=sys.stderr):
@@ -186,6 +190,8 @@ def calibrate(
         values.update(feed)
         for name, calibrator in calibrators.items():
             calibrator.update(values[name])
+        for name, axis in (channel_axes or {}).items():
+            means.add(name, values[name], axis)
         if len(kept) < keep_batches:
             kept.append(feed)
     if count == 0:
@@ -201,4 +207,21 @@ def calibrate(
         chosen = merged.qparams()
         for m in present:
             qparams[m] = chosen
-    return CalibrationResult(qparams, count, kept, notes, session.get_inputs())
+    return CalibrationResult(qparams, count, kept, notes, session.get_inputs(), means.result())
+
+
+class _ChannelMeans:
+    """Running per-channel sums over every batch, in float64: the mean of all values seen."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, np.ndarray] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, name: str, value: np.ndarray, axis: int) -> None:
+        value = np.asarray(value, np.float64)
+        channels = np.moveaxis(value, axis, 0).reshape(value.shape[axis], -1)
+        self.sums[name] = self.sums.get(name, 0) + channels.sum(axis=1)
+        self.counts[name] = self.counts.get(name, 0) + channels.shape[1]
+
+    def result(self) -> dict[str, np.ndarray]:
+        return {name: total / self.counts[name] for name, total in self.sums.items()}

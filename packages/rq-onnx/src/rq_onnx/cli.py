@@ -56,6 +56,7 @@ def cmd_quantize(args) -> int:
         use_external_data=args.external_data,
         quiet=args.quiet,
         nonfinite=args.nonfinite,
+        bias_correction=args.bias_correction,
         allow_violations=args.allow_violations,
     )
     for note in result.notes:
@@ -143,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--external-data", action="store_true", help="weights in <output>.data (models over 2 GB)")
     q.add_argument("--show", type=int, default=10, help="rows of the per-tensor table to print")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
+    q.add_argument(
+        "--bias-correction",
+        action="store_true",
+        help="correct each layer's bias for its quantized weight's error, from the calibration data's means",
+    )
     q.add_argument("--allow-violations", action="store_true", help="write the model even if it breaks the preset's format")
     q.add_argument(
         "--nonfinite",

@@ -3,12 +3,14 @@ and the Finalized numbers back per tensor (every member of a scale group gets th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from rq_common.format.graph import attribute
 from rq_common.pipeline import ConstantOperand, Layer, ModelView, Weight, finalize
 from rq_common.qmath import QParams
 from rq_common.spec import Preset
@@ -23,13 +25,69 @@ class Numbers:
     weights: dict[str, QParams]
     biases: dict[tuple[str, int], QParams]
     unrepairable: dict[str, str]  # node -> why no NPU position serves it
+    bias_values: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)  # corrected float biases
+
+
+# Bias correction: per op with a bias slot, the channel axis of its data input and how that input's
+# channel means are laid out against its weight (they multiply the weight's rounding error)
+def _conv_mean(node: onnx.NodeProto, weight_shape: tuple[int, ...], mean: np.ndarray) -> np.ndarray:
+    out_channels, per_group = weight_shape[:2]
+    groups = mean.size // per_group
+    layout = mean.reshape(groups, per_group)[np.arange(out_channels) // (out_channels // groups)]
+    return layout.reshape(out_channels, per_group, *[1] * (len(weight_shape) - 2))
+
+
+def _conv_transpose_mean(node: onnx.NodeProto, weight_shape: tuple[int, ...], mean: np.ndarray) -> np.ndarray:
+    return mean.reshape(-1, *[1] * (len(weight_shape) - 1))  # (C_in, C_out / groups, k...): row i reads input channel i
+
+
+def _gemm_mean(node: onnx.NodeProto, weight_shape: tuple[int, ...], mean: np.ndarray) -> np.ndarray:
+    return mean.reshape(1, -1) if attribute(node, "transB", 0) else mean.reshape(-1, 1)
+
+
+@dataclass(frozen=True)
+class MeanLayout:
+    input_axis: Callable[[onnx.NodeProto], int]
+    like_weight: Callable[[onnx.NodeProto, tuple[int, ...], np.ndarray], np.ndarray]
+
+
+MEAN_LAYOUTS: dict[str, MeanLayout] = {
+    "Conv": MeanLayout(lambda node: 1, _conv_mean),
+    "ConvTranspose": MeanLayout(lambda node: 1, _conv_transpose_mean),
+    "Gemm": MeanLayout(lambda node: 0 if attribute(node, "transA", 0) else 1, _gemm_mean),
+}
+
+
+def corrected_inputs(model: onnx.ModelProto, plan: Plan) -> dict[str, int]:
+    """The data input of every layer whose bias correction can correct -> its channel axis."""
+    nodes = {node.name: node for node in model.graph.node}
+    axes = {}
+    for use in plan.biases:
+        layout = MEAN_LAYOUTS.get(nodes[use.node].op_type)
+        if layout is not None and use.weight in plan.weights and use.input_tensor in plan.activations:
+            axes[use.input_tensor] = layout.input_axis(nodes[use.node])
+    return axes
 
 
 def finalize_plan(
-    model: onnx.ModelProto, plan: Plan, preset: Preset, calibrated: dict[str, QParams], notes: list[str]
+    model: onnx.ModelProto,
+    plan: Plan,
+    preset: Preset,
+    calibrated: dict[str, QParams],
+    notes: list[str],
+    channel_means: dict[str, np.ndarray] | None = None,
 ) -> Numbers:
-    """``calibrated``: per planned run-time tensor, the QParams calibration chose for its group."""
+    """``calibrated``: per planned run-time tensor, the QParams calibration chose for its group.
+    ``channel_means``: per layer input, its float mean per channel: those layers' biases are corrected."""
     constants = {t.name: t for t in model.graph.initializer}
+    nodes = {node.name: node for node in model.graph.node}
+    channel_means = channel_means or {}
+
+    def input_mean(use) -> np.ndarray | None:
+        layout = MEAN_LAYOUTS.get(nodes[use.node].op_type) if use is not None else None
+        if layout is None or use.input_tensor not in channel_means:
+            return None
+        return layout.like_weight(nodes[use.node], tuple(constants[use.weight].dims), channel_means[use.input_tensor])
 
     def key(tensor: str) -> str | None:
         return plan.groups.find(tensor) if tensor in calibrated else None
@@ -41,11 +99,16 @@ def finalize_plan(
         return None if use is None else numpy_helper.to_array(constants[use.name]).astype(np.float32).reshape(-1)
 
     biases = {use.node: use for use in plan.biases if use.name in constants and use.weight in plan.weights}
-    layers = [
-        Layer(op.node, op.weight, key(op.input_tensor), key(op.output_tensor), bias(biases.pop(op.node, None)))
-        for op in plan.shifted
+    layers = []
+    for op in plan.shifted:
+        use = biases.pop(op.node, None)
+        layers.append(
+            Layer(op.node, op.weight, key(op.input_tensor), key(op.output_tensor), bias(use), input_mean=input_mean(use))
+        )
+    layers += [
+        Layer(u.node, u.weight, key(u.input_tensor), None, bias(u), shifted=False, input_mean=input_mean(u))
+        for u in biases.values()
     ]
-    layers += [Layer(u.node, u.weight, key(u.input_tensor), None, bias(u), shifted=False) for u in biases.values()]
     view = ModelView(
         activations={key(t): qp for t, qp in calibrated.items()},
         weights={name: Weight(numpy_helper.to_array(constants[name]), use.axis) for name, use in plan.weights.items()},
@@ -60,4 +123,5 @@ def finalize_plan(
         weights=result.weights,
         biases={(node, slots[node]): qp for node, qp in result.biases.items()},
         unrepairable=result.unrepairable,
+        bias_values={(node, slots[node]): values for node, values in result.corrected_biases.items()},
     )

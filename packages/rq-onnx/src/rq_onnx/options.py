@@ -23,6 +23,9 @@ class QuantizeOptions:
     say which tensor (``raise``, the default), or leave infinities out of the range
     (``ignore_inf``: they saturate to the range's ends, as QuantizeLinear does in ONNX Runtime).
     Attention masks need neither: rq keeps them in float (rq_onnx/masks.py).
+    bias_correction: correct each Conv / Gemm / MatMul bias for its quantized weight's rounding
+    error, from the float inputs' channel means over the calibration data
+    (rq_common.qmath.bias_correction); for per-tensor weights, whose narrow channels round coarsely.
     """
 
     exclude_op_types: tuple[str, ...] = ()
@@ -33,6 +36,7 @@ class QuantizeOptions:
     report_path: Path | None = None
     quiet: bool = False
     nonfinite: NonFinitePolicy = NonFinitePolicy.RAISE
+    bias_correction: bool = False
 
     def __post_init__(self) -> None:
         try:

@@ -41,8 +41,10 @@ def write_quantized(
     act: dict[str, QParams],
     weights: dict[str, QParams],
     biases: dict[tuple[str, int], QParams],
+    bias_values: dict[tuple[str, int], np.ndarray] | None = None,
 ) -> tuple[onnx.ModelProto, dict[str, str]]:
-    """The quantized model, and for every quantized tensor the name its dequantized value has."""
+    """The quantized model, and for every quantized tensor the name its dequantized value has.
+    ``bias_values``: float biases that replace the model's (bias correction), by (node, slot)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
@@ -53,7 +55,9 @@ def write_quantized(
         qp = biases.get((use.node, use.slot))
         if qp is None:
             continue
-        values = numpy_helper.to_array(constants[use.name]).astype(np.float32).reshape(-1)
+        values = (bias_values or {}).get((use.node, use.slot))
+        if values is None:
+            values = numpy_helper.to_array(constants[use.name]).astype(np.float32).reshape(-1)
         if qp.per_channel and values.size == 1:
             values = np.full(qp.scale.shape, values[0], np.float32)
         pieces = make_quantized_constant(f"{use.node}_bias", values, qp)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rq_common.calibration import Calibrator
-from rq_common.qmath import QParams, bias_qparams, npu_rules
+from rq_common.qmath import QParams, bias_correction, bias_qparams, fake_quantize, npu_rules
 from rq_common.spec import BiasScaleRule, Granularity, Preset
 
 
@@ -36,7 +36,9 @@ class Layer:
     ``input`` / ``output``: the scale keys of the quantizer before it and of the one after it (after a
     fused activation), None where there is none. ``bias``: its float bias, quantized by the preset's
     bias rule. ``shifted``: the NPU's shift rules apply (an integer multiply-accumulate; not a
-    framework's BiasAdd, whose "weight" is the bias)."""
+    framework's BiasAdd, whose "weight" is the bias). ``input_mean``: the float input's mean per
+    channel over the calibration data, laid out like the weight; given, the bias is corrected for
+    the weight's rounding error (rq_common.qmath.bias_correction)."""
 
     name: str
     weight: str
@@ -44,6 +46,7 @@ class Layer:
     output: Hashable | None = None
     bias: np.ndarray | None = None
     shifted: bool = True
+    input_mean: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -74,14 +77,16 @@ class ModelView:
 @dataclass
 class Finalized:
     """Every number of the quantized model: per scale key, per weight, per layer's bias; what the
-    repairs changed, one line each; and the layers no position can serve (``unrepairable``, name ->
-    why): the adapter keeps them in float or reports them."""
+    repairs changed, one line each; the layers no position can serve (``unrepairable``, name ->
+    why): the adapter keeps them in float or reports them; and the biases bias correction changed
+    (``corrected_biases``, name -> float bias): the adapter writes these values instead of its own."""
 
     activations: dict[Hashable, QParams]
     weights: dict[str, QParams]
     biases: dict[str, QParams]
     notes: list[str]
     unrepairable: dict[str, str] = field(default_factory=dict)
+    corrected_biases: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def weight_qparams(values: np.ndarray, axis: int | None, preset: Preset, name: str = "weight") -> QParams:
@@ -105,19 +110,36 @@ def finalize(view: ModelView, preset: Preset) -> Finalized:
     if preset.target.fixed_point_rules:
         unrepairable = _conflicting_layers(view, activations, weights)
         notes += _repair_positions(view, activations, weights, set(unrepairable))
+    corrected = _corrected_biases(view, weights)
+    if corrected:
+        notes.append(f"bias correction: {len(corrected)} layer(s), their mean outputs kept where the float layers' are")
     biases: dict[str, QParams] = {}
     for layer in view.layers:
         if layer.bias is None or layer.input not in activations:
             continue
         source, weight = activations[layer.input], weights[layer.weight]
-        qp = bias_qparams(layer.bias, source, weight, preset.bias, preset.bias_rule)
+        qp = bias_qparams(corrected.get(layer.name, layer.bias), source, weight, preset.bias, preset.bias_rule)
         if preset.bias_rule is BiasScaleRule.OWN_POWER_OF_TWO and layer.shifted and layer.output in activations:
             repaired = npu_rules.repair_bias_qparams(qp, weight, source, activations[layer.output])
             if repaired is not qp:
                 notes.append(f"{layer.name}: bias scale {float(qp.scale):g} -> {float(repaired.scale):g} (shift_bias limits)")
             qp = repaired
         biases[layer.name] = qp
-    return Finalized(activations, weights, biases, notes, unrepairable)
+    return Finalized(activations, weights, biases, notes, unrepairable, corrected)
+
+
+def _corrected_biases(view: ModelView, weights: dict[str, QParams]) -> dict[str, np.ndarray]:
+    """Every layer with a bias and an input mean: its bias corrected for its quantized weight."""
+    corrected = {}
+    for layer in view.layers:
+        weight = view.weights[layer.weight]
+        if layer.bias is None or layer.input_mean is None or weight.axis is None:
+            continue
+        quantized = fake_quantize(weight.values, weights[layer.weight])
+        corrected[layer.name] = bias_correction.corrected_bias(
+            layer.bias, weight.values, quantized, layer.input_mean, weight.axis
+        )
+    return corrected
 
 
 def _shifted(view: ModelView, activations: dict[Hashable, QParams], weights: dict[str, QParams]) -> list[Layer]:
