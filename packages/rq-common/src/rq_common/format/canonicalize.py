@@ -62,6 +62,7 @@ from rq_common.spec.presets import Preset, get_preset
 
 MIN_OPSET = 13
 DEFAULT_OPSET = 17  # what every rq exporter writes and rq-onnx upgrades to (LayerNormalization exists)
+SIXTEEN_BIT_OPSET = 21  # QuantizeLinear / DequantizeLinear take int16 / uint16 from opset 21
 
 
 @dataclass

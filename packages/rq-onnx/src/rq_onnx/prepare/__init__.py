@@ -18,7 +18,7 @@ from rq_onnx.prepare.cleanup import initializers_out_of_inputs, remove_dead_node
 from rq_onnx.prepare.fold_batchnorm import fold_batchnorm, fold_scale_shift_into_conv
 from rq_onnx.prepare.fold_constants import fold_constants
 from rq_onnx.prepare.load import load_model
-from rq_onnx.prepare.opset import TARGET_OPSET, default_opset, upgrade_opset
+from rq_onnx.prepare.opset import TARGET_OPSET, default_opset, opset_for, upgrade_opset
 
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"})
 
@@ -62,10 +62,10 @@ def round_leaky_alphas(model: onnx.ModelProto, notes: list[str]) -> None:
 
 
 def prepare_model(model: onnx.ModelProto, preset: Preset, notes: list[str]) -> onnx.ModelProto:
-    """The float model ready to calibrate: opset 17, no training nodes, constants folded, BN folded,
+    """The float model ready to calibrate: opset 17 (21 for 16-bit tensors), no training nodes, constants folded, BN folded,
     written-out LayerNormalization and MatMul + bias fused."""
     reject_quantized(model)
-    model = upgrade_opset(model, notes)
+    model = upgrade_opset(model, notes, opset_for(preset))
     initializers_out_of_inputs(model, notes)
     remove_training_nodes(model, notes)
     fold_constants(model, notes)
