@@ -130,7 +130,9 @@ def _checker(ctx: ValidationContext) -> Iterator[Violation]:
 def _opset(ctx: ValidationContext) -> Iterator[Violation]:
     if ctx.index.opset < MIN_OPSET:
         yield Violation(ViolationKind.OPSET_TOO_LOW, "<model>", "", f"opset {ctx.index.opset} < {MIN_OPSET}; upgrade to 17")
-    elif ctx.index.opset < SIXTEEN_BIT_OPSET and any(spec.dtype.bits == 16 for spec in (ctx.preset.activation, ctx.preset.weight)):
+    elif ctx.index.opset < SIXTEEN_BIT_OPSET and any(
+        spec.dtype.bits == 16 for spec in (ctx.preset.activation, ctx.preset.weight)
+    ):
         yield Violation(
             ViolationKind.OPSET_TOO_LOW,
             "<model>",
