@@ -92,3 +92,28 @@ def test_the_cli_flag_corrects_the_biases(tmp_path, capsys):
         ]
     )
     assert code == 0 and "note: bias correction: 1 layer(s)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_a_gemm_bias_is_corrected_in_its_weight_layout(tmp_path, trans_b):
+    """Gemm's weight is (K, N), or (N, K) with transB: the input means meet the right axis."""
+    rng = np.random.default_rng(3)
+    weight = rng.standard_normal((16, 8)) * np.geomspace(0.005, 1.0, 16).reshape(-1, 1)  # (N, K)
+    stored = weight if trans_b else weight.T
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="fc", transB=trans_b)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])],
+        [numpy_helper.from_array(stored.astype(np.float32), "w"), numpy_helper.from_array(np.zeros(16, np.float32), "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    data = (rng.standard_normal((64, 8)) + rng.uniform(1, 3, 8)).astype(np.float32)
+    result = quantize_static(model, None, ArrayReader("x", data), preset="npu_transformer", quiet=True, bias_correction=True)
+    (gemm,) = [node for node in result.model.graph.node if node.op_type == "Gemm"]
+    quantized_weight, _ = dequantized_input(result.model, gemm, 1)
+    bias, bias_step = dequantized_input(result.model, gemm, 2)
+    error = quantized_weight - stored
+    expected = -((error if trans_b else error.T) @ data.astype(np.float64).mean(axis=0))
+    assert np.abs(expected).max() > 10 * bias_step  # a correction the test can see
+    assert np.abs(bias - expected).max() <= bias_step / 2 * 1.0001
