@@ -23,8 +23,9 @@ class QuantizeOptions:
     say which tensor (``raise``, the default), or leave infinities out of the range
     (``ignore_inf``: they saturate to the range's ends, as QuantizeLinear does in ONNX Runtime).
     Attention masks need neither: rq keeps them in float (rq_onnx/masks.py).
-    bias_correction: correct each Conv / Gemm / MatMul bias for its quantized weight's rounding
-    error, from the float inputs' channel means over the calibration data
+    bias_correction: correct each Conv / ConvTranspose / Gemm bias for its quantized weight's
+    rounding error, from the float inputs' channel means over the calibration data (a MatMul's bias
+    is an Add of its own and is left as it is)
     (rq_common.qmath.bias_correction); for per-tensor weights, whose narrow channels round coarsely.
     """
 

@@ -65,6 +65,11 @@ DEFAULT_OPSET = 17  # what every rq exporter writes and rq-onnx upgrades to (Lay
 SIXTEEN_BIT_OPSET = 21  # QuantizeLinear / DequantizeLinear take int16 / uint16 from opset 21
 
 
+def stores_sixteen_bits(preset: Preset) -> bool:
+    """Whether the preset stores a quantized tensor in 16 bits: its model needs SIXTEEN_BIT_OPSET."""
+    return any(spec.dtype.bits == 16 for spec in (preset.activation, preset.weight))
+
+
 @dataclass
 class CanonicalizeContext:
     model: onnx.ModelProto

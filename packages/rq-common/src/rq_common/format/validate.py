@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from rq_common.errors import FormatError
-from rq_common.format.canonicalize import MIN_OPSET, SIXTEEN_BIT_OPSET
+from rq_common.format.canonicalize import MIN_OPSET, SIXTEEN_BIT_OPSET, stores_sixteen_bits
 from rq_common.format.graph import (
     DEQUANTIZE,
     QUANTIZE,
@@ -130,9 +130,7 @@ def _checker(ctx: ValidationContext) -> Iterator[Violation]:
 def _opset(ctx: ValidationContext) -> Iterator[Violation]:
     if ctx.index.opset < MIN_OPSET:
         yield Violation(ViolationKind.OPSET_TOO_LOW, "<model>", "", f"opset {ctx.index.opset} < {MIN_OPSET}; upgrade to 17")
-    elif ctx.index.opset < SIXTEEN_BIT_OPSET and any(
-        spec.dtype.bits == 16 for spec in (ctx.preset.activation, ctx.preset.weight)
-    ):
+    elif ctx.index.opset < SIXTEEN_BIT_OPSET and stores_sixteen_bits(ctx.preset):
         yield Violation(
             ViolationKind.OPSET_TOO_LOW,
             "<model>",

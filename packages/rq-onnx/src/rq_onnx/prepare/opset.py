@@ -10,7 +10,7 @@ from __future__ import annotations
 import onnx
 from onnx import version_converter
 
-from rq_common.format.canonicalize import DEFAULT_OPSET, SIXTEEN_BIT_OPSET
+from rq_common.format.canonicalize import DEFAULT_OPSET, SIXTEEN_BIT_OPSET, stores_sixteen_bits
 from rq_common.spec import Preset
 from rq_onnx.errors import ModelLoadError
 
@@ -24,8 +24,7 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 def opset_for(preset: Preset) -> int:
     """The opset a preset's quantized model needs: 21 where a tensor is stored in 16 bits."""
-    sixteen = any(spec.dtype.bits == 16 for spec in (preset.activation, preset.weight))
-    return SIXTEEN_BIT_OPSET if sixteen else TARGET_OPSET
+    return SIXTEEN_BIT_OPSET if stores_sixteen_bits(preset) else TARGET_OPSET
 
 
 def upgrade_opset(model: onnx.ModelProto, notes: list[str], target: int = TARGET_OPSET) -> onnx.ModelProto:
