@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
+from tqdm import tqdm
 
 from rq_common.errors import SpecError
 from rq_common.format import ViolationKind, require_valid, validate
@@ -15,10 +17,11 @@ from rq_common.format.graph import record_float_nodes
 from rq_common.io import check_output_path, save_onnx
 from rq_common.observers import NonFinitePolicy
 from rq_common.pipeline import QuantizeResult
+from rq_common.qmath.adaround import AdaRoundConfig, Rounding
 from rq_common.report import QuantReport
 from rq_common.spec import CalibrationMethod, Preset, get_preset
 from rq_onnx.calibrate import CalibrationDataReader, calibrate
-from rq_onnx.finalize import corrected_inputs, finalize_plan
+from rq_onnx.finalize import corrected_inputs, finalize_plan, patched_inputs
 from rq_onnx.options import QuantizeOptions
 from rq_onnx.plan import make_plan, name_nodes
 from rq_onnx.prepare import load_model, prepare_model
@@ -43,6 +46,7 @@ def quantize_static(
     quiet: bool = False,
     nonfinite: NonFinitePolicy | str = NonFinitePolicy.RAISE,
     bias_correction: bool = False,
+    rounding: Rounding | str = Rounding.NEAREST,
     allow_violations: bool = False,
 ) -> QuantizeResult:
     """Quantize a float ONNX model to rq's int8 format.
@@ -68,6 +72,7 @@ def quantize_static(
         quiet=quiet,
         nonfinite=nonfinite,
         bias_correction=bias_correction,
+        rounding=rounding,
     )
     preset = get_preset(preset, per_channel=per_channel, activation_method=calibrate_method)
     notes: list[str] = []
@@ -91,6 +96,7 @@ def quantize_static(
         quiet=options.quiet,
         nonfinite=options.nonfinite,
         channel_axes=corrected_inputs(model, plan) if options.bias_correction else None,
+        patch_inputs=patched_inputs(model, plan) if options.rounding is Rounding.ADAROUND else None,
     )
     notes += calibration.notes
     quantized, dequantized, plan, act, violations = _write_repairing(model, plan, preset, calibration, options, notes)
@@ -146,7 +152,17 @@ def _write_repairing(model, plan, preset: Preset, calibration, options: Quantize
     for round_ in range(MAX_FLOAT_ROUNDS + 1):
         round_notes: list[str] = []
         activations = {t: calibrated[t] for t in plan.activations}
-        numbers = finalize_plan(model, plan, preset, activations, round_notes, calibration.channel_means)
+        numbers = finalize_plan(
+            model,
+            plan,
+            preset,
+            activations,
+            round_notes,
+            calibration.channel_means,
+            calibration.input_moments,
+            AdaRoundConfig() if options.rounding is Rounding.ADAROUND else None,
+            _layer_bar(options.quiet),
+        )
         checked = None
         unrepaired = dict(numbers.unrepairable)
         if not unrepaired:
@@ -181,10 +197,15 @@ def _write_and_validate(model, plan, preset: Preset, numbers, notes: list[str]):
     if preset.target.fixed_point_rules:
         fix_batch_to_one(written, notes)
     quantized, dequantized = write_quantized(
-        written, plan, numbers.activations, numbers.weights, numbers.biases, numbers.bias_values
+        written, plan, numbers.activations, numbers.weights, numbers.biases, numbers.bias_values, numbers.weight_values
     )
     record_float_nodes(quantized, [f.node for f in plan.float_ops])  # for a later `rq-onnx check`
     return quantized, dequantized, validate(quantized, preset)
+
+
+def _layer_bar(quiet: bool):
+    """A progress bar over the layers adaptive rounding rounds (stderr; off when quiet)."""
+    return lambda layers: tqdm(layers, desc="adaptive rounding", unit="layer", disable=quiet, file=sys.stderr)
 
 
 def _reader_batches(reader, limit: int):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -22,6 +22,7 @@ from rq_common.calibration import ScaleGroups
 from rq_common.errors import RqError
 from rq_common.io import is_over_protobuf_limit, save_with_external_data
 from rq_common.qmath import QParams
+from rq_common.qmath.adaround import InputMoments, MomentAccumulator
 from rq_common.spec import Preset
 from rq_onnx.errors import CalibrationReaderError
 
@@ -151,6 +152,7 @@ class CalibrationResult:
     notes: list[str] = field(default_factory=list)  # the inputs' dtype conversions
     inputs: list[ort.NodeArg] = field(default_factory=list)
     channel_means: dict[str, np.ndarray] = field(default_factory=dict)  # tensor -> mean per channel (float64)
+    input_moments: dict[str, InputMoments] = field(default_factory=dict)  # layer -> its input patches' moments
 
     def checked(self, feeds: Iterable[dict]) -> Iterator[dict[str, np.ndarray]]:
         """``feeds`` (read again from a rewound reader) converted as calibration converted them."""
@@ -170,9 +172,12 @@ def calibrate(
     quiet: bool = False,
     nonfinite: NonFinitePolicy = NonFinitePolicy.RAISE,
     channel_axes: dict[str, int] | None = None,
+    patch_inputs: dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]] | None = None,
 ) -> CalibrationResult:
     """QParams for every tensor in ``tensors``, one per scale group (the group's statistics merged);
-    and for each tensor in ``channel_axes`` (a subset of ``tensors``) its mean per channel of that axis."""
+    for each tensor in ``channel_axes`` (a subset of ``tensors``) its mean per channel of that axis;
+    for each layer in ``patch_inputs`` (layer -> its input tensor, and how that input becomes the
+    patches its weight multiplies, rq_onnx.patches) the patches' moments."""
     inputs = {i.name for i in model.graph.input}
     extra = [t for t in tensors if t not in inputs]
     session = make_session(with_outputs(model, extra))
@@ -181,6 +186,7 @@ def calibrate(
     kept: list[dict[str, np.ndarray]] = []
     notes: list[str] = []
     means = _ChannelMeans()
+    moments = {layer: MomentAccumulator() for layer in patch_inputs or {}}
     total = _length(reader)
     count = 0
     for feed in tqdm(batches(reader, max_batches), desc="calibrating", unit="batch", total=total, disable=quiet, file=sys.stderr):
@@ -192,6 +198,8 @@ def calibrate(
             calibrator.update(values[name])
         for name, axis in (channel_axes or {}).items():
             means.add(name, values[name], axis)
+        for layer, (name, to_patches) in (patch_inputs or {}).items():
+            moments[layer].add(to_patches(values[name]))
         if len(kept) < keep_batches:
             kept.append(feed)
     if count == 0:
@@ -207,7 +215,8 @@ def calibrate(
         chosen = merged.qparams()
         for m in present:
             qparams[m] = chosen
-    return CalibrationResult(qparams, count, kept, notes, session.get_inputs(), means.result())
+    input_moments = {layer: accumulator.result() for layer, accumulator in moments.items()}
+    return CalibrationResult(qparams, count, kept, notes, session.get_inputs(), means.result(), input_moments)
 
 
 class _ChannelMeans:

@@ -13,6 +13,7 @@ from rq_common.errors import RqError, run_command
 from rq_common.format import validate
 from rq_common.format.builder import DEQUANTIZED
 from rq_common.observers import NonFinitePolicy
+from rq_common.qmath.adaround import Rounding
 from rq_common.report import QuantReport
 from rq_common.spec import ALIASES, PRESETS, CalibrationMethod
 from rq_onnx.api import quantize_static
@@ -57,6 +58,7 @@ def cmd_quantize(args) -> int:
         quiet=args.quiet,
         nonfinite=args.nonfinite,
         bias_correction=args.bias_correction,
+        rounding=args.rounding,
         allow_violations=args.allow_violations,
     )
     for note in result.notes:
@@ -148,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--bias-correction",
         action="store_true",
         help="correct each layer's bias for its quantized weight's error, from the calibration data's means",
+    )
+    q.add_argument(
+        "--rounding",
+        choices=[r.value for r in Rounding],
+        default=Rounding.NEAREST.value,
+        help="weights to nearest, or adaround: up or down per weight, to reconstruct each layer's output on the calibration data",
     )
     q.add_argument("--allow-violations", action="store_true", help="write the model even if it breaks the preset's format")
     q.add_argument(

@@ -13,7 +13,9 @@ from onnx import numpy_helper
 from rq_common.format.graph import attribute
 from rq_common.pipeline import ConstantOperand, Layer, ModelView, Weight, finalize
 from rq_common.qmath import QParams
+from rq_common.qmath.adaround import AdaRoundConfig, InputMoments
 from rq_common.spec import Preset
+from rq_onnx.patches import PATCH_LAYOUTS
 from rq_onnx.plan import Plan
 
 
@@ -26,6 +28,7 @@ class Numbers:
     biases: dict[tuple[str, int], QParams]
     unrepairable: dict[str, str]  # node -> why no NPU position serves it
     bias_values: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)  # corrected float biases
+    weight_values: dict[str, np.ndarray] = field(default_factory=dict)  # adaptively rounded float weights
 
 
 # Bias correction: per op with a bias slot, the channel axis of its data input and how that input's
@@ -69,6 +72,24 @@ def corrected_inputs(model: onnx.ModelProto, plan: Plan) -> dict[str, int]:
     return axes
 
 
+def patched_inputs(model: onnx.ModelProto, plan: Plan) -> dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]]:
+    """Every layer adaptive rounding can round (a Conv, Gemm or 2-d MatMul weight of its own) ->
+    its input tensor and how that input becomes the patches its weight multiplies."""
+    nodes = {node.name: node for node in model.graph.node}
+    shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    users: dict[str, int] = {}
+    for op in plan.shifted:
+        users[op.weight] = users.get(op.weight, 0) + 1
+    inputs = {}
+    for op in plan.shifted:
+        node = nodes[op.node]
+        layout = PATCH_LAYOUTS.get(node.op_type)
+        if layout is None or users[op.weight] > 1 or (node.op_type == "MatMul" and len(shapes[op.weight]) != 2):
+            continue
+        inputs[op.node] = (op.input_tensor, lambda x, node=node, shape=shapes[op.weight], layout=layout: layout(node, shape, x))
+    return inputs
+
+
 def finalize_plan(
     model: onnx.ModelProto,
     plan: Plan,
@@ -76,12 +97,18 @@ def finalize_plan(
     calibrated: dict[str, QParams],
     notes: list[str],
     channel_means: dict[str, np.ndarray] | None = None,
+    input_moments: dict[str, InputMoments] | None = None,
+    adaptive_rounding: AdaRoundConfig | None = None,
+    progress=None,
 ) -> Numbers:
     """``calibrated``: per planned run-time tensor, the QParams calibration chose for its group.
-    ``channel_means``: per layer input, its float mean per channel: those layers' biases are corrected."""
+    ``channel_means``: per layer input, its float mean per channel: those layers' biases are corrected.
+    ``input_moments``: per layer, its input patches' moments: with ``adaptive_rounding``, those
+    layers' weights are rounded adaptively (``progress`` wraps their list: a progress bar)."""
     constants = {t.name: t for t in model.graph.initializer}
     nodes = {node.name: node for node in model.graph.node}
     channel_means = channel_means or {}
+    input_moments = input_moments or {}
 
     def input_mean(use) -> np.ndarray | None:
         layout = MEAN_LAYOUTS.get(nodes[use.node].op_type) if use is not None else None
@@ -103,7 +130,15 @@ def finalize_plan(
     for op in plan.shifted:
         use = biases.pop(op.node, None)
         layers.append(
-            Layer(op.node, op.weight, key(op.input_tensor), key(op.output_tensor), bias(use), input_mean=input_mean(use))
+            Layer(
+                op.node,
+                op.weight,
+                key(op.input_tensor),
+                key(op.output_tensor),
+                bias(use),
+                input_mean=input_mean(use),
+                input_moments=input_moments.get(op.node),
+            )
         )
     layers += [
         Layer(u.node, u.weight, key(u.input_tensor), None, bias(u), shifted=False, input_mean=input_mean(u))
@@ -115,7 +150,7 @@ def finalize_plan(
         layers=layers,
         adds=[keys for keys in ([add_key(t) for t in inputs] for _, inputs in plan.adds) if None not in keys],
     )
-    result = finalize(view, preset)
+    result = finalize(view, preset, adaptive_rounding, progress)
     notes += result.notes
     slots = {use.node: use.slot for use in plan.biases}
     return Numbers(
@@ -124,4 +159,5 @@ def finalize_plan(
         biases={(node, slots[node]): qp for node, qp in result.biases.items()},
         unrepairable=result.unrepairable,
         bias_values={(node, slots[node]): values for node, values in result.corrected_biases.items()},
+        weight_values=result.rounded_weights,
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rq_common.errors import SpecError
 from rq_common.observers import NonFinitePolicy
+from rq_common.qmath.adaround import Rounding
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,9 @@ class QuantizeOptions:
     rounding error, from the float inputs' channel means over the calibration data (a MatMul's bias
     is an Add of its own and is left as it is)
     (rq_common.qmath.bias_correction); for per-tensor weights, whose narrow channels round coarsely.
+    rounding: how Conv / Gemm / MatMul weights round to their grid (Rounding): to nearest, or
+    ``adaround``: up or down per weight, chosen to reconstruct each layer's float output on the
+    calibration data (rq_common.qmath.adaround); its input moments are gathered while calibrating.
     """
 
     exclude_op_types: tuple[str, ...] = ()
@@ -38,8 +42,14 @@ class QuantizeOptions:
     quiet: bool = False
     nonfinite: NonFinitePolicy = NonFinitePolicy.RAISE
     bias_correction: bool = False
+    rounding: Rounding = Rounding.NEAREST
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "rounding", Rounding(self.rounding))
+        except ValueError:
+            choices = ", ".join(r.value for r in Rounding)
+            raise SpecError("rounding", f"{self.rounding!r} is not a rounding; use one of: {choices}") from None
         try:
             object.__setattr__(self, "nonfinite", NonFinitePolicy(self.nonfinite))
         except ValueError:

@@ -42,14 +42,18 @@ def write_quantized(
     weights: dict[str, QParams],
     biases: dict[tuple[str, int], QParams],
     bias_values: dict[tuple[str, int], np.ndarray] | None = None,
+    weight_values: dict[str, np.ndarray] | None = None,
 ) -> tuple[onnx.ModelProto, dict[str, str]]:
     """The quantized model, and for every quantized tensor the name its dequantized value has.
-    ``bias_values``: float biases that replace the model's (bias correction), by (node, slot)."""
+    ``bias_values``: float biases that replace the model's (bias correction), by (node, slot);
+    ``weight_values``: float weights that replace the model's (adaptive rounding), by name."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
     nodes = {n.name: n for n in graph.node}
     constants = {t.name: t for t in graph.initializer}
+    for name, values in (weight_values or {}).items():
+        constants[name].CopyFrom(numpy_helper.from_array(values.astype(np.float32), name))
     for use in plan.biases:
         node = nodes[use.node]
         qp = biases.get((use.node, use.slot))

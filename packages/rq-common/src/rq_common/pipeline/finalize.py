@@ -10,13 +10,15 @@ plug in here, once.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from rq_common.calibration import Calibrator
 from rq_common.qmath import QParams, bias_correction, bias_qparams, fake_quantize, npu_rules
+from rq_common.qmath.adaround import AdaRoundConfig, InputMoments, adaround
 from rq_common.spec import BiasScaleRule, Granularity, Preset
 
 
@@ -38,7 +40,9 @@ class Layer:
     bias rule. ``shifted``: the NPU's shift rules apply (an integer multiply-accumulate; not a
     framework's BiasAdd, whose "weight" is the bias). ``input_mean``: the float input's mean per
     channel over the calibration data, laid out like the weight; given, the bias is corrected for
-    the weight's rounding error (rq_common.qmath.bias_correction)."""
+    the weight's rounding error (rq_common.qmath.bias_correction). ``input_moments``: its input
+    patches' moments; given, with an AdaRoundConfig, its weight is rounded adaptively
+    (rq_common.qmath.adaround)."""
 
     name: str
     weight: str
@@ -47,6 +51,7 @@ class Layer:
     bias: np.ndarray | None = None
     shifted: bool = True
     input_mean: np.ndarray | None = None
+    input_moments: InputMoments | None = None
 
 
 @dataclass(frozen=True)
@@ -78,8 +83,10 @@ class ModelView:
 class Finalized:
     """Every number of the quantized model: per scale key, per weight, per layer's bias; what the
     repairs changed, one line each; the layers no position can serve (``unrepairable``, name ->
-    why): the adapter keeps them in float or reports them; and the biases bias correction changed
-    (``corrected_biases``, name -> float bias): the adapter writes these values instead of its own."""
+    why): the adapter keeps them in float or reports them; the biases bias correction changed
+    (``corrected_biases``, layer name -> float bias) and the weights adaptive rounding rounded
+    (``rounded_weights``, weight name -> float values on the weight's grid): the adapter writes
+    these values instead of its own."""
 
     activations: dict[Hashable, QParams]
     weights: dict[str, QParams]
@@ -87,6 +94,7 @@ class Finalized:
     notes: list[str]
     unrepairable: dict[str, str] = field(default_factory=dict)
     corrected_biases: dict[str, np.ndarray] = field(default_factory=dict)
+    rounded_weights: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def weight_qparams(values: np.ndarray, axis: int | None, preset: Preset, name: str = "weight") -> QParams:
@@ -101,8 +109,15 @@ def weight_qparams(values: np.ndarray, axis: int | None, preset: Preset, name: s
     return calibrator.qparams()
 
 
-def finalize(view: ModelView, preset: Preset) -> Finalized:
-    """Weights, the NPU's position repair (fixed-point targets), biases and the bias repair."""
+def finalize(
+    view: ModelView,
+    preset: Preset,
+    adaptive_rounding: AdaRoundConfig | None = None,
+    progress: Callable[[Iterable[Layer]], Iterable[Layer]] | None = None,
+) -> Finalized:
+    """Weights, the NPU's position repair (fixed-point targets), adaptive rounding of the layers
+    with input moments (given ``adaptive_rounding``; ``progress`` wraps their list, a progress bar),
+    bias correction, biases and the bias repair."""
     weights = {name: weight_qparams(w.values, w.axis, preset, name) for name, w in view.weights.items()}
     activations = dict(view.activations)
     notes: list[str] = []
@@ -110,7 +125,15 @@ def finalize(view: ModelView, preset: Preset) -> Finalized:
     if preset.target.fixed_point_rules:
         unrepairable = _conflicting_layers(view, activations, weights)
         notes += _repair_positions(view, activations, weights, set(unrepairable))
-    corrected = _corrected_biases(view, weights)
+    rounded: dict[str, np.ndarray] = {}
+    if adaptive_rounding is not None:
+        rounded, ratios = _rounded_weights(view, weights, adaptive_rounding, progress)
+        if rounded:
+            notes.append(
+                f"adaptive rounding: {len(rounded)} layer(s), their output error on the calibration data "
+                f"{np.mean(ratios):.2f}x nearest rounding's on average (lowest {min(ratios):.2f}x)"
+            )
+    corrected = _corrected_biases(view, weights, rounded)
     if corrected:
         notes.append(f"bias correction: {len(corrected)} layer(s), their mean outputs kept where the float layers' are")
     biases: dict[str, QParams] = {}
@@ -125,17 +148,42 @@ def finalize(view: ModelView, preset: Preset) -> Finalized:
                 notes.append(f"{layer.name}: bias scale {float(qp.scale):g} -> {float(repaired.scale):g} (shift_bias limits)")
             qp = repaired
         biases[layer.name] = qp
-    return Finalized(activations, weights, biases, notes, unrepairable, corrected)
+    return Finalized(activations, weights, biases, notes, unrepairable, corrected, rounded)
 
 
-def _corrected_biases(view: ModelView, weights: dict[str, QParams]) -> dict[str, np.ndarray]:
-    """Every layer with a bias and an input mean: its bias corrected for its quantized weight."""
+def _rounded_weights(
+    view: ModelView, weights: dict[str, QParams], config: AdaRoundConfig, progress
+) -> tuple[dict[str, np.ndarray], list[float]]:
+    """Every layer with input moments and a weight of its own, rounded adaptively; a layer whose
+    bias is corrected afterwards reconstructs its output up to the mean (the input's covariance)."""
+    users = Counter(layer.weight for layer in view.layers)
+    chosen = [
+        layer
+        for layer in view.layers
+        if layer.input_moments is not None and view.weights[layer.weight].axis is not None and users[layer.weight] == 1
+    ]
+    rounded, ratios = {}, []
+    for layer in progress(chosen) if progress is not None else chosen:
+        weight = view.weights[layer.weight]
+        moments = layer.input_moments
+        corrected = layer.bias is not None and layer.input_mean is not None
+        gram = moments.centered() if corrected else moments.gram
+        rounded[layer.weight], ratio = adaround(weight.values, weights[layer.weight], weight.axis, gram, config)
+        ratios.append(ratio)
+    return rounded, ratios
+
+
+def _corrected_biases(view: ModelView, weights: dict[str, QParams], rounded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every layer with a bias and an input mean: its bias corrected for its quantized weight
+    (adaptively rounded where ``rounded`` has it)."""
     corrected = {}
     for layer in view.layers:
         weight = view.weights[layer.weight]
         if layer.bias is None or layer.input_mean is None or weight.axis is None:
             continue
-        quantized = fake_quantize(weight.values, weights[layer.weight])
+        quantized = rounded.get(layer.weight)
+        if quantized is None:
+            quantized = fake_quantize(weight.values, weights[layer.weight])
         corrected[layer.name] = bias_correction.corrected_bias(
             layer.bias, weight.values, quantized, layer.input_mean, weight.axis
         )

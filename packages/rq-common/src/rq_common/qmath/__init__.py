@@ -1,6 +1,6 @@
 """Scale math: ranges to scales and zero points, bias scales, reference (de)quantization."""
 
-from rq_common.qmath import bias_correction, npu_rules
+from rq_common.qmath import adaround, bias_correction, npu_rules
 from rq_common.qmath.batchnorm import fold_batchnorm, fold_scale_shift
 from rq_common.qmath.bias import bias_qparams
 from rq_common.qmath.qparams import (
@@ -17,6 +17,7 @@ from rq_common.qmath.reference import dequantize, fake_quantize, quantize
 
 __all__ = [
     "QParams",
+    "adaround",
     "bias_correction",
     "npu_rules",
     "bias_qparams",
