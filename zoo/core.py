@@ -57,6 +57,13 @@ class ZooModel(ABC):
         """Metrics of ``outputs`` (per sample, the model's outputs in order) against the truth in
         ``samples`` and the float model's ``reference`` outputs; the headline metric first."""
 
+    def supports(self, column: str) -> bool:
+        """Whether a column of the tables (a preset, or a preset with algorithms: zoo.variants) runs here."""
+        from zoo.variants import Variant
+
+        variant = Variant.parse(column)
+        return variant.preset in self.presets and variant.offered_by(self.framework)
+
     def sample_counts(self, caps: tuple[int, int] | None = None) -> tuple[int, int]:
         """Calibration and evaluation sample counts: the model's own, or fewer where ``caps`` says."""
         if caps is None:

@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from zoo.kinds import Framework, FrozenGraph, Samples
+from zoo.variants import Variant
 
 if TYPE_CHECKING:
     from zoo.core import ZooModel
@@ -128,7 +129,8 @@ def _rq_onnx(entry, model: onnx.ModelProto, calibration: Samples, preset: str, o
     float_path = work / "float.onnx"
     if not float_path.exists():
         entry.export_float(model, float_path)
-    result = quantize_static(float_path, out, SampleReader(calibration, input_names(float_path)), preset=preset, quiet=True)
+    arguments = Variant.parse(preset).onnx_arguments()
+    result = quantize_static(float_path, out, SampleReader(calibration, input_names(float_path)), quiet=True, **arguments)
     return _summary(result)
 
 

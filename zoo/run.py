@@ -25,6 +25,7 @@ from rq_common.cpu_features import int8_features
 from zoo.core import CACHE, ZooModel
 from zoo.graph_facts import float_ops
 from zoo.registry import all_models
+from zoo.variants import Variant
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -100,7 +101,7 @@ def run_model(entry: ZooModel, presets: list[str], work_root: Path, env: dict, l
         run.steps[f"rq_{preset}"] = step("rq", preset)
         if run.ok(f"rq_{preset}"):
             files.append(f"rq_{preset}.onnx")
-            run.checks[preset] = rq_onnx_check(work / f"rq_{preset}.onnx", preset)
+            run.checks[preset] = rq_onnx_check(work / f"rq_{preset}.onnx", Variant.parse(preset).preset)
     run.steps["evaluate"] = step("evaluate", *files)
     run.float_ops = {name: float_ops(work / name) for name in files}
     log(f"{entry.name}: done in {time.perf_counter() - start:.0f} s")
@@ -146,7 +147,7 @@ def accuracy_table(runs: list[ModelRun], presets: list[str], key: str = "metrics
     for run in runs:
         e = run.entry
         cells = [_cell(run, "float", "float.onnx", key), _cell(run, "ort", "ort_int8.onnx", key)]
-        cells += [_cell(run, f"rq_{p}", f"rq_{p}.onnx", key) if p in e.presets else "n/a" for p in presets]
+        cells += [_cell(run, f"rq_{p}", f"rq_{p}.onnx", key) if e.supports(p) else "n/a" for p in presets]
         arrow = "" if e.higher_is_better else " (lower is better)"
         lines.append(f"| {e.name} | {e.framework.value} | {_headline_name(run)}{arrow} | " + " | ".join(cells) + " |")
     return lines
@@ -161,7 +162,7 @@ def detail_table(runs: list[ModelRun], presets: list[str]) -> list[str]:
         evaluation = run.steps.get("evaluate", {})
         latency = evaluation.get("latency_ms", {})
         rows = [("float", "float", "float.onnx", None), ("ORT", "ort", "ort_int8.onnx", None)]
-        rows += [(f"rq {p}", f"rq_{p}", f"rq_{p}.onnx", p) for p in presets if p in run.entry.presets]
+        rows += [(f"rq {p}", f"rq_{p}", f"rq_{p}.onnx", p) for p in presets if run.entry.supports(p)]
         for label, step, file, preset in rows:
             data = run.steps.get(step, {})
             if not data.get("ok", False):
@@ -325,7 +326,7 @@ def main(argv=None) -> list[ModelRun]:
     out = args.out or (RESULTS / "zoo.md" if full else args.work / "zoo.md")
     runs = []
     for entry in entries:
-        presets = [p for p in args.presets if p in entry.presets]
+        presets = [p for p in args.presets if entry.supports(p)]
         print(f"== {entry.name} ({entry.framework.value}): {', '.join(presets)}", flush=True)
         runs.append(run_model(entry, presets, args.work, env, lambda text: print(text, flush=True), args.report_only))
     rerun = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"]

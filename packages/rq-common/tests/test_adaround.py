@@ -11,7 +11,7 @@ import pytest
 from rq_common import get_preset
 from rq_common.pipeline import Layer, ModelView, Weight, finalize, weight_qparams
 from rq_common.qmath import fake_quantize, quantize
-from rq_common.qmath.adaround import AdaRoundConfig, MomentAccumulator, adaround, row_losses, rows
+from rq_common.qmath.adaround import AdaptiveRounding, AdaRoundConfig, MomentAccumulator, adaround, row_losses, rows
 
 
 def correlated_patches(rng, count, width, groups=1):
@@ -112,7 +112,7 @@ def test_finalize_rounds_layers_with_moments_and_corrects_their_bias_from_the_ro
         layers=[Layer("fc", "w", "x", None, bias, shifted=False, input_mean=found.mean[0], input_moments=found)],
     )
     plain = finalize(view, preset)
-    rounded = finalize(view, preset, AdaRoundConfig(iterations=300))
+    rounded = finalize(view, preset, AdaptiveRounding(AdaRoundConfig(iterations=300)))
     assert not plain.rounded_weights and set(rounded.rounded_weights) == {"w"}
     assert any(note.startswith("adaptive rounding: 1 layer(s)") for note in rounded.notes)
     w_q = rounded.rounded_weights["w"].astype(np.float64)
@@ -122,3 +122,25 @@ def test_finalize_rounds_layers_with_moments_and_corrects_their_bias_from_the_ro
     nearest = fake_quantize(weight, rounded.weights["w"]).astype(np.float64)
     centered = found.centered()
     assert row_losses(w_q - weight, centered).sum() <= row_losses(nearest - weight, centered).sum()
+
+
+def test_finalize_again_reuses_each_weights_rounding(monkeypatch):
+    """rq-onnx finalizes again after keeping an op in float: a weight whose QParams did not change
+    is not optimized twice."""
+    from rq_common.qmath import adaround as module
+
+    calls = []
+    real = module.adaround
+    monkeypatch.setattr(module, "adaround", lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
+    rng = np.random.default_rng(4)
+    found = moments(correlated_patches(rng, 500, 6))
+    view = ModelView(
+        activations={}, weights={"w": Weight(rng.standard_normal((4, 6)), 0)}, layers=[Layer("fc", "w", input_moments=found)]
+    )
+    rounding = AdaptiveRounding(AdaRoundConfig(iterations=50))
+    first = finalize(view, get_preset("cpu"), rounding)
+    second = finalize(view, get_preset("cpu"), rounding)
+    assert len(calls) == 1
+    np.testing.assert_array_equal(first.rounded_weights["w"], second.rounded_weights["w"])
+    finalize(view, get_preset("npu_transformer"), rounding)  # other QParams: rounded again
+    assert len(calls) == 2

@@ -17,7 +17,7 @@ from rq_common.format.graph import record_float_nodes
 from rq_common.io import check_output_path, save_onnx
 from rq_common.observers import NonFinitePolicy
 from rq_common.pipeline import QuantizeResult
-from rq_common.qmath.adaround import AdaRoundConfig, Rounding
+from rq_common.qmath.adaround import AdaptiveRounding, Rounding
 from rq_common.report import QuantReport
 from rq_common.spec import CalibrationMethod, Preset, get_preset
 from rq_onnx.calibrate import CalibrationDataReader, calibrate
@@ -149,6 +149,7 @@ def _write_repairing(model, plan, preset: Preset, calibration, options: Quantize
     always written: what no round could repair stays a violation."""
     calibrated = calibration.qparams
     float_reasons: dict[str, str] = {}
+    rounding = AdaptiveRounding(progress=_layer_bar(options.quiet)) if options.rounding is Rounding.ADAROUND else None
     for round_ in range(MAX_FLOAT_ROUNDS + 1):
         round_notes: list[str] = []
         activations = {t: calibrated[t] for t in plan.activations}
@@ -160,8 +161,7 @@ def _write_repairing(model, plan, preset: Preset, calibration, options: Quantize
             round_notes,
             calibration.channel_means,
             calibration.input_moments,
-            AdaRoundConfig() if options.rounding is Rounding.ADAROUND else None,
-            _layer_bar(options.quiet),
+            rounding,
         )
         checked = None
         unrepaired = dict(numbers.unrepairable)

@@ -13,7 +13,7 @@ from onnx import numpy_helper
 from rq_common.format.graph import attribute
 from rq_common.pipeline import ConstantOperand, Layer, ModelView, Weight, finalize
 from rq_common.qmath import QParams
-from rq_common.qmath.adaround import AdaRoundConfig, InputMoments
+from rq_common.qmath.adaround import AdaptiveRounding, InputMoments
 from rq_common.spec import Preset
 from rq_onnx.patches import PATCH_LAYOUTS
 from rq_onnx.plan import Plan
@@ -98,13 +98,12 @@ def finalize_plan(
     notes: list[str],
     channel_means: dict[str, np.ndarray] | None = None,
     input_moments: dict[str, InputMoments] | None = None,
-    adaptive_rounding: AdaRoundConfig | None = None,
-    progress=None,
+    adaptive_rounding: AdaptiveRounding | None = None,
 ) -> Numbers:
     """``calibrated``: per planned run-time tensor, the QParams calibration chose for its group.
     ``channel_means``: per layer input, its float mean per channel: those layers' biases are corrected.
     ``input_moments``: per layer, its input patches' moments: with ``adaptive_rounding``, those
-    layers' weights are rounded adaptively (``progress`` wraps their list: a progress bar)."""
+    layers' weights are rounded adaptively."""
     constants = {t.name: t for t in model.graph.initializer}
     nodes = {node.name: node for node in model.graph.node}
     channel_means = channel_means or {}
@@ -150,7 +149,7 @@ def finalize_plan(
         layers=layers,
         adds=[keys for keys in ([add_key(t) for t in inputs] for _, inputs in plan.adds) if None not in keys],
     )
-    result = finalize(view, preset, adaptive_rounding, progress)
+    result = finalize(view, preset, adaptive_rounding)
     notes += result.notes
     slots = {use.node: use.slot for use in plan.biases}
     return Numbers(

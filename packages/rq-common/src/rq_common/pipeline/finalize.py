@@ -11,14 +11,14 @@ plug in here, once.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from rq_common.calibration import Calibrator
 from rq_common.qmath import QParams, bias_correction, bias_qparams, fake_quantize, npu_rules
-from rq_common.qmath.adaround import AdaRoundConfig, InputMoments, adaround
+from rq_common.qmath.adaround import AdaptiveRounding, InputMoments
 from rq_common.spec import BiasScaleRule, Granularity, Preset
 
 
@@ -41,7 +41,7 @@ class Layer:
     framework's BiasAdd, whose "weight" is the bias). ``input_mean``: the float input's mean per
     channel over the calibration data, laid out like the weight; given, the bias is corrected for
     the weight's rounding error (rq_common.qmath.bias_correction). ``input_moments``: its input
-    patches' moments; given, with an AdaRoundConfig, its weight is rounded adaptively
+    patches' moments; given, with an AdaptiveRounding, its weight is rounded adaptively
     (rq_common.qmath.adaround)."""
 
     name: str
@@ -112,12 +112,10 @@ def weight_qparams(values: np.ndarray, axis: int | None, preset: Preset, name: s
 def finalize(
     view: ModelView,
     preset: Preset,
-    adaptive_rounding: AdaRoundConfig | None = None,
-    progress: Callable[[Iterable[Layer]], Iterable[Layer]] | None = None,
+    adaptive_rounding: AdaptiveRounding | None = None,
 ) -> Finalized:
     """Weights, the NPU's position repair (fixed-point targets), adaptive rounding of the layers
-    with input moments (given ``adaptive_rounding``; ``progress`` wraps their list, a progress bar),
-    bias correction, biases and the bias repair."""
+    with input moments (given ``adaptive_rounding``), bias correction, biases and the bias repair."""
     weights = {name: weight_qparams(w.values, w.axis, preset, name) for name, w in view.weights.items()}
     activations = dict(view.activations)
     notes: list[str] = []
@@ -127,7 +125,7 @@ def finalize(
         notes += _repair_positions(view, activations, weights, set(unrepairable))
     rounded: dict[str, np.ndarray] = {}
     if adaptive_rounding is not None:
-        rounded, ratios = _rounded_weights(view, weights, adaptive_rounding, progress)
+        rounded, ratios = _rounded_weights(view, weights, adaptive_rounding)
         if rounded:
             notes.append(
                 f"adaptive rounding: {len(rounded)} layer(s), their output error on the calibration data "
@@ -152,7 +150,7 @@ def finalize(
 
 
 def _rounded_weights(
-    view: ModelView, weights: dict[str, QParams], config: AdaRoundConfig, progress
+    view: ModelView, weights: dict[str, QParams], rounding: AdaptiveRounding
 ) -> tuple[dict[str, np.ndarray], list[float]]:
     """Every layer with input moments and a weight of its own, rounded adaptively; a layer whose
     bias is corrected afterwards reconstructs its output up to the mean (the input's covariance)."""
@@ -163,12 +161,13 @@ def _rounded_weights(
         if layer.input_moments is not None and view.weights[layer.weight].axis is not None and users[layer.weight] == 1
     ]
     rounded, ratios = {}, []
-    for layer in progress(chosen) if progress is not None else chosen:
+    to_do = [layer for layer in chosen if not rounding.is_done(layer.weight, weights[layer.weight])]
+    for layer in [layer for layer in chosen if layer not in to_do] + list(rounding.progress(to_do)):
         weight = view.weights[layer.weight]
         moments = layer.input_moments
         corrected = layer.bias is not None and layer.input_mean is not None
         gram = moments.centered() if corrected else moments.gram
-        rounded[layer.weight], ratio = adaround(weight.values, weights[layer.weight], weight.axis, gram, config)
+        rounded[layer.weight], ratio = rounding.round(layer.weight, weight.values, weights[layer.weight], weight.axis, gram)
         ratios.append(ratio)
     return rounded, ratios
 

@@ -20,6 +20,7 @@ nearest rounding's on the same moments, so the result is never worse than neares
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -126,26 +127,31 @@ def adaround(
     if total <= 0.0:
         return _as_weight(scale * nearest, weight, axis), 1.0 if total == 0.0 else 0.0
 
+    # the loop runs on the integer grid in float32: e = level - w / s, so that the output error's
+    # gradient with respect to h is (2 / total) s^2 (e G) row by row
+    f32 = np.float32
+    target, floor32, low32, high32 = (np.asarray(x, f32) for x in (w / scale, floor, low, high))
+    gram32 = np.asarray(gram, f32)
+    gain = np.asarray(2.0 * scale**2 / total, f32)
     p = np.clip((rest - GAMMA) / (ZETA - GAMMA), 1e-6, 1 - 1e-6)
-    v = np.log(p / (1.0 - p))
+    v = np.log(p / (1.0 - p)).astype(f32)
     adam = _Adam(v.shape, config.learning_rate)
     warmup = int(config.warmup * config.iterations)
+    penalty = f32(config.regularization / w.size)
     for step in range(config.iterations):
         sigmoid = 1.0 / (1.0 + np.exp(-v))
-        stretched = sigmoid * (ZETA - GAMMA) + GAMMA
+        stretched = sigmoid * f32(ZETA - GAMMA) + f32(GAMMA)
         h = np.clip(stretched, 0.0, 1.0)
-        level = floor + h
-        inside = (level > low) & (level < high) & (stretched > 0.0) & (stretched < 1.0)
-        delta = scale * np.clip(level, low, high) - w
-        grouped = delta.reshape(gram.shape[0], -1, delta.shape[1])
-        grad_w = (2.0 / total) * np.matmul(grouped, gram).reshape(delta.shape)
-        grad_h = grad_w * scale
+        level = floor32 + h
+        inside = (level > low32) & (level < high32) & (stretched > 0.0) & (stretched < 1.0)
+        error = np.clip(level, low32, high32) - target
+        grouped = error.reshape(gram32.shape[0], -1, error.shape[1])
+        grad_h = gain * np.matmul(grouped, gram32).reshape(error.shape)
         if step >= warmup:
-            beta = _beta(step, warmup, config)
+            beta = f32(_beta(step, warmup, config))
             centered = 2.0 * h - 1.0
-            push = beta * 2.0 * np.abs(centered) ** (beta - 1.0) * np.sign(centered)
-            grad_h = grad_h - (config.regularization / w.size) * push
-        grad_v = grad_h * inside * (ZETA - GAMMA) * sigmoid * (1.0 - sigmoid)
+            grad_h -= penalty * beta * 2.0 * np.abs(centered) ** (beta - 1.0) * np.sign(centered)
+        grad_v = grad_h * inside * (sigmoid * (1.0 - sigmoid) * f32(ZETA - GAMMA))
         v = adam.step(v, grad_v)
 
     adaptive = np.clip(floor + (v >= 0.0), low, high)
@@ -154,6 +160,28 @@ def adaround(
     chosen = np.where(better, adaptive, nearest)
     ratio = float(np.minimum(adaptive_loss, nearest_loss).sum() / total)
     return _as_weight(scale * chosen, weight, axis), ratio
+
+
+class AdaptiveRounding:
+    """AdaRound for a model's layers, each done once: finalize run again on the same calibration
+    (rq-onnx's rounds that keep an unrepairable op in float) reuses a weight's rounding while its
+    QParams are the same. ``progress`` wraps each list of layers to round (a progress bar)."""
+
+    def __init__(self, config: AdaRoundConfig = AdaRoundConfig(), progress: Callable[[Iterable], Iterable] | None = None):
+        self.config = config
+        self.progress = progress or (lambda items: items)
+        self._done: dict[str, tuple[QParams, np.ndarray, float]] = {}
+
+    def round(self, name: str, weight: np.ndarray, qparams: QParams, axis: int, gram: np.ndarray) -> tuple[np.ndarray, float]:
+        """adaround() of the weight called ``name``, or what it gave last time for these QParams."""
+        done = self._done.get(name)
+        if done is None or done[0] != qparams:
+            done = (qparams, *adaround(weight, qparams, axis, gram, self.config))
+            self._done[name] = done
+        return done[1], done[2]
+
+    def is_done(self, name: str, qparams: QParams) -> bool:
+        return name in self._done and self._done[name][0] == qparams
 
 
 def _beta(step: int, warmup: int, config: AdaRoundConfig) -> float:
@@ -172,8 +200,8 @@ class _Adam:
     """Adam (Kingma & Ba 2015) with its default moments, on one array."""
 
     def __init__(self, shape: tuple[int, ...], learning_rate: float) -> None:
-        self.m = np.zeros(shape)
-        self.v = np.zeros(shape)
+        self.m = np.zeros(shape, np.float32)
+        self.v = np.zeros(shape, np.float32)
         self.t = 0
         self.learning_rate = learning_rate
 

