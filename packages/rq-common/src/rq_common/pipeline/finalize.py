@@ -125,12 +125,17 @@ def finalize(
         notes += _repair_positions(view, activations, weights, set(unrepairable))
     rounded: dict[str, np.ndarray] = {}
     if adaptive_rounding is not None:
-        rounded, ratios = _rounded_weights(view, weights, adaptive_rounding)
+        rounded, ratios, costly = _rounded_weights(view, weights, adaptive_rounding)
         if rounded:
             notes.append(
                 f"adaptive rounding: {len(rounded)} layer(s), their output error on the calibration data "
                 f"{np.mean(ratios):.2f}x nearest rounding's on average (lowest {min(ratios):.2f}x)"
             )
+        notes += [
+            f"adaptive rounding: {name} keeps nearest rounding: one step costs {cost:.2g} multiply-adds, over "
+            f"AdaRoundConfig.max_step_cost ({adaptive_rounding.config.max_step_cost:.2g})"
+            for name, cost in costly.items()
+        ]
     corrected = _corrected_biases(view, weights, rounded)
     if corrected:
         notes.append(f"bias correction: {len(corrected)} layer(s), their mean outputs kept where the float layers' are")
@@ -151,15 +156,22 @@ def finalize(
 
 def _rounded_weights(
     view: ModelView, weights: dict[str, QParams], rounding: AdaptiveRounding
-) -> tuple[dict[str, np.ndarray], list[float]]:
+) -> tuple[dict[str, np.ndarray], list[float], dict[str, int]]:
     """Every layer with input moments and a weight of its own, rounded adaptively; a layer whose
-    bias is corrected afterwards reconstructs its output up to the mean (the input's covariance)."""
+    bias is corrected afterwards reconstructs its output up to the mean (the input's covariance).
+    Also the layers too costly to optimize (name -> multiply-adds of one step)."""
     users = Counter(layer.weight for layer in view.layers)
-    chosen = [
+    candidates = [
         layer
         for layer in view.layers
         if layer.input_moments is not None and view.weights[layer.weight].axis is not None and users[layer.weight] == 1
     ]
+    cost = {
+        layer.name: rounding.config.step_cost(view.weights[layer.weight].values.shape, view.weights[layer.weight].axis)
+        for layer in candidates
+    }
+    chosen = [layer for layer in candidates if cost[layer.name] <= rounding.config.max_step_cost]
+    costly = {layer.name: cost[layer.name] for layer in candidates if layer not in chosen}
     rounded, ratios = {}, []
     to_do = [layer for layer in chosen if not rounding.is_done(layer.weight, weights[layer.weight])]
     for layer in [layer for layer in chosen if layer not in to_do] + list(rounding.progress(to_do)):
@@ -169,7 +181,7 @@ def _rounded_weights(
         gram = moments.centered() if corrected else moments.gram
         rounded[layer.weight], ratio = rounding.round(layer.weight, weight.values, weights[layer.weight], weight.axis, gram)
         ratios.append(ratio)
-    return rounded, ratios
+    return rounded, ratios, costly
 
 
 def _corrected_biases(view: ModelView, weights: dict[str, QParams], rounded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -42,13 +42,21 @@ class Rounding(str, Enum):
 class AdaRoundConfig:
     """The optimization of one layer. ``regularization``: lambda, the weight of the mean rounding
     penalty against the reconstruction loss normalized by nearest rounding's (the same balance in
-    every layer, whatever its size and scale)."""
+    every layer, whatever its size and scale). ``max_step_cost``: a layer whose one step costs
+    more multiply-adds (O x K x K: a classifier over thousands of classes) keeps nearest rounding."""
 
-    iterations: int = 1000
+    iterations: int = 500
     learning_rate: float = 0.05
     regularization: float = 10.0
     beta: tuple[float, float] = (20.0, 2.0)
     warmup: float = 0.2
+    max_step_cost: int = 2**30
+
+    def step_cost(self, weight_shape: tuple[int, ...], axis: int) -> int:
+        """Multiply-adds of one step for a weight with its output channels on ``axis``: O x K x K."""
+        out_channels = weight_shape[axis]
+        width = int(np.prod(weight_shape)) // max(out_channels, 1)
+        return out_channels * width * width
 
 
 @dataclass(frozen=True)
