@@ -4,6 +4,8 @@ side by side in one run, into bench/results/zoo.md and headline rows in bench/RE
     python -m zoo.run                              every model, every preset, the models' own sample counts
     python -m zoo.run --models ddddocr_ocr hed     some models
     python -m zoo.run --ci                         CI's subset: one small model per package, few samples
+    python -m zoo.run --models ddddocr_ocr --presets npu_cnn npu_cnn+adaround
+                                                   a preset beside itself with rq's algorithms (zoo/variants.py)
 
 Each step runs in its own process (zoo.job): its quantize wall time and peak RSS are its own, and a
 step that fails or crashes is a FAILED row that says why, never the end of the run.
