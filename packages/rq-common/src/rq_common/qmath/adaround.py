@@ -132,8 +132,8 @@ def adaround(
     rest = np.clip(w / scale - floor, 0.0, 1.0)
     nearest_loss = row_losses(scale * nearest - w, gram)
     total = float(nearest_loss.sum())
-    if total <= 0.0:
-        return _as_weight(scale * nearest, weight, axis), 1.0 if total == 0.0 else 0.0
+    if total <= 0.0:  # nearest rounding is already exact on these moments
+        return _as_weight(scale * nearest, weight, axis), 1.0
 
     # the loop runs on the integer grid in float32: e = level - w / s, so that the output error's
     # gradient with respect to h is (2 / total) s^2 (e G) row by row
@@ -200,7 +200,8 @@ def _beta(step: int, warmup: int, config: AdaRoundConfig) -> float:
 
 
 def _as_weight(values: np.ndarray, weight: np.ndarray, axis: int) -> np.ndarray:
-    moved_shape = np.moveaxis(np.empty(weight.shape, np.int8), axis, 0).shape
+    """(O, K) rows back in the weight's own shape, output channels on ``axis``."""
+    moved_shape = (weight.shape[axis], *(d for i, d in enumerate(weight.shape) if i != axis % weight.ndim))
     return np.moveaxis(values.reshape(moved_shape), 0, axis).astype(np.float32)
 
 
