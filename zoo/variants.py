@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from rq_common import get_preset
 from zoo.kinds import Framework
 
 
@@ -40,8 +41,6 @@ class Variant:
 
     def onnx_arguments(self) -> dict[str, Any]:
         """quantize_static's preset and options for this variant."""
-        from rq_common import get_preset
-
         overrides = {"activation_dtype": "int16"} if Algorithm.INT16 in self.algorithms else {}
         arguments: dict[str, Any] = {"preset": get_preset(self.preset, **overrides) if overrides else self.preset}
         if Algorithm.BIAS_CORRECTION in self.algorithms:

@@ -3,8 +3,10 @@ and the Finalized numbers back per tensor (every member of a scale group gets th
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import onnx
@@ -77,16 +79,14 @@ def patched_inputs(model: onnx.ModelProto, plan: Plan) -> dict[str, tuple[str, C
     its input tensor and how that input becomes the patches its weight multiplies."""
     nodes = {node.name: node for node in model.graph.node}
     shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
-    users: dict[str, int] = {}
-    for op in plan.shifted:
-        users[op.weight] = users.get(op.weight, 0) + 1
+    users = Counter(op.weight for op in plan.shifted)  # a shared weight is not rounded (rq_common's finalize)
     inputs = {}
     for op in plan.shifted:
         node = nodes[op.node]
         layout = PATCH_LAYOUTS.get(node.op_type)
         if layout is None or users[op.weight] > 1 or (node.op_type == "MatMul" and len(shapes[op.weight]) != 2):
             continue
-        inputs[op.node] = (op.input_tensor, lambda x, node=node, shape=shapes[op.weight], layout=layout: layout(node, shape, x))
+        inputs[op.node] = (op.input_tensor, partial(layout, node, shapes[op.weight]))
     return inputs
 
 

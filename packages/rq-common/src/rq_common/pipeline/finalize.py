@@ -18,7 +18,7 @@ import numpy as np
 
 from rq_common.calibration import Calibrator
 from rq_common.qmath import QParams, bias_correction, bias_qparams, fake_quantize, npu_rules
-from rq_common.qmath.adaround import AdaptiveRounding, InputMoments
+from rq_common.qmath.adaround import AdaptiveRounding, InputMoments, step_cost
 from rq_common.spec import BiasScaleRule, Granularity, Preset
 
 
@@ -167,14 +167,14 @@ def _rounded_weights(
         if layer.input_moments is not None and view.weights[layer.weight].axis is not None and users[layer.weight] == 1
     ]
     cost = {
-        layer.name: rounding.config.step_cost(view.weights[layer.weight].values.shape, view.weights[layer.weight].axis)
-        for layer in candidates
+        layer.name: step_cost(view.weights[layer.weight].values.shape, view.weights[layer.weight].axis) for layer in candidates
     }
-    chosen = [layer for layer in candidates if cost[layer.name] <= rounding.config.max_step_cost]
-    costly = {layer.name: cost[layer.name] for layer in candidates if layer not in chosen}
+    costly = {name: c for name, c in cost.items() if c > rounding.config.max_step_cost}
+    chosen = [layer for layer in candidates if layer.name not in costly]
+    done = [layer for layer in chosen if rounding.is_done(layer.weight, weights[layer.weight])]
+    fresh = [layer for layer in chosen if not rounding.is_done(layer.weight, weights[layer.weight])]
     rounded, ratios = {}, []
-    to_do = [layer for layer in chosen if not rounding.is_done(layer.weight, weights[layer.weight])]
-    for layer in [layer for layer in chosen if layer not in to_do] + list(rounding.progress(to_do)):
+    for layer in done + list(rounding.progress(fresh)):  # the bar counts only the layers still to optimize
         weight = view.weights[layer.weight]
         moments = layer.input_moments
         corrected = layer.bias is not None and layer.input_mean is not None

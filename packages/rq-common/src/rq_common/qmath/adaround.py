@@ -52,12 +52,6 @@ class AdaRoundConfig:
     warmup: float = 0.2
     max_step_cost: int = 2**30
 
-    def step_cost(self, weight_shape: tuple[int, ...], axis: int) -> int:
-        """Multiply-adds of one step for a weight with its output channels on ``axis``: O x K x K."""
-        out_channels = weight_shape[axis]
-        width = int(np.prod(weight_shape)) // max(out_channels, 1)
-        return out_channels * width * width
-
 
 @dataclass(frozen=True)
 class InputMoments:
@@ -93,6 +87,13 @@ class MomentAccumulator:
 
     def result(self) -> InputMoments:
         return InputMoments(self.products / self.count, self.sums / self.count)
+
+
+def step_cost(weight_shape: tuple[int, ...], axis: int) -> int:
+    """Multiply-adds of one step for a weight with its output channels on ``axis``: O x K x K."""
+    out_channels = weight_shape[axis]
+    width = int(np.prod(weight_shape)) // max(out_channels, 1)
+    return out_channels * width * width
 
 
 def rows(weight: np.ndarray, axis: int) -> np.ndarray:
