@@ -116,8 +116,8 @@ def test_a_written_out_silu_quantizes_as_one_swish_at_opset_24(preset):
     assert "Sigmoid" not in {n.op_type for n in result.model.graph.node}
     assert index.producers[swish.input[0]].op_type == "DequantizeLinear"
     assert [c.op_type for c, _ in index.consumers_of(swish.output[0])] == ["QuantizeLinear"]
-    x = data[:1]
-    assert sqnr_db(run(model, {"input": x})[0], run(result.model, {"input": x})[0]) > 25
+    x = data[:1]  # as written where ORT's u8s8 kernels can saturate (x86 without VNNI: rq_common.cpu_features)
+    assert sqnr_db(run(model, {"input": x})[0], run(result.model, {"input": x}, u8s8_kernels_may_saturate())[0]) > 25
 
 
 def test_npu_cnn_calibrates_in_batches_and_reports_per_sample():
