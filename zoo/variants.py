@@ -1,5 +1,5 @@
 """rq's accuracy algorithms as zoo columns: a preset's name and the algorithms turned on for it,
-joined by '+' ("npu_cnn+adaround", "npu_transformer+adaround+bias_correction", "cpu+int16"), so
+joined by '+' ("npu_cnn+adaround", "npu_transformer+adaround+bias_correction", "cpu+mixed"), so
 that one run measures each beside the defaults and ONNX Runtime's quantizer. The framework
 packages do not offer these options yet: their columns are n/a."""
 
@@ -10,6 +10,7 @@ from enum import Enum
 from typing import Any
 
 from rq_common import get_preset
+from rq_common.pipeline.mixed_precision import MixedPrecision
 from zoo.kinds import Framework
 
 
@@ -17,6 +18,7 @@ class Algorithm(str, Enum):
     BIAS_CORRECTION = "bias_correction"  # quantize_static(bias_correction=True)
     ADAROUND = "adaround"  # quantize_static(rounding="adaround")
     INT16 = "int16"  # get_preset(name, activation_dtype="int16")
+    MIXED = "mixed"  # quantize_static(mixed_precision=MixedPrecision()): the most sensitive activations in 16 bits
 
 
 FRAMEWORKS_WITH_ALGORITHMS = frozenset({Framework.ONNX})
@@ -37,7 +39,9 @@ class Variant:
             raise ValueError(f"{name!r}: an algorithm after '+' is one of {choices}") from None
 
     def offered_by(self, framework: Framework) -> bool:
-        return not self.algorithms or framework in FRAMEWORKS_WITH_ALGORITHMS
+        """The framework packages export 8-bit activations only (their fake-quant ops)."""
+        sixteen_bits = get_preset(self.preset).activation.dtype.bits == 16 or Algorithm.INT16 in self.algorithms
+        return framework in FRAMEWORKS_WITH_ALGORITHMS or not (self.algorithms or sixteen_bits)
 
     def onnx_arguments(self) -> dict[str, Any]:
         """quantize_static's preset and options for this variant."""
@@ -47,4 +51,6 @@ class Variant:
             arguments["bias_correction"] = True
         if Algorithm.ADAROUND in self.algorithms:
             arguments["rounding"] = "adaround"
+        if Algorithm.MIXED in self.algorithms:
+            arguments["mixed_precision"] = MixedPrecision()
         return arguments

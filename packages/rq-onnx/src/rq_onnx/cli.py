@@ -13,6 +13,7 @@ from rq_common.errors import RqError, run_command
 from rq_common.format import validate
 from rq_common.format.builder import DEQUANTIZED
 from rq_common.observers import NonFinitePolicy
+from rq_common.pipeline.mixed_precision import MixedPrecision
 from rq_common.qmath.adaround import Rounding
 from rq_common.report import QuantReport
 from rq_common.spec import ALIASES, PRESETS, CalibrationMethod
@@ -59,6 +60,7 @@ def cmd_quantize(args) -> int:
         nonfinite=args.nonfinite,
         bias_correction=args.bias_correction,
         rounding=args.rounding,
+        mixed_precision=_mixed_precision(args),
         allow_violations=args.allow_violations,
     )
     for note in result.notes:
@@ -72,6 +74,12 @@ def cmd_quantize(args) -> int:
     if result.violations:
         print(f"note: written with {len(result.violations)} format violation(s), as --allow-violations asked")
     return 0
+
+
+def _mixed_precision(args) -> MixedPrecision | None:
+    if args.mixed_precision is None:
+        return None
+    return MixedPrecision(target=args.mixed_precision, max_tensors=args.max_wide_tensors)
 
 
 def cmd_check(args) -> int:
@@ -156,6 +164,16 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[r.value for r in Rounding],
         default=Rounding.NEAREST.value,
         help="weights to nearest, or adaround: up or down per weight, to reconstruct each layer's output on the calibration data",
+    )
+    q.add_argument(
+        "--mixed-precision",
+        type=float,
+        metavar="AGREEMENT",
+        help="widen the most sensitive activations to int16, measured on the calibration data, until the output "
+        "agreement with float (mean cosine) reaches AGREEMENT, e.g. 0.99 (cpu, npu_transformer)",
+    )
+    q.add_argument(
+        "--max-wide-tensors", type=int, default=MixedPrecision.max_tensors, help="at most this many activations widened"
     )
     q.add_argument("--allow-violations", action="store_true", help="write the model even if it breaks the preset's format")
     q.add_argument(

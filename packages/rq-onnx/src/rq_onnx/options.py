@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rq_common.errors import SpecError
 from rq_common.observers import NonFinitePolicy
+from rq_common.pipeline.mixed_precision import MixedPrecision
 from rq_common.qmath.adaround import Rounding
 
 
@@ -31,6 +32,9 @@ class QuantizeOptions:
     rounding: how Conv / Gemm / MatMul weights round to their grid (Rounding): to nearest, or
     ``adaround``: up or down per weight, chosen to reconstruct each layer's float output on the
     calibration data (rq_common.qmath.adaround); its input moments are gathered while calibrating.
+    mixed_precision: widen the activations that cost the most agreement with float to the preset's
+    16-bit spec (rq_common.pipeline.mixed_precision: targets, budget, metric), measured by ORT on
+    the report's batches; None (the default): every activation in the preset's type.
     """
 
     exclude_op_types: tuple[str, ...] = ()
@@ -43,6 +47,7 @@ class QuantizeOptions:
     nonfinite: NonFinitePolicy = NonFinitePolicy.RAISE
     bias_correction: bool = False
     rounding: Rounding = Rounding.NEAREST
+    mixed_precision: MixedPrecision | None = None
 
     def __post_init__(self) -> None:
         try:

@@ -119,22 +119,41 @@ def unique_name(graph: onnx.GraphProto, base: str) -> str:
 
 
 FLOAT_NODES_KEY = "rq.float_nodes"  # metadata: the nodes the quantizer kept in float on purpose
+WIDE_ACTIVATIONS_KEY = "rq.wide_activations"  # metadata: the activations mixed precision stored in 16 bits
 
 
 def record_float_nodes(model: onnx.ModelProto, names) -> None:
     """Write into the model which nodes its quantizer kept in float (a JSON list, in the order
     given), so that a later ``rq-onnx check`` knows them; nothing is written for none."""
-    others = [p for p in model.metadata_props if p.key != FLOAT_NODES_KEY]
+    _record_names(model, FLOAT_NODES_KEY, names)
+
+
+def recorded_float_nodes(model: onnx.ModelProto) -> list[str]:
+    return _recorded_names(model, FLOAT_NODES_KEY)
+
+
+def record_wide_activations(model: onnx.ModelProto, tensors) -> None:
+    """Write into the model which activation tensors mixed precision widened (to the preset's
+    ``widened_activation`` spec), so that ``rq-onnx check`` accepts their 16-bit Q/DQ and no other."""
+    _record_names(model, WIDE_ACTIVATIONS_KEY, tensors)
+
+
+def recorded_wide_activations(model: onnx.ModelProto) -> list[str]:
+    return _recorded_names(model, WIDE_ACTIVATIONS_KEY)
+
+
+def _record_names(model: onnx.ModelProto, key: str, names) -> None:
+    others = [p for p in model.metadata_props if p.key != key]
     del model.metadata_props[:]
     model.metadata_props.extend(others)
     names = list(dict.fromkeys(names))
     if names:
         entry = model.metadata_props.add()
-        entry.key, entry.value = FLOAT_NODES_KEY, json.dumps(names)
+        entry.key, entry.value = key, json.dumps(names)
 
 
-def recorded_float_nodes(model: onnx.ModelProto) -> list[str]:
-    found = next((p.value for p in model.metadata_props if p.key == FLOAT_NODES_KEY), None)
+def _recorded_names(model: onnx.ModelProto, key: str) -> list[str]:
+    found = next((p.value for p in model.metadata_props if p.key == key), None)
     return list(json.loads(found)) if found else []
 
 

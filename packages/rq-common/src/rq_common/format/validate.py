@@ -26,12 +26,13 @@ from rq_common.format.graph import (
     node_label,
     qdq_params,
     recorded_float_nodes,
+    recorded_wide_activations,
 )
 from rq_common.io import is_over_protobuf_limit, save_with_external_data
 from rq_common.optable import OpFacts, facts_for, ops_where
 from rq_common.qmath.qparams import is_power_of_two
 from rq_common.spec.methods import BiasScaleRule
-from rq_common.spec.presets import Preset, get_preset
+from rq_common.spec.presets import Preset, get_preset, widened_activation
 
 BIAS_SCALE_RTOL = 1e-6  # float32 products computed in float32 or float64-then-rounded agree to this
 
@@ -76,6 +77,7 @@ class ValidationContext:
     preset: Preset
     float_nodes: frozenset[str]
     required_ops: frozenset[str]
+    wide_activations: frozenset[str]  # float tensors mixed precision stored in 16 bits (recorded in the model)
     source: onnx.ModelProto | str | Path  # a path lets onnx.checker read models over 2 GB
 
 
@@ -107,7 +109,8 @@ def validate(
     if required_ops is None:  # the weighted ops of rq_common.optable, where the target cannot run them in float
         required_ops = ops_where(lambda facts: facts.weight is not None) if preset.target.requires_quantized_compute else ()
     float_nodes = frozenset(float_nodes) | frozenset(recorded_float_nodes(model))
-    ctx = ValidationContext(model, GraphIndex(model), preset, float_nodes, frozenset(required_ops), source)
+    wide = frozenset(recorded_wide_activations(model))
+    ctx = ValidationContext(model, GraphIndex(model), preset, float_nodes, frozenset(required_ops), wide, source)
     return [v for c in CHECKS for v in c(ctx)]
 
 
@@ -184,9 +187,12 @@ def _tensor_roles(ctx: ValidationContext) -> Iterator[tuple[onnx.NodeProto, str,
 @check
 def _dtypes_and_zero_points(ctx: ValidationContext) -> Iterator[Violation]:
     specs = {"activation": ctx.preset.activation, "weight": ctx.preset.weight, "bias": ctx.preset.bias}
+    wide = widened_activation(ctx.preset)
     for node, role, params in _tensor_roles(ctx):
         spec = specs[role]
         label, tensor = node_label(node), node.input[0]
+        if role == "activation" and wide is not None and _float_tensor(ctx.index, node) in ctx.wide_activations:
+            spec = wide
         if params.dtype != spec.dtype:
             yield Violation(
                 ViolationKind.WRONG_DTYPE,
@@ -212,6 +218,14 @@ def _dtypes_and_zero_points(ctx: ValidationContext) -> Iterator[Violation]:
                 tensor,
                 f"per-channel weight scales; target '{ctx.preset.target.name}' runs per-tensor weights only",
             )
+
+
+def _float_tensor(index: GraphIndex, node: onnx.NodeProto) -> str:
+    """The float tensor a Q/DQ pair quantizes: a QuantizeLinear's input, the input of the
+    QuantizeLinear that feeds a DequantizeLinear."""
+    if node.op_type == DEQUANTIZE and index.producer_op(node.input[0]) == QUANTIZE:
+        return index.producers[node.input[0]].input[0]
+    return node.input[0]
 
 
 @check

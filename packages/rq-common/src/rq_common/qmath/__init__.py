@@ -12,6 +12,7 @@ from rq_common.qmath.qparams import (
     pow2_exponent,
     qparams_with_scale,
     symmetric_levels,
+    widen,
 )
 from rq_common.qmath.reference import dequantize, fake_quantize, quantize
 
@@ -31,6 +32,7 @@ __all__ = [
     "pow2_ceil_exponent",
     "pow2_exponent",
     "qparams_with_scale",
+    "widen",
     "quantize",
     "symmetric_levels",
 ]

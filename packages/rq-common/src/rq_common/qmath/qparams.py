@@ -169,6 +169,13 @@ def _check_finite(rmin: np.ndarray, rmax: np.ndarray) -> None:
         )
 
 
+def widen(qparams: QParams, spec: QuantSpec) -> QParams:
+    """QParams in the (wider) per-tensor ``spec`` over the interval ``qparams`` represents: the range
+    calibration chose stays, with 2^8 times finer steps for int8 -> int16 (mixed precision)."""
+    low, high = qparams.representable_range()
+    return compute_qparams(low, high, spec)
+
+
 def qparams_with_scale(scale, spec: QuantSpec, rmin=0.0, axis: int | None = None) -> QParams:
     """QParams for a chosen scale (a search result); asymmetric specs place z from rmin."""
     scale = np.asarray(scale, dtype=np.float32)

@@ -1,4 +1,4 @@
-"""Named, typed presets (npu_cnn, npu_transformer, cpu) and the checks against their target.
+"""Named, typed presets (npu_cnn, npu_transformer, npu_a16w8, cpu) and the checks against their target.
 
 A preset is a target (what the hardware or runtime can run) plus default specs and calibration
 methods. Users override any field; the result is checked against the target, so an override the
@@ -44,10 +44,10 @@ NPU_CNN_TARGET = Target(
 )
 NPU_TRANSFORMER_TARGET = Target(
     name="npu_transformer",
-    description="Ryzen AI NPU, transformer path (A8W8)",
+    description="Ryzen AI NPU, transformer path (A8W8, A16W8)",
     power_of_two_scales=False,
     per_channel_weights=False,
-    activation_dtypes=frozenset({QuantDType.INT8}),
+    activation_dtypes=frozenset({QuantDType.INT8, QuantDType.INT16}),
     weight_dtypes=frozenset({QuantDType.INT8}),
     bias_dtypes=frozenset({QuantDType.INT32}),
     requires_quantized_compute=True,
@@ -219,6 +219,16 @@ PRESETS: dict[str, Preset] = {
         activation_method=CalibrationMethod.MINMAX,
         weight_method=CalibrationMethod.MINMAX,
     ),
+    "npu_a16w8": Preset(
+        name="npu_a16w8",
+        target=NPU_TRANSFORMER_TARGET,
+        activation=QuantSpec(dtype=QuantDType.INT16, symmetric=True),
+        weight=QuantSpec(dtype=QuantDType.INT8, symmetric=True),
+        bias=QuantSpec(dtype=QuantDType.INT32, symmetric=True),
+        bias_rule=BiasScaleRule.PRODUCT,
+        activation_method=CalibrationMethod.MINMAX,
+        weight_method=CalibrationMethod.MINMAX,
+    ),
     "cpu": Preset(
         name="cpu",
         target=CPU_TARGET,
@@ -231,7 +241,22 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 
-ALIASES: dict[str, str] = {"xint8": "npu_cnn", "ipu_cnn": "npu_cnn", "a8w8": "npu_transformer", "u8s8": "cpu"}
+ALIASES: dict[str, str] = {
+    "xint8": "npu_cnn",
+    "ipu_cnn": "npu_cnn",
+    "a8w8": "npu_transformer",
+    "a16w8": "npu_a16w8",
+    "u8s8": "cpu",
+}
+
+
+def widened_activation(preset: Preset) -> QuantSpec | None:
+    """The spec a sensitive activation is widened to in mixed precision: A16W8's symmetric int16
+    with the preset's scale type, where the target runs 16-bit activations; None where it does not
+    (the NPU's CNN path) or where the preset's activations are 16-bit already."""
+    if QuantDType.INT16 not in preset.target.activation_dtypes or preset.activation.dtype.bits >= 16:
+        return None
+    return QuantSpec(dtype=QuantDType.INT16, symmetric=True, scale_type=preset.activation.scale_type)
 
 
 def get_preset(preset: str | Preset, **overrides: Any) -> Preset:

@@ -11,6 +11,7 @@ from rq_common.format import (
     fuse_smooth_activations,
     fuse_written_out_activations,
 )
+from rq_common.format.canonicalize import SIXTEEN_BIT_OPSET
 from rq_common.qmath.npu_rules import is_leaky_alpha_exact, round_leaky_alpha
 from rq_common.spec import Preset
 from rq_onnx.errors import ModelLoadError
@@ -61,11 +62,12 @@ def round_leaky_alphas(model: onnx.ModelProto, notes: list[str]) -> None:
             attr.f = rounded
 
 
-def prepare_model(model: onnx.ModelProto, preset: Preset, notes: list[str]) -> onnx.ModelProto:
-    """The float model ready to calibrate: opset 17 (21 for 16-bit tensors), no training nodes, constants folded, BN folded,
+def prepare_model(model: onnx.ModelProto, preset: Preset, notes: list[str], sixteen_bits: bool = False) -> onnx.ModelProto:
+    """The float model ready to calibrate: opset 17 (21 for 16-bit tensors, or where ``sixteen_bits``
+    says mixed precision may store some), no training nodes, constants folded, BN folded,
     written-out LayerNormalization and MatMul + bias fused."""
     reject_quantized(model)
-    model = upgrade_opset(model, notes, opset_for(preset))
+    model = upgrade_opset(model, notes, SIXTEEN_BIT_OPSET if sixteen_bits else opset_for(preset))
     initializers_out_of_inputs(model, notes)
     remove_training_nodes(model, notes)
     fold_constants(model, notes)
