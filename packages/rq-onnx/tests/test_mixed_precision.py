@@ -1,5 +1,6 @@
-"""Mixed precision in rq-onnx: the sensitive activation is found by measurement, widened to int16
-over its calibrated range, written valid for its preset, and closer to float in ONNX Runtime."""
+"""Mixed precision and the accuracy loop in rq-onnx: the sensitive activation is found by
+measurement, widened to int16 over its calibrated range, written valid for its preset, and closer
+to float in ONNX Runtime; the loop gets there by itself, scored on batches it did not calibrate on."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from onnx import TensorProto, helper
 from rq_common.errors import SpecError
 from rq_common.format import validate
 from rq_common.format.graph import GraphIndex, qdq_params, record_wide_activations, recorded_wide_activations
+from rq_common.pipeline.accuracy_loop import AccuracyTarget
 from rq_common.pipeline.mixed_precision import MixedPrecision, output_agreement
 from rq_onnx import quantize_static
 
@@ -133,3 +135,48 @@ def test_the_command_line_widens_checks_and_refuses_a_target_without_16_bits(tmp
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no wider activation type" in err[0] and not (tmp_path / "cnn.onnx").exists()
+
+
+def test_the_accuracy_loop_reaches_its_goal_on_held_out_batches_and_writes_the_best(tmp_path):
+    """Ranges, bias correction and adaround cannot bring back channels 8 bits erase; mixed precision
+    can: the loop ends there, and the written model scores the goal on data it never calibrated on."""
+    model, loud = outlier_net()
+    out = tmp_path / "auto.onnx"
+    result = quantize_static(
+        model, out, ArrayReader("x", data(0, 128), 8), preset="cpu", quiet=True, target=AccuracyTarget(score=0.99)
+    )
+    loop = [n for n in result.notes if n.startswith("accuracy loop:")]
+    assert loop[0].startswith("accuracy loop: adaround + mixed_precision scores") or loop[0].startswith(
+        "accuracy loop: mixed_precision scores"
+    )
+    assert "goal 0.9900 reached" in loop[0] and loop[-1].endswith("(kept)")
+    written = onnx.load(out)
+    assert recorded_wide_activations(written) == [loud] and validate(written, "cpu") == []
+    test = data(2, 32)
+    assert output_agreement([run(written, {"x": test})], [run(model, {"x": test})]) > 0.99
+
+
+def test_the_accuracy_loop_needs_batches_beyond_its_holdout(tmp_path):
+    model, _ = outlier_net()
+    with pytest.raises(SpecError, match="the reader gave 4 batch"):
+        quantize_static(
+            model,
+            tmp_path / "x.onnx",
+            ArrayReader("x", data(0, 32), 8),
+            preset="cpu",
+            quiet=True,
+            target=AccuracyTarget(score=0.99, holdout=4),
+        )
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_the_command_line_runs_the_loop_to_a_maximum_drop(tmp_path, capsys):
+    from rq_onnx.cli import main
+
+    model, _ = outlier_net()
+    onnx.save(model, tmp_path / "float.onnx")
+    np.savez(tmp_path / "calib.npz", x=data(0, 128))
+    args = ["quantize", str(tmp_path / "float.onnx"), str(tmp_path / "q.onnx"), "--calib-data", str(tmp_path / "calib.npz")]
+    assert main([*args, "--batch-size", "8", "--preset", "npu_transformer", "--max-drop", "0.01", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "goal 0.9900 reached" in out and main(["check", str(tmp_path / "q.onnx"), "--preset", "npu_transformer"]) == 0

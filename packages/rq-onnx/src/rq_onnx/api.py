@@ -17,6 +17,7 @@ from rq_common.format.graph import record_float_nodes, record_wide_activations
 from rq_common.io import check_output_path, save_onnx
 from rq_common.observers import NonFinitePolicy
 from rq_common.pipeline import QuantizeResult
+from rq_common.pipeline.accuracy_loop import AccuracyTarget, Recipe
 from rq_common.pipeline.mixed_precision import MixedPrecision
 from rq_common.qmath import widen
 from rq_common.qmath.adaround import AdaptiveRounding, Rounding
@@ -51,6 +52,7 @@ def quantize_static(
     bias_correction: bool = False,
     rounding: Rounding | str = Rounding.NEAREST,
     mixed_precision: MixedPrecision | None = None,
+    target: AccuracyTarget | None = None,
     allow_violations: bool = False,
 ) -> QuantizeResult:
     """Quantize a float ONNX model to rq's int8 format.
@@ -62,6 +64,8 @@ def quantize_static(
     file is written whole at the end, or not at all; the input is never modified. Written means
     valid: a model that breaks a rule of the preset's format is not written (FormatError names the
     first rule) unless ``allow_violations``; the result lists the violations either way.
+    ``target``: run the accuracy loop (rq_common.pipeline.accuracy_loop, rq_onnx.auto) until the
+    model scores the target on the reader's held-out last batches; the other options are its start.
     """
     for path in (model_output, report_path):
         if path is not None:
@@ -80,6 +84,8 @@ def quantize_static(
         mixed_precision=mixed_precision,
     )
     preset = get_preset(preset, per_channel=per_channel, activation_method=calibrate_method)
+    if target is not None:
+        return _quantize_to_target(model_input, model_output, calibration_data_reader, preset, target, options, allow_violations)
     wide_spec = widened_activation(preset)
     if options.mixed_precision is not None and wide_spec is None:
         raise SpecError(
@@ -148,6 +154,29 @@ def quantize_static(
     )
 
 
+def _quantize_to_target(model_input, model_output, reader, preset, target, options: QuantizeOptions, allow_violations):
+    from rq_onnx.auto import quantize_to_target
+
+    start = Recipe(None, options.bias_correction, options.rounding, options.mixed_precision)
+    run_options = {
+        "exclude_op_types": options.exclude_op_types,
+        "exclude_nodes": options.exclude_nodes,
+        "report_batches": options.report_batches,
+        "use_external_data": options.use_external_data,
+        "quiet": options.quiet,
+        "nonfinite": options.nonfinite,
+    }
+    result = quantize_to_target(
+        model_input, model_output, reader, preset, target, start, options.max_calibration_batches, allow_violations, run_options
+    )
+    if options.report_path is not None:
+        result.report.notes += [n for n in result.notes if n.startswith("accuracy loop:")]
+        writer = result.report.to_json if options.report_path.suffix == ".json" else result.report.to_html
+        writer(options.report_path)
+        result.files["report"] = options.report_path
+    return result
+
+
 # the NPU's position rules, repaired in finalize; where a repair cannot hold (constraints that
 # contradict each other through a shared scale), the op runs on the CPU instead
 POSITION_RULES = frozenset(
@@ -172,7 +201,8 @@ def _widen_sensitive(model, written, preset: Preset, calibration, options: Quant
     widened = frozenset(t for group in found.widened for t in groups[group])
     readers = {node.name for node in model.graph.node if widened.intersection(node.input) or widened.intersection(node.output)}
     notes.append(
-        f"mixed precision: {len(readers)} op(s) read or write a {wide_spec.dtype.value} tensor (ONNX Runtime's CPU runs them in float)"
+        f"mixed precision: {len(readers)} op(s) read or write a widened ({wide_spec.dtype.value}) tensor "
+        "(ONNX Runtime's CPU runs them in float)"
     )
     return _write_repairing(model, plan, preset, calibration, options, notes, widened)
 

@@ -13,6 +13,7 @@ from rq_common.errors import RqError, run_command
 from rq_common.format import validate
 from rq_common.format.builder import DEQUANTIZED
 from rq_common.observers import NonFinitePolicy
+from rq_common.pipeline.accuracy_loop import AccuracyTarget
 from rq_common.pipeline.mixed_precision import MixedPrecision
 from rq_common.qmath.adaround import Rounding
 from rq_common.report import QuantReport
@@ -61,6 +62,7 @@ def cmd_quantize(args) -> int:
         bias_correction=args.bias_correction,
         rounding=args.rounding,
         mixed_precision=_mixed_precision(args),
+        target=_target(args),
         allow_violations=args.allow_violations,
     )
     for note in result.notes:
@@ -80,6 +82,12 @@ def _mixed_precision(args) -> MixedPrecision | None:
     if args.mixed_precision is None:
         return None
     return MixedPrecision(target=args.mixed_precision, max_tensors=args.max_wide_tensors)
+
+
+def _target(args) -> AccuracyTarget | None:
+    if args.target_metric is None and args.max_drop is None:
+        return None
+    return AccuracyTarget(score=args.target_metric, max_drop=args.max_drop, holdout=args.holdout)
 
 
 def cmd_check(args) -> int:
@@ -174,6 +182,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument(
         "--max-wide-tensors", type=int, default=MixedPrecision.max_tensors, help="at most this many activations widened"
+    )
+    q.add_argument(
+        "--target-metric",
+        type=float,
+        metavar="AGREEMENT",
+        help="the accuracy loop: try other ranges, bias correction, adaround and mixed precision, cheapest first, "
+        "until the output agreement with float (mean cosine) on the held-out batches reaches AGREEMENT",
+    )
+    q.add_argument("--max-drop", type=float, help="the accuracy loop's goal as the largest drop from float's agreement (1.0)")
+    q.add_argument(
+        "--holdout",
+        type=int,
+        default=AccuracyTarget.holdout,
+        help="the accuracy loop scores on the data's last HOLDOUT batches and calibrates on the rest",
     )
     q.add_argument("--allow-violations", action="store_true", help="write the model even if it breaks the preset's format")
     q.add_argument(
