@@ -10,6 +10,7 @@ from enum import Enum
 from typing import Any
 
 from rq_common import get_preset
+from rq_common.pipeline.accuracy_loop import AccuracyTarget
 from rq_common.pipeline.mixed_precision import MixedPrecision
 from zoo.kinds import Framework
 
@@ -19,6 +20,11 @@ class Algorithm(str, Enum):
     ADAROUND = "adaround"  # quantize_static(rounding="adaround")
     INT16 = "int16"  # get_preset(name, activation_dtype="int16")
     MIXED = "mixed"  # quantize_static(mixed_precision=MixedPrecision()): the most sensitive activations in 16 bits
+    AUTO = "auto"  # quantize_static(target=AccuracyTarget(max_drop=LOOP_DROPS[preset])): the accuracy loop
+
+
+# the accuracy loop's goal per preset, as output agreement with float (issue 14: within 0.5 / 1.0 / 1.5 points)
+LOOP_DROPS = {"cpu": 0.005, "npu_transformer": 0.01, "npu_a16w8": 0.01, "npu_cnn": 0.015}
 
 
 FRAMEWORKS_WITH_ALGORITHMS = frozenset({Framework.ONNX})
@@ -53,4 +59,6 @@ class Variant:
             arguments["rounding"] = "adaround"
         if Algorithm.MIXED in self.algorithms:
             arguments["mixed_precision"] = MixedPrecision()
+        if Algorithm.AUTO in self.algorithms:
+            arguments["target"] = AccuracyTarget(max_drop=LOOP_DROPS[get_preset(self.preset).name])
         return arguments

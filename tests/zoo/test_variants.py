@@ -3,6 +3,7 @@ only packages that offer them get the column."""
 
 import pytest
 
+from rq_common.pipeline.accuracy_loop import AccuracyTarget
 from rq_common.pipeline.mixed_precision import MixedPrecision
 from rq_common.spec.dtypes import QuantDType
 from zoo.registry import get
@@ -17,8 +18,9 @@ def test_a_column_name_is_a_preset_and_its_algorithms():
     sixteen = Variant.parse("cpu+int16").onnx_arguments()["preset"]
     assert sixteen.activation.dtype is QuantDType.INT16
     assert Variant.parse("cpu+mixed").onnx_arguments() == {"preset": "cpu", "mixed_precision": MixedPrecision()}
+    assert Variant.parse("npu_cnn+auto").onnx_arguments() == {"preset": "npu_cnn", "target": AccuracyTarget(max_drop=0.015)}
     with pytest.raises(
-        ValueError, match="'cpu\\+cle': an algorithm after '\\+' is one of bias_correction, adaround, int16, mixed"
+        ValueError, match="'cpu\\+cle': an algorithm after '\\+' is one of bias_correction, adaround, int16, mixed, auto"
     ):
         Variant.parse("cpu+cle")
 
