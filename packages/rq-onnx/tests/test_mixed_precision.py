@@ -180,3 +180,17 @@ def test_the_command_line_runs_the_loop_to_a_maximum_drop(tmp_path, capsys):
     assert main([*args, "--batch-size", "8", "--preset", "npu_transformer", "--max-drop", "0.01", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "goal 0.9900 reached" in out and main(["check", str(tmp_path / "q.onnx"), "--preset", "npu_transformer"]) == 0
+
+
+def test_the_same_search_writes_the_same_bytes(tmp_path):
+    model, _ = outlier_net()
+    for name in ("a.onnx", "b.onnx"):
+        quantize_static(
+            model,
+            tmp_path / name,
+            ArrayReader("x", data(0), 8),
+            preset="cpu",
+            quiet=True,
+            mixed_precision=MixedPrecision(target=0.999),
+        )
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()

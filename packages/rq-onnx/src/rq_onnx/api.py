@@ -122,9 +122,10 @@ def quantize_static(
         feeds = list(calibration.checked(_reader_batches(calibration_data_reader, options.report_batches)))
     else:
         feeds = calibration.kept_batches
-    written = _write_repairing(model, plan, preset, calibration, options, notes)
-    if options.mixed_precision is not None:
-        written = _widen_sensitive(model, written, preset, calibration, options, feeds, notes)
+    rounding = AdaptiveRounding(progress=_layer_bar(options.quiet)) if options.rounding is Rounding.ADAROUND else None
+    written = _write_repairing(model, plan, preset, calibration, options, notes, rounding)
+    if options.mixed_precision is not None:  # its second finalize reuses the rounding's memo
+        written = _widen_sensitive(model, written, preset, calibration, options, feeds, notes, rounding)
     quantized, dequantized, plan, act, violations = written
     report = QuantReport(title=f"rq-onnx: {preset.name}", notes=list(notes))
     report.notes += [f"kept in float: {f.node} ({f.op}): {f.reason}" for f in plan.float_ops]
@@ -185,7 +186,7 @@ POSITION_RULES = frozenset(
 MAX_FLOAT_ROUNDS = 3
 
 
-def _widen_sensitive(model, written, preset: Preset, calibration, options: QuantizeOptions, feeds, notes: list[str]):
+def _widen_sensitive(model, written, preset: Preset, calibration, options: QuantizeOptions, feeds, notes: list[str], rounding):
     """Mixed precision: search which scale groups to widen on the written model (rq_onnx.precision),
     then finalize and write again with those groups' calibrated QParams widened."""
     quantized, _, plan, _, _ = written
@@ -204,13 +205,24 @@ def _widen_sensitive(model, written, preset: Preset, calibration, options: Quant
         f"mixed precision: {len(readers)} op(s) read or write a widened ({wide_spec.dtype.value}) tensor "
         "(ONNX Runtime's CPU runs them in float)"
     )
-    return _write_repairing(model, plan, preset, calibration, options, notes, widened)
+    again: list[str] = []  # the second finalize repeats the first one's notes
+    written = _write_repairing(model, plan, preset, calibration, options, again, rounding, widened)
+    notes += [note for note in again if note not in notes]
+    return written
 
 
 def _write_repairing(
-    model, plan, preset: Preset, calibration, options: QuantizeOptions, notes: list[str], widened: frozenset[str] = frozenset()
+    model,
+    plan,
+    preset: Preset,
+    calibration,
+    options: QuantizeOptions,
+    notes: list[str],
+    rounding: AdaptiveRounding | None,
+    widened: frozenset[str] = frozenset(),
 ):
-    """Finalize, write and validate; the ``widened`` tensors' QParams moved to the preset's wider spec. On fixed-point targets an op no NPU position can serve (found
+    """Finalize, write and validate, the ``widened`` tensors' QParams moved to the preset's wider
+    spec. On fixed-point targets an op no NPU position can serve (found
     by finalize, or still failing a position rule after the repair) is kept in float with a note,
     and the rest finalized again from the same calibration (an op kept in float only removes
     shared-scale constraints, so every tensor still planned was calibrated). The last plan is
@@ -218,7 +230,6 @@ def _write_repairing(
     wide_spec = widened_activation(preset)
     calibrated = {t: widen(qp, wide_spec) if t in widened else qp for t, qp in calibration.qparams.items()}
     float_reasons: dict[str, str] = {}
-    rounding = AdaptiveRounding(progress=_layer_bar(options.quiet)) if options.rounding is Rounding.ADAROUND else None
     for round_ in range(MAX_FLOAT_ROUNDS + 1):
         round_notes: list[str] = []
         activations = {t: calibrated[t] for t in plan.activations}
