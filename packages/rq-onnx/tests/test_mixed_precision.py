@@ -194,3 +194,24 @@ def test_the_same_search_writes_the_same_bytes(tmp_path):
             mixed_precision=MixedPrecision(target=0.999),
         )
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+@pytest.mark.parametrize("preset", ["npu_cnn", "cpu"])
+def test_a_trial_with_the_written_numbers_computes_what_the_written_model_does(preset):
+    """TrialModel's float arithmetic against ONNX Runtime's own QuantizeLinear / DequantizeLinear,
+    on a residual CNN (every activation a candidate)."""
+    import nets
+
+    from rq_onnx.precision import TrialModel
+
+    model = nets.resnet_block_net()
+    calibration = np.random.default_rng(0).standard_normal((16, 3, 16, 16)).astype(np.float32)
+    result = quantize_static(model, None, ArrayReader("input", calibration, 1), preset=preset, quiet=True)
+    index = GraphIndex(result.model)
+    tensors = {n.input[0] for n in result.model.graph.node if n.op_type == "QuantizeLinear" and not index.is_constant(n.input[0])}
+    trials = TrialModel(result.model, tensors)
+    assert set(trials.qparams) == tensors
+    feeds = [{"input": calibration[i : i + 1]} for i in range(4)]
+    expected = [run(result.model, feed, as_written=True) for feed in feeds]
+    for got, want in zip(trials.run(feeds, {}), expected, strict=True):
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-5)

@@ -85,7 +85,8 @@ class TrialModel:
         initializers = [t for t in model.graph.initializer if t.name in used]
         del model.graph.initializer[:]
         model.graph.initializer.extend(initializers)
-        self.session = make_session(model)  # float ops only where trials change numbers: optimized freely
+        # with no Q/DQ left the graph is float arithmetic, optimized freely; else as written
+        self.session = make_session(model, as_written=any(n.op_type in (QUANTIZE, DEQUANTIZE) for n in nodes))
 
     def run(self, feeds: Sequence[dict[str, np.ndarray]], qparams: Mapping[str, QParams]) -> list[list[np.ndarray]]:
         """The outputs on each feed with each candidate quantized by ``qparams`` (its written ones
