@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
+from rq_onnx.readers import FeedListReader
 from zoo.kinds import Framework, FrozenGraph, Samples
 from zoo.variants import Variant
 
@@ -95,21 +96,11 @@ FLOAT_EXPORTS: dict[Framework, Callable] = {
 
 
 # -- rq, through the framework's own package ----------------------------------------------------------
-class SampleReader:
+class SampleReader(FeedListReader):
     """ONNX Runtime's CalibrationDataReader protocol over zoo samples (input names by position)."""
 
     def __init__(self, samples: Samples, input_names: list[str]):
-        self.feeds = [dict(zip(input_names, sample, strict=True)) for sample in samples.inputs]
-        self.position = 0
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self.position >= len(self.feeds):
-            return None
-        self.position += 1
-        return self.feeds[self.position - 1]
-
-    def rewind(self) -> None:
-        self.position = 0
+        super().__init__([dict(zip(input_names, sample, strict=True)) for sample in samples.inputs])
 
 
 def input_names(path: Path) -> list[str]:

@@ -11,7 +11,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 
 from rq_common.errors import SpecError
@@ -23,22 +22,7 @@ from rq_common.spec import Preset
 from rq_onnx.calibrate import CalibrationDataReader, batches, check_feed, make_session
 from rq_onnx.precision import run_all
 from rq_onnx.prepare import load_model
-
-
-class BatchList:
-    """Batches in memory as a rewindable reader (ONNX Runtime's protocol)."""
-
-    def __init__(self, feeds: list[dict[str, np.ndarray]]):
-        self.feeds, self.position = feeds, 0
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self.position >= len(self.feeds):
-            return None
-        self.position += 1
-        return self.feeds[self.position - 1]
-
-    def rewind(self) -> None:
-        self.position = 0
+from rq_onnx.readers import FeedListReader
 
 
 def quantize_to_target(
@@ -79,7 +63,7 @@ def quantize_to_target(
         result = quantize_static(
             model,
             None,
-            BatchList(calibration),
+            FeedListReader(calibration),
             preset,
             calibrate_method=recipe.activation_method,
             bias_correction=recipe.bias_correction,

@@ -1,6 +1,7 @@
 """Calibration data readers in ONNX Runtime's protocol (get_next() -> dict or None, plus rewind()).
 
 - ArrayReader: arrays already in memory, {input name: samples stacked on axis 0}.
+- FeedListReader: batches already in memory, one {input name: array} dict each.
 - NpzReader: one .npz whose keys are the model's input names, samples stacked on axis 0.
 - NpyFolderReader: a folder of .npy files, one sample each (single-input models), or one
   sub-folder per input name holding the same number of files.
@@ -63,6 +64,25 @@ class ArrayReader:
             return None
         start, self.position = self.position, self.position + self.batch_size
         return {name: a[start : self.position] for name, a in self.arrays.items()}
+
+    def rewind(self) -> None:
+        self.position = 0
+
+
+class FeedListReader:
+    """Serves a list of feeds ({input name: array} each) in order; rewindable."""
+
+    def __init__(self, feeds: Sequence[dict[str, np.ndarray]]):
+        self.feeds, self.position = list(feeds), 0
+
+    def __len__(self) -> int:
+        return len(self.feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.position >= len(self.feeds):
+            return None
+        self.position += 1
+        return self.feeds[self.position - 1]
 
     def rewind(self) -> None:
         self.position = 0

@@ -67,8 +67,8 @@ class MixedPrecisionResult:
 
     def note(self, dtype: str, limit: int = 6) -> str:
         if not self.widened:
-            reached = "already reached" if self.gains == {} else "no single tensor gains"
-            return f"mixed precision: no activation widened (score {self.before:.4f}; target {reached})"
+            why = "the target holds already" if not self.gains else "no activation's trial gains"
+            return f"mixed precision: no activation widened (score {self.before:.4f}: {why})"
         shown = ", ".join(f"{name} (+{self.gains[name]:.4f})" for name in self.widened[:limit])
         more = f" and {len(self.widened) - limit} more" if len(self.widened) > limit else ""
         return (
