@@ -88,3 +88,13 @@ def test_a16w8_is_quarks_a16w8():
     assert (preset.activation.dtype, preset.activation.symmetric) == (QuantDType.INT16, True)
     assert (preset.weight.dtype, preset.weight.symmetric, preset.weight.per_channel) == (QuantDType.INT8, True, False)
     assert preset.bias.dtype is QuantDType.INT32 and not preset.activation.power_of_two
+
+
+def test_where_candidates_outnumber_the_trials_the_noisiest_by_the_prior_are_tried():
+    evaluate, calls = additive({"a": 0.3, "b": 0.2, "c": 0.1})
+    prior = {"a": 1e-5, "b": 1e-2, "c": 1e-3}
+    result = choose_widened("abc", evaluate, MixedPrecision(target=0.99, max_trials=2), prior=prior)
+    assert {frozenset("a")} & set(calls) == set()  # the quietest by its own error gets no trial
+    assert result.widened == ["b", "c"] and set(result.gains) == {"b", "c"}
+    with pytest.raises(SpecError, match="trial_batches"):
+        MixedPrecision(trial_batches=0)

@@ -215,3 +215,10 @@ def test_a_trial_with_the_written_numbers_computes_what_the_written_model_does(p
     expected = [run(result.model, feed, as_written=True) for feed in feeds]
     for got, want in zip(trials.run(feeds, {}), expected, strict=True):
         np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-5)
+
+
+def test_one_trial_is_enough_where_the_prior_points_at_the_outlier():
+    model, loud = outlier_net()
+    config = MixedPrecision(target=0.999, max_trials=1, trial_batches=2)
+    result = quantize_static(model, None, ArrayReader("x", data(0), 8), preset="cpu", quiet=True, mixed_precision=config)
+    assert recorded_wide_activations(result.model) == [loud]

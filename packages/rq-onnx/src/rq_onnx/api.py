@@ -27,7 +27,7 @@ from rq_onnx.calibrate import CalibrationDataReader, calibrate
 from rq_onnx.finalize import corrected_inputs, finalize_plan, patched_inputs
 from rq_onnx.options import QuantizeOptions
 from rq_onnx.plan import make_plan, name_nodes
-from rq_onnx.precision import run_all, search_widened
+from rq_onnx.precision import search_widened
 from rq_onnx.prepare import load_model, prepare_model
 from rq_onnx.report import error_report
 from rq_onnx.write import fix_batch_to_one, write_quantized
@@ -194,8 +194,7 @@ def _widen_sensitive(model, written, preset: Preset, calibration, options: Quant
     for tensor in plan.activations:
         groups.setdefault(plan.groups.find(tensor), []).append(tensor)
     wide_spec = widened_activation(preset)
-    float_outputs = run_all(model, feeds)
-    found = search_widened(float_outputs, quantized, groups, wide_spec, feeds, options.mixed_precision, options.quiet)
+    found = search_widened(model, quantized, groups, wide_spec, feeds, options.mixed_precision, options.quiet)
     notes.append(found.note(wide_spec.dtype.value))
     if not found.widened:
         return written

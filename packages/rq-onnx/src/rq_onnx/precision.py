@@ -24,9 +24,9 @@ from tqdm import tqdm
 from rq_common.format.graph import DEQUANTIZE, QUANTIZE, GraphIndex, qdq_params
 from rq_common.pipeline.mixed_precision import MixedPrecision, MixedPrecisionResult, choose_widened
 from rq_common.qmath import QParams, widen
-from rq_common.qmath.reference import dequantize
+from rq_common.qmath.reference import dequantize, fake_quantize
 from rq_common.spec import QuantSpec
-from rq_onnx.calibrate import make_session
+from rq_onnx.calibrate import make_session, with_outputs
 
 PARAMETERS = ("scale", "zero_point", "low", "high")  # per candidate tensor, fed as float32 scalars
 
@@ -117,8 +117,24 @@ def _fake_quantize_nodes(tensor: str, outputs: list[str]) -> list[onnx.NodeProto
     return nodes
 
 
+def own_errors(float_model: onnx.ModelProto, qparams: Mapping[str, QParams], feed: dict[str, np.ndarray]) -> dict[str, float]:
+    """Each tensor's own 8-bit error on one feed: mean((fake_quantize(x) - x)^2) / mean(x^2), the
+    float model's values quantized alone by their written QParams (the search's prior)."""
+    names = sorted(qparams)
+    session = make_session(with_outputs(float_model, names), as_written=True)
+    values = dict(zip([o.name for o in session.get_outputs()], session.run(None, feed), strict=True))
+    values.update(feed)
+    errors = {}
+    for name in names:
+        x = np.asarray(values[name], dtype=np.float64)
+        power = float(np.mean(x**2)) if x.size else 0.0
+        noise = float(np.mean((fake_quantize(x.astype(np.float32), qparams[name]) - x) ** 2)) if x.size else 0.0
+        errors[name] = noise / power if power > 0 else 0.0
+    return errors
+
+
 def search_widened(
-    float_outputs: list[list[np.ndarray]],
+    float_model: onnx.ModelProto,
     quantized: onnx.ModelProto,
     groups: dict[str, list[str]],
     spec: QuantSpec,
@@ -126,8 +142,16 @@ def search_widened(
     config: MixedPrecision,
     quiet: bool,
 ) -> MixedPrecisionResult:
-    """rq_common's search over ``groups`` (scale group -> its tensors), each trial scored on ``feeds``."""
+    """rq_common's search over ``groups`` (scale group -> its tensors), each trial run on the first
+    ``config.trial_batches`` of ``feeds``, the noisiest ``config.max_trials`` groups tried."""
+    feeds = list(feeds)[: config.trial_batches]
+    float_outputs = run_all(float_model, feeds)
     trials = TrialModel(quantized, {t for members in groups.values() for t in members})
+    candidates = sorted(g for g, members in groups.items() if any(t in trials.qparams for t in members))
+    prior = None
+    if len(candidates) > config.max_trials:
+        errors = own_errors(float_model, trials.qparams, feeds[0])
+        prior = {g: max(errors[t] for t in groups[g] if t in errors) for g in candidates}
 
     def evaluate(widened: frozenset[str]) -> float:
         wide = {t: widen(trials.qparams[t], spec) for g in widened for t in groups[g] if t in trials.qparams}
@@ -136,6 +160,4 @@ def search_widened(
     def bar(items):
         return tqdm(items, desc="mixed precision", unit="tensor", disable=quiet, file=sys.stderr)
 
-    return choose_widened(
-        sorted(g for g, members in groups.items() if any(t in trials.qparams for t in members)), evaluate, config, bar
-    )
+    return choose_widened(candidates, evaluate, config, bar, prior)

@@ -11,7 +11,7 @@ no fused int16 kernels; the NPU runs A16W8 slower than A8W8), so only measured g
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,15 +41,21 @@ class MixedPrecision:
     target: the score to reach (with the default metric, output agreement with float: mean cosine).
     max_tensors: at most this many scale groups widened (each one moves its readers off int8 kernels).
     metric: scores a model's outputs against float's (``Metric``); None: ``output_agreement``.
+    max_trials: at most this many candidates get a trial of their own: the noisiest by their own
+    8-bit error (the ``prior`` the package measures), where a model has more.
+    trial_batches: the batches each trial runs (the first ones the package holds).
     """
 
     target: float = 0.99
     max_tensors: int = 32
     metric: Metric | None = None
+    max_trials: int = 64
+    trial_batches: int = 4
 
     def __post_init__(self) -> None:
-        if self.max_tensors < 1:
-            raise SpecError("mixed_precision.max_tensors", f"{self.max_tensors} must be at least 1")
+        for name in ("max_tensors", "max_trials", "trial_batches"):
+            if getattr(self, name) < 1:
+                raise SpecError(f"mixed_precision.{name}", f"{getattr(self, name)} must be at least 1")
 
     def score(self, outputs, reference) -> float:
         return (self.metric or output_agreement)(outputs, reference)
@@ -82,14 +88,18 @@ def choose_widened(
     evaluate: Callable[[frozenset[str]], float],
     config: MixedPrecision,
     progress: Callable[[list[str]], Iterable[str]] = lambda items: items,
+    prior: Mapping[str, float] | None = None,
 ) -> MixedPrecisionResult:
     """The smallest prefix of the candidates, most sensitive first, whose widening reaches
     ``config.target`` (or, where none does within ``config.max_tensors``, the prefix that scored
-    best). ``evaluate(widened)`` scores the model with those candidates widened."""
+    best). ``evaluate(widened)`` scores the model with those candidates widened. ``prior``: each
+    candidate's own quantization error, which picks the ``config.max_trials`` that get a trial."""
     before = evaluate(frozenset())
     if before >= config.target:
         return MixedPrecisionResult([], before, before)
     candidates = list(dict.fromkeys(candidates))
+    if prior is not None and len(candidates) > config.max_trials:
+        candidates = sorted(candidates, key=lambda name: (-prior.get(name, 0.0), name))[: config.max_trials]
     gains = {name: evaluate(frozenset({name})) - before for name in progress(candidates)}
     ranked = sorted((name for name in candidates if gains[name] > 0), key=lambda name: (-gains[name], name))
     best, best_score, widened = [], before, []
