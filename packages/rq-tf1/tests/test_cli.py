@@ -245,3 +245,13 @@ def test_input_nodes_may_cut_the_graph_at_a_preprocessing_node(tmp_path, monkeyp
     )
     (float_out,) = run_eval_model(graph, {"x": pixels}, ["logits"])  # the uncut float graph on the raw pixels
     assert 10 * np.log10(np.sum(float_out**2) / np.sum((expected - float_out) ** 2)) > 20
+
+
+def test_a_16_bit_activation_preset_is_refused_not_exported_in_8_bits(setup):
+    from rq_common.errors import SpecError
+    from rq_tf1 import quantize_frozen_graph
+
+    graph, tmp = setup
+    with pytest.raises(SpecError, match="rq-tf1 exports 8-bit activations only; .* quantize it with rq-onnx"):
+        quantize_frozen_graph(graph, ["x"], ["logits"], "calib_data.input_fn", output_dir=tmp / "out", preset="npu_a16w8")
+    assert not (tmp / "out").exists()

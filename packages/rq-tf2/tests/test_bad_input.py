@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import rq_tf2
-from rq_common.errors import CalibrationDataError, FormatError, RqError
+from rq_common.errors import CalibrationDataError, FormatError, RqError, SpecError
 from rq_common.format import ViolationKind, validate
 from rq_common.spec import get_preset
 
@@ -162,6 +162,11 @@ def test_subclassed_model_built_with_its_default_shape_is_traced(tmp_path):
 def test_unbuilt_sequential_is_a_clear_error():
     with pytest.raises(rq_tf2.UnsupportedModelError, match="not built"):
         rq_tf2.quantize_model(keras.Sequential([L.Dense(2)]))
+
+
+def test_a_16_bit_activation_preset_is_refused_not_exported_in_8_bits():
+    with pytest.raises(SpecError, match="rq-tf2 exports 8-bit activations only"):
+        rq_tf2.quantize_model(small_model(), preset="npu_a16w8")
 
 
 def test_dataset_whose_shape_does_not_match():

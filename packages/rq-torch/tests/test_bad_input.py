@@ -79,6 +79,8 @@ def test_impossible_override():
         rq_torch.quantize_model(nets.ResNetStyle(), torch.randn(1, 3, 16, 16), preset=get_preset("npu_cnn", per_channel=True))
     with pytest.raises(SpecError, match="cannot be exported by torch"):
         rq_torch.quantize_model(nets.ResNetStyle(), torch.randn(1, 3, 16, 16), preset=get_preset("cpu", weight_narrow_range=True))
+    with pytest.raises(SpecError, match="cannot be exported by torch"):
+        rq_torch.quantize_model(nets.ResNetStyle(), torch.randn(1, 3, 16, 16), preset="npu_a16w8")
 
 
 @pytest.mark.parametrize("dropout", [nn.Dropout(0.2), nn.Dropout2d(0.2), nn.AlphaDropout(0.2), nn.FeatureAlphaDropout(0.2)])

@@ -19,7 +19,7 @@ from rq_common.errors import SpecError
 from rq_common.format import require_valid
 from rq_common.io import check_output_path, save_onnx
 from rq_common.pipeline import QuantizeResult
-from rq_common.spec import CalibrationMethod, Preset, get_preset
+from rq_common.spec import CalibrationMethod, Preset, get_preset, require_eight_bit_activations
 from rq_tf1.calibrate import calibrate
 from rq_tf1.errors import GraphError, InputFnError
 from rq_tf1.export import to_onnx
@@ -131,6 +131,7 @@ def quantize_frozen_graph(
     if method is not None and method not in VAI_METHODS:
         raise SpecError("--method", f"{method}: use 0 (power-of-two NonOverflow) or 1 (power-of-two MinMSE)")
     preset = get_preset(preset, activation_method=VAI_METHODS.get(method))
+    require_eight_bit_activations(preset, "rq-tf1")
     fn = load_input_fn(input_fn)
     _, prepared, plan = prepare_and_plan(input_frozen_graph, input_nodes, output_nodes, preset, exclude_nodes)
     shapes = check_shapes(prepared, input_nodes, parse_input_shapes(input_shapes, len(input_nodes)))

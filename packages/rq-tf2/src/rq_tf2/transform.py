@@ -15,7 +15,7 @@ from keras import tree
 from rq_common.errors import SpecError
 from rq_common.optable import facts_for
 from rq_common.pipeline.placement import EXCLUDED, FloatOp, OpNode, follows_from_others, place_quantizers
-from rq_common.spec import Preset, get_preset
+from rq_common.spec import Preset, get_preset, require_eight_bit_activations
 from rq_tf2.attention import decompose_attention, parts_of
 from rq_tf2.calibrate import calibrate, sample_shape
 from rq_tf2.graph import FunctionalGraph, GraphNode, functional_graph, is_subclassed, rebuild, trace_shape
@@ -72,6 +72,7 @@ def quantize_model(
     recorded or rq finds from the model's layers.
     """
     preset = get_preset(preset)
+    require_eight_bit_activations(preset, "rq-tf2")
     configs = dict(layer_configs or {})
     for name in exclude_nodes:
         configs[name] = LayerConfig(exclude=True)

@@ -2,7 +2,15 @@
 
 from rq_common.spec.dtypes import QuantDType
 from rq_common.spec.methods import BiasScaleRule, CalibrationMethod
-from rq_common.spec.presets import ALIASES, PRESETS, Preset, Target, get_preset, widened_activation
+from rq_common.spec.presets import (
+    ALIASES,
+    PRESETS,
+    Preset,
+    Target,
+    get_preset,
+    require_eight_bit_activations,
+    widened_activation,
+)
 from rq_common.spec.quant_spec import Granularity, QuantSpec, RoundMode, ScaleType
 from rq_common.spec.serialize import preset_from_config, preset_to_config, spec_from_config, spec_to_config
 
@@ -19,6 +27,7 @@ __all__ = [
     "ScaleType",
     "Target",
     "get_preset",
+    "require_eight_bit_activations",
     "widened_activation",
     "preset_from_config",
     "preset_to_config",

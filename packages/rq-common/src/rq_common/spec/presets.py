@@ -269,3 +269,14 @@ def get_preset(preset: str | Preset, **overrides: Any) -> Preset:
         names = ", ".join(list(PRESETS) + [a.upper() for a in ALIASES])
         raise SpecError("preset", f"unknown preset {preset!r}; known: {names}")
     return PRESETS[key].override(**overrides)
+
+
+def require_eight_bit_activations(preset: Preset, package: str) -> None:
+    """For the packages whose exporters write 8-bit fake-quant ops only (rq-tf1, rq-tf2): a 16-bit
+    activation preset is an error naming the way that works, never a silently 8-bit model."""
+    if preset.activation.dtype.bits > 8:
+        raise SpecError(
+            "activation.dtype",
+            f"{package} exports 8-bit activations only; for {preset.activation.dtype.value} activations "
+            f"(preset '{preset.name}') export the float model to ONNX and quantize it with rq-onnx",
+        )
