@@ -9,12 +9,14 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 
+from rq_common.pipeline.accuracy_loop import AccuracyTarget
 from rq_onnx.readers import FeedListReader
 from zoo.kinds import Framework, FrozenGraph, Samples
 from zoo.variants import Variant
@@ -121,8 +123,26 @@ def _rq_onnx(entry, model: onnx.ModelProto, calibration: Samples, preset: str, o
     if not float_path.exists():
         entry.export_float(model, float_path)
     arguments = Variant.parse(preset).onnx_arguments()
+    if "target" in arguments:
+        arguments["target"] = task_target(entry, arguments["target"], calibration)
     result = quantize_static(float_path, out, SampleReader(calibration, input_names(float_path)), quiet=True, **arguments)
     return _summary(result)
+
+
+def task_target(entry: ZooModel, target: AccuracyTarget, calibration: Samples) -> AccuracyTarget:
+    """The accuracy loop as a user with labels runs it: scored by the model's own headline metric
+    (against the truth, or float where that is the metric) on the last quarter of the calibration
+    samples, which it holds out of calibration (8 samples would score exact match in steps of 1/8)."""
+    holdout = max(target.holdout, len(calibration) // 4)
+    truth = calibration.truth[-holdout:] if calibration.truth is not None else None
+    held_out = Samples(calibration.inputs[-holdout:], truth)
+    sign = 1.0 if entry.higher_is_better else -1.0
+
+    def headline(outputs, reference) -> float:
+        scores = entry.score([list(o) for o in outputs], [list(r) for r in reference], held_out)
+        return sign * next(iter(scores.values()))
+
+    return replace(target, metric=headline, holdout=holdout)
 
 
 def _rq_torch(entry, model, calibration: Samples, preset: str, out: Path, work: Path) -> dict:

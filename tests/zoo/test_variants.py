@@ -31,3 +31,24 @@ def test_only_rq_onnx_models_get_algorithm_columns():
     assert torch_model.supports("npu_cnn") and not torch_model.supports("npu_cnn+adaround")
     # the framework packages' fake-quant ops export 8-bit activations only
     assert onnx_model.supports("npu_a16w8") and not torch_model.supports("npu_a16w8")
+
+
+def test_the_zoo_scores_the_loop_with_the_models_own_metric_on_held_out_calibration_samples():
+    import numpy as np
+
+    from zoo.frameworks import task_target
+    from zoo.kinds import Samples
+
+    class Entry:  # what task_target reads of a ZooModel
+        higher_is_better = False  # an error rate: the loop maximizes its negative
+
+        def score(self, outputs, reference, samples):
+            wrong = [int(np.argmax(o[0]) != t) for o, t in zip(outputs, samples.truth, strict=True)]
+            return {"error": float(np.mean(wrong)), "other": 0.0}
+
+    calibration = Samples([(np.zeros(2),)] * 40, truth=[0] * 30 + [1] * 10)
+    target = task_target(Entry(), AccuracyTarget(max_drop=0.01), calibration)
+    assert target.holdout == 10 and target.max_drop == 0.01  # a quarter of 40 held out
+    right, wrong = [np.array([0.0, 1.0])], [np.array([1.0, 0.0])]
+    assert target.metric([right] * 10, [right] * 10) == 0.0  # the held-out ten are all class 1
+    assert target.metric([wrong] * 5 + [right] * 5, [right] * 10) == -0.5

@@ -87,7 +87,11 @@ class AccuracyTarget:
         return self.score if self.score is not None else float_score - self.max_drop
 
     def mixed_precision(self, goal: float) -> MixedPrecision:
-        return MixedPrecision(target=goal, metric=self.metric)
+        """Mixed precision's own search scores its trials on calibration batches, where a task
+        metric (labels of the held-out batches) cannot run: output agreement, aimed at the loop's
+        goal where that is the loop's metric too, else at its default; the loop keeps the result
+        only where the task metric says it helps."""
+        return MixedPrecision(target=goal) if self.metric is None else MixedPrecision()
 
 
 @dataclass
