@@ -45,7 +45,8 @@ class Variant:
             raise ValueError(f"{name!r}: an algorithm after '+' is one of {choices}") from None
 
     def offered_by(self, framework: Framework) -> bool:
-        """The framework packages export 8-bit activations only (their fake-quant ops)."""
+        """The algorithms are rq-onnx's options, and the framework packages export 8-bit
+        activations only (their fake-quant ops): both are columns of the ONNX models alone."""
         sixteen_bits = get_preset(self.preset).activation.dtype.bits == 16 or Algorithm.INT16 in self.algorithms
         return framework in FRAMEWORKS_WITH_ALGORITHMS or not (self.algorithms or sixteen_bits)
 
