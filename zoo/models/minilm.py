@@ -444,7 +444,7 @@ class MiniLM(ZooModel):
     framework = Framework.ONNX
     wheels = (WHEEL,)
     task = "all-MiniLM-L6-v2 sentence embeddings (6-layer BERT, mean pooled, 64 tokens), English paraphrases"
-    presets = ("npu_transformer", "cpu", "npu_cnn", "npu_a16w8")
+    presets = ("npu_transformer", "cpu", "npu_cnn")
     calibration_size = CALIBRATION_PER_GROUP * len(PARAPHRASES)
     evaluation_size = (5 - CALIBRATION_PER_GROUP) * len(PARAPHRASES)
 
