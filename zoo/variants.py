@@ -1,5 +1,5 @@
 """rq's accuracy algorithms as zoo columns: a preset's name and the algorithms turned on for it,
-joined by '+' ("npu_cnn+adaround", "npu_transformer+adaround+bias_correction", "cpu+mixed"), so
+joined by '+' ("npu_cnn+cle", "npu_cnn+adaround", "npu_transformer+adaround+bias_correction", "cpu+mixed"), so
 that one run measures each beside the defaults and ONNX Runtime's quantizer. The framework
 packages do not offer these options yet: their columns are n/a."""
 
@@ -16,6 +16,7 @@ from zoo.kinds import Framework
 
 
 class Algorithm(str, Enum):
+    CLE = "cle"  # quantize_static(equalization=True): cross-layer equalization
     BIAS_CORRECTION = "bias_correction"  # quantize_static(bias_correction=True)
     ADAROUND = "adaround"  # quantize_static(rounding="adaround")
     INT16 = "int16"  # get_preset(name, activation_dtype="int16")
@@ -54,6 +55,8 @@ class Variant:
         """quantize_static's preset and options for this variant."""
         overrides = {"activation_dtype": "int16"} if Algorithm.INT16 in self.algorithms else {}
         arguments: dict[str, Any] = {"preset": get_preset(self.preset, **overrides) if overrides else self.preset}
+        if Algorithm.CLE in self.algorithms:
+            arguments["equalization"] = True
         if Algorithm.BIAS_CORRECTION in self.algorithms:
             arguments["bias_correction"] = True
         if Algorithm.ADAROUND in self.algorithms:

@@ -55,11 +55,24 @@ def test_a_goal_that_holds_at_once_costs_one_attempt_and_max_drop_is_from_floats
 
 def test_the_steps_follow_the_preset_and_the_best_is_kept_when_nothing_reaches():
     attempt, tried = scored(
-        {"defaults": 0.5, "activation_method=pot_nonoverflow": 0.4, "bias_correction": 0.6, "bias_correction + adaround": 0.55}
+        {
+            "defaults": 0.5,
+            "activation_method=pot_nonoverflow": 0.4,
+            "equalization": 0.45,
+            "bias_correction": 0.6,
+            "bias_correction + adaround": 0.55,
+        }
     )
     result = run_accuracy_loop(AccuracyTarget(score=0.99), get_preset("npu_cnn"), 1.0, attempt)
-    # power-of-two ranges only, and no mixed precision: the NPU's CNN path runs no 16-bit activations
-    assert tried == ["defaults", "activation_method=pot_nonoverflow", "bias_correction", "bias_correction + adaround"]
+    # power-of-two ranges only, equalization for its per-tensor weights, and no mixed precision:
+    # the NPU's CNN path runs no 16-bit activations
+    assert tried == [
+        "defaults",
+        "activation_method=pot_nonoverflow",
+        "equalization",
+        "bias_correction",
+        "bias_correction + adaround",
+    ]
     assert not result.reached and result.recipe == Recipe(bias_correction=True) and result.score == 0.6
     assert "not reached (fine-tuning with QAT is the next step)" in result.notes()[0]
 
@@ -81,5 +94,5 @@ def test_a_target_says_what_is_wrong_with_it():
     for bad in ({}, {"score": 0.9, "max_drop": 0.01}, {"max_drop": -1.0}, {"score": 0.9, "holdout": 0}):
         with pytest.raises(SpecError):
             AccuracyTarget(**bad)
-    with pytest.raises(SpecError, match="each step is one of ranges, bias_correction, adaround, mixed_precision"):
-        AccuracyTarget(score=0.9, steps=("cle",))
+    with pytest.raises(SpecError, match="each step is one of ranges, equalization, bias_correction, adaround, mixed_precision"):
+        AccuracyTarget(score=0.9, steps=("smoothquant",))

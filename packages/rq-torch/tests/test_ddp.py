@@ -54,6 +54,7 @@ def worker(rank: int, init_file: str, out_dir: str) -> None:
             nn.functional.cross_entropy(ddp(x), y).backward()
             optimizer.step()
         torch.save(qmodel.state_dict(), os.path.join(out_dir, f"trained{rank}.pt"))
+        dist.barrier()  # neither rank tears gloo down while the other still talks to it (an abort at exit, seen under load)
     finally:
         dist.destroy_process_group()
 

@@ -20,6 +20,9 @@ in float, and the package's report says so.
 - ``constant_operand``: a constant operand is stored as an int8 weight (per tensor).
 - ``layout``: moves values without changing or dropping any (a Q/DQ commutes with it).
 - ``npu``: the Ryzen AI NPU's rule for it on fixed-point targets (see rq_common.qmath.npu_rules).
+- ``scale_commutes``: f(x / s) = f(x) / s per channel for any s > 0 (positively homogeneous), so
+  cross-layer equalization scales two layers through it (rq_common.qmath.equalization). Clip is
+  such an op only without an upper bound: its bounds are constants the packages read.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class OpFacts:
     constant_operand: bool = False
     layout: bool = False
     npu: NpuRole = NpuRole.NONE
+    scale_commutes: bool = False
 
     def quantized_slots(self, node: onnx.NodeProto) -> list[int]:
         """The quantized input slots this node fills."""
@@ -91,16 +95,16 @@ OP_TABLE: dict[str, OpFacts] = {
         OpFacts("Add", inputs=(0, 1), operands=True, constant_operand=True, npu=_FUSES),
         OpFacts("Mul", inputs=(0, 1), operands=True, constant_operand=True),
         OpFacts("Concat", inputs=None, operands=True, npu=_SHARED),
-        OpFacts("AveragePool", npu=_SHARED),
-        OpFacts("GlobalAveragePool"),
+        OpFacts("AveragePool", npu=_SHARED, scale_commutes=True),
+        OpFacts("GlobalAveragePool", scale_commutes=True),
         OpFacts("ReduceMean", constants=(1,)),
         OpFacts("Resize"),  # roi / scales / sizes: parameters, constant or computed from a Shape
         OpFacts("LayerNormalization"),
         # activations
-        OpFacts("Relu", npu=_FUSED),
+        OpFacts("Relu", npu=_FUSED, scale_commutes=True),
         OpFacts("Clip", constants=(1, 2), npu=_FUSED),
-        OpFacts("LeakyRelu"),
-        OpFacts("PRelu", inputs=(0, 1), constant_operand=True),  # the slope: an int8 constant
+        OpFacts("LeakyRelu", scale_commutes=True),
+        OpFacts("PRelu", inputs=(0, 1), constant_operand=True, scale_commutes=True),  # the slope: an int8 constant
         OpFacts("Sigmoid"),
         OpFacts("HardSigmoid"),
         OpFacts("HardSwish"),
@@ -115,11 +119,11 @@ OP_TABLE: dict[str, OpFacts] = {
         OpFacts("Flatten", _PASS, layout=True),
         OpFacts("Squeeze", _PASS, layout=True),
         OpFacts("Unsqueeze", _PASS, layout=True),
-        OpFacts("Identity", _PASS, layout=True),
+        OpFacts("Identity", _PASS, layout=True, scale_commutes=True),
         OpFacts("Slice", _PASS),
         OpFacts("Split", _PASS),
         OpFacts("Gather", _PASS),
-        OpFacts("MaxPool", _PASS, npu=_SHARED),
+        OpFacts("MaxPool", _PASS, npu=_SHARED, scale_commutes=True),
         OpFacts("Pad", _PASS, constants=(2,)),  # the pad value must be on the int8 grid: a constant
     )
 }

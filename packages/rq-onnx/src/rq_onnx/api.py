@@ -21,14 +21,17 @@ from rq_common.pipeline.accuracy_loop import AccuracyTarget, Recipe
 from rq_common.pipeline.mixed_precision import MixedPrecision
 from rq_common.qmath import widen
 from rq_common.qmath.adaround import AdaptiveRounding, Rounding
+from rq_common.qmath.equalization import Equalization
 from rq_common.report import QuantReport
 from rq_common.spec import CalibrationMethod, Preset, get_preset, widened_activation
 from rq_onnx.calibrate import CalibrationDataReader, calibrate
+from rq_onnx.equalize import equalize_model
 from rq_onnx.finalize import corrected_inputs, finalize_plan, patched_inputs
 from rq_onnx.options import QuantizeOptions
 from rq_onnx.plan import make_plan, name_nodes
 from rq_onnx.precision import search_widened
 from rq_onnx.prepare import load_model, prepare_model
+from rq_onnx.readers import peek
 from rq_onnx.report import error_report
 from rq_onnx.write import fix_batch_to_one, write_quantized
 
@@ -49,6 +52,7 @@ def quantize_static(
     report_path: str | Path | None = None,
     quiet: bool = False,
     nonfinite: NonFinitePolicy | str = NonFinitePolicy.RAISE,
+    equalization: Equalization | bool | None = None,
     bias_correction: bool = False,
     rounding: Rounding | str = Rounding.NEAREST,
     mixed_precision: MixedPrecision | None = None,
@@ -79,6 +83,7 @@ def quantize_static(
         report_path=report_path,
         quiet=quiet,
         nonfinite=nonfinite,
+        equalization=equalization,
         bias_correction=bias_correction,
         rounding=rounding,
         mixed_precision=mixed_precision,
@@ -98,6 +103,10 @@ def quantize_static(
         notes.append("WARNING: calibrated on random data (asked for explicitly): scales do not reflect real inputs")
     model = prepare_model(load_model(model_input), preset, notes, sixteen_bits=options.mixed_precision is not None)
     name_nodes(model)
+    if options.equalization is not None:
+        absorb = options.equalization.absorb_batches if options.equalization.absorb_high_bias else 0
+        peeked, calibration_data_reader = peek(calibration_data_reader, absorb)
+        equalize_model(model, options.equalization, notes, peeked)
     plan = make_plan(model, preset, options.exclude_op_types, options.exclude_nodes)
     if not plan.activations:
         raise SpecError("model", "nothing to quantize: no op of the model has a quantization rule (see the float-op list)")
@@ -158,7 +167,7 @@ def quantize_static(
 def _quantize_to_target(model_input, model_output, reader, preset, target, options: QuantizeOptions, allow_violations):
     from rq_onnx.auto import quantize_to_target
 
-    start = Recipe(None, options.bias_correction, options.rounding, options.mixed_precision)
+    start = Recipe(None, options.equalization, options.bias_correction, options.rounding, options.mixed_precision)
     run_options = {
         "exclude_op_types": options.exclude_op_types,
         "exclude_nodes": options.exclude_nodes,

@@ -66,6 +66,7 @@ def quantize_to_target(
             FeedListReader(calibration),
             preset,
             calibrate_method=recipe.activation_method,
+            equalization=recipe.equalization,
             bias_correction=recipe.bias_correction,
             rounding=recipe.rounding,
             mixed_precision=recipe.mixed_precision,

@@ -16,6 +16,7 @@ from rq_common.observers import NonFinitePolicy
 from rq_common.pipeline.accuracy_loop import AccuracyTarget
 from rq_common.pipeline.mixed_precision import MixedPrecision
 from rq_common.qmath.adaround import Rounding
+from rq_common.qmath.equalization import Equalization, Relu6
 from rq_common.report import QuantReport
 from rq_common.spec import ALIASES, PRESETS, CalibrationMethod
 from rq_onnx.api import quantize_static
@@ -59,6 +60,7 @@ def cmd_quantize(args) -> int:
         use_external_data=args.external_data,
         quiet=args.quiet,
         nonfinite=args.nonfinite,
+        equalization=Equalization(relu6=args.relu6) if args.equalize else None,
         bias_correction=args.bias_correction,
         rounding=args.rounding,
         mixed_precision=_mixed_precision(args),
@@ -162,6 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--external-data", action="store_true", help="weights in <output>.data (models over 2 GB)")
     q.add_argument("--show", type=int, default=10, help="rows of the per-tensor table to print")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
+    q.add_argument(
+        "--equalize",
+        action="store_true",
+        help="cross-layer equalization before calibration: layer pairs joined through ReLU-like ops rescaled for per-tensor weights",
+    )
+    q.add_argument(
+        "--relu6",
+        choices=[r.value for r in Relu6],
+        default=Relu6.KEEP.value,
+        help="with --equalize: keep a ReLU6 pair as it is (default), or make the ReLU6 a ReLU and equalize the pair",
+    )
     q.add_argument(
         "--bias-correction",
         action="store_true",

@@ -88,6 +88,31 @@ class FeedListReader:
         self.position = 0
 
 
+def peek(reader, count: int) -> tuple[list[dict[str, np.ndarray]], object]:
+    """The reader's first ``count`` batches, and a reader that still gives every batch: the same
+    one, rewound, where it can rewind, else one that gives the peeked batches first."""
+    peeked = []
+    while len(peeked) < count:
+        feed = reader.get_next()
+        if feed is None:
+            break
+        peeked.append(feed)
+    if callable(getattr(reader, "rewind", None)):
+        reader.rewind()
+        return peeked, reader
+    return peeked, _Replaying(peeked, reader)
+
+
+class _Replaying:
+    """``peeked``, then the rest of ``reader`` (which cannot rewind)."""
+
+    def __init__(self, peeked: list[dict[str, np.ndarray]], reader):
+        self.peeked, self.reader = list(peeked), reader
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return self.peeked.pop(0) if self.peeked else self.reader.get_next()
+
+
 class NpzReader(ArrayReader):
     def __init__(self, path: str | Path, batch_size: int = 1, input_names: Sequence[str] | None = None):
         path = Path(path)

@@ -7,7 +7,8 @@ where it scores higher, and the loop stops as soon as the goal holds. The path (
 score, time and whether it was kept) is what the user reads to know what helped.
 
 Order, cheapest first (measured on the zoo: docs/pipeline.md): the other range choosers of the
-preset's scale type (one more calibration each), bias correction (the same), adaptive rounding
+preset's scale type (one more calibration each), cross-layer equalization for per-tensor weights
+(a few array operations and one more calibration), bias correction (the same), adaptive rounding
 (minutes on a transformer), mixed precision (one trial per activation group; slower on the CPU).
 """
 
@@ -22,6 +23,7 @@ from typing import Any
 from rq_common.errors import SpecError
 from rq_common.pipeline.mixed_precision import Metric, MixedPrecision
 from rq_common.qmath.adaround import Rounding
+from rq_common.qmath.equalization import Equalization
 from rq_common.spec import CalibrationMethod, Preset, widened_activation
 
 
@@ -30,12 +32,14 @@ class Recipe:
     """One quantization run's accuracy options (None / False / nearest: the preset's defaults)."""
 
     activation_method: CalibrationMethod | None = None
+    equalization: Equalization | None = None
     bias_correction: bool = False
     rounding: Rounding = Rounding.NEAREST
     mixed_precision: MixedPrecision | None = None
 
     def label(self) -> str:
         parts = [f"activation_method={self.activation_method.value}"] if self.activation_method else []
+        parts += ["equalization"] if self.equalization else []
         parts += ["bias_correction"] if self.bias_correction else []
         parts += [self.rounding.value] if self.rounding is not Rounding.NEAREST else []
         parts += ["mixed_precision"] if self.mixed_precision else []
@@ -44,12 +48,13 @@ class Recipe:
 
 class Step(str, Enum):
     RANGES = "ranges"  # the preset's scale type's other range choosers, each in turn
+    EQUALIZATION = "equalization"  # where weights are per tensor
     BIAS_CORRECTION = "bias_correction"
     ADAROUND = "adaround"
     MIXED_PRECISION = "mixed_precision"  # where the target runs 16-bit activations
 
 
-STEPS: tuple[Step, ...] = (Step.RANGES, Step.BIAS_CORRECTION, Step.ADAROUND, Step.MIXED_PRECISION)
+STEPS: tuple[Step, ...] = (Step.RANGES, Step.EQUALIZATION, Step.BIAS_CORRECTION, Step.ADAROUND, Step.MIXED_PRECISION)
 FLOAT_RANGES = (CalibrationMethod.MSE, CalibrationMethod.PERCENTILE)
 POWER_OF_TWO_RANGES = (CalibrationMethod.POT_MINMSE, CalibrationMethod.POT_NONOVERFLOW)
 
@@ -131,6 +136,8 @@ def proposals(step: Step, recipe: Recipe, preset: Preset, target: AccuracyTarget
     if step is Step.RANGES:
         choosers = POWER_OF_TWO_RANGES if preset.activation.power_of_two else FLOAT_RANGES
         yield from (replace(recipe, activation_method=m) for m in choosers if m is not preset.activation_method)
+    elif step is Step.EQUALIZATION and recipe.equalization is None and not preset.weight.per_channel:
+        yield replace(recipe, equalization=Equalization())
     elif step is Step.BIAS_CORRECTION and not recipe.bias_correction:
         yield replace(recipe, bias_correction=True)
     elif step is Step.ADAROUND and recipe.rounding is Rounding.NEAREST:
