@@ -149,7 +149,7 @@ def _rq_torch(entry, model, calibration: Samples, preset: str, out: Path, work: 
     import rq_torch
 
     example = entry.torch_inputs(calibration.inputs[0])
-    qmodel = rq_torch.quantize_model(model, example, preset=preset)
+    qmodel = rq_torch.quantize_model(model, example, **Variant.parse(preset).torch_arguments())
     rq_torch.calibrate(qmodel, [entry.torch_inputs(s) for s in calibration.inputs], quiet=True)
     result = rq_torch.export_onnx(qmodel, example, out)
     return _summary(result)

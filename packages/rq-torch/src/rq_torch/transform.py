@@ -20,9 +20,12 @@ from rq_common.calibration import ScaleGroups
 from rq_common.optable import NpuRole, facts_for, has_npu_role
 from rq_common.pipeline import ConstantOperand
 from rq_common.pipeline.placement import EXCLUDED, FloatOp, OpNode, follows_from_others, place_quantizers
+from rq_common.errors import SpecError
 from rq_common.qmath import fold_batchnorm
+from rq_common.qmath.equalization import Equalization
 from rq_common.spec import Preset, get_preset
 from rq_torch.attention import to_plain_forms
+from rq_torch.equalize import equalize_layers
 from rq_torch.fake_quant import check_exportable
 from rq_torch.modules import QUANT_LAYERS, ConvBn2d, QuantLayerMixin, QuantLinear
 from rq_torch.ops import onnx_op
@@ -42,6 +45,7 @@ class TorchPlan:
     quantized_ops: list[str] = field(default_factory=list)
     float_ops: list[FloatOp] = field(default_factory=list)
     input_names: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what quantize_model changed (equalization), first of the model's notes
 
 
 def _is_float_tensor(node: fx.Node) -> bool:
@@ -125,6 +129,7 @@ def quantize_model(
     learn_scales: bool = False,
     freeze_bn_after: int | None = None,
     concrete_args: dict[str, Any] | None = None,
+    equalization: Equalization | bool | None = None,
 ) -> fx.GraphModule:
     """A traced copy of ``model`` with quantizers in place (the original is left as it is).
 
@@ -137,8 +142,16 @@ def quantize_model(
     Preset changed as needed (``get_preset("cpu", per_channel=False)``). ``concrete_args``: Python
     arguments of forward() fixed for tracing (torch.fx's), e.g. ``{"embed": False}`` for a forward
     that branches on them; the quantized model computes that branch and takes the tensors only.
+    ``equalization``: cross-layer equalization of Conv / Linear pairs joined through ReLU-like
+    ops, after BatchNorm folding (rq_torch.equalize; True for the defaults): for per-tensor weights.
     """
     preset = get_preset(preset)
+    equalization = Equalization() if equalization is True else (equalization or None)
+    if equalization is not None and freeze_bn_after is not None:
+        raise SpecError(
+            "equalization",
+            "equalization rescales folded Conv weights, and freeze_bn_after keeps BatchNorm unfolded: use one of the two",
+        )
     for kind in ("activation", "weight"):
         check_exportable(getattr(preset, kind), kind)
     example_inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
@@ -153,6 +166,9 @@ def quantize_model(
     decompose_gelu(gm)
     shape_propagate(gm, example_inputs)
     plan = TorchPlan(preset, input_names=[n.name for n in gm.graph.nodes if n.op == "placeholder"])
+    if equalization is not None:
+        plan.notes += equalize_layers(gm, equalization)
+        shape_propagate(gm, example_inputs)
     _lift_scalar_operands(gm, preset, plan)
     shape_propagate(gm, example_inputs)
     quantized, groups, node_ops = _plan(gm, preset, set(exclude_nodes), plan)
