@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from rq_common.calibration import ScaleGroups
+from rq_common.errors import SpecError
 from rq_common.optable import NpuRole, facts_for, has_npu_role
 from rq_common.pipeline import ConstantOperand
 from rq_common.pipeline.placement import EXCLUDED, FloatOp, OpNode, follows_from_others, place_quantizers
-from rq_common.errors import SpecError
 from rq_common.qmath import fold_batchnorm
 from rq_common.qmath.equalization import Equalization
 from rq_common.spec import Preset, get_preset
