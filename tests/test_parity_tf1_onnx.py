@@ -38,7 +38,9 @@ def test_rq_tf1_and_rq_onnx_write_the_same_int8_model(tmp_path, request, network
     float_model, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=["x:0"], output_names=["logits:0"], opset=17)
     (tmp_path / "float.onnx").write_bytes(stable_tf2onnx(float_model))
     reader = ArrayReader({"x:0": np.concatenate(batches)}, batch_size=1)
-    from_onnx = quantize_static(tmp_path / "float.onnx", tmp_path / "onnx.onnx", reader, preset=preset, quiet=True)
+    from_onnx = quantize_static(
+        tmp_path / "float.onnx", tmp_path / "onnx.onnx", reader, preset=preset, quiet=True, equalization=False
+    )  # rq-tf1 and rq-tf2 do not equalize yet
     assert result.violations == [] and from_onnx.violations == []
     assert_same_layers(onnx.load(str(result.path)), from_onnx.model, preset)
     written = {f"tf1/{p.name}": p for p in sorted((tmp_path / "out").iterdir())}

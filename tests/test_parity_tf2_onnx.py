@@ -46,7 +46,9 @@ def test_rq_tf2_and_rq_onnx_write_the_same_int8_model(tmp_path, request, network
 
     float_onnx(model, shape, tmp_path / "float.onnx")
     reader = ArrayReader({"x": calibration}, batch_size=1)
-    from_onnx = quantize_static(tmp_path / "float.onnx", tmp_path / "onnx.onnx", reader, preset=preset, quiet=True)
+    from_onnx = quantize_static(
+        tmp_path / "float.onnx", tmp_path / "onnx.onnx", reader, preset=preset, quiet=True, equalization=False
+    )  # rq-tf1 and rq-tf2 do not equalize yet
     assert from_tf2.violations == [] and from_onnx.violations == []
     assert_same_layers(from_tf2.model, from_onnx.model, preset)
     if network not in TF2ONNX_VARIES:  # tf2onnx's graph of it changes from run to run: see TF2ONNX_VARIES

@@ -58,18 +58,18 @@ def test_the_steps_follow_the_preset_and_the_best_is_kept_when_nothing_reaches()
         {
             "defaults": 0.5,
             "activation_method=pot_nonoverflow": 0.4,
-            "equalization": 0.45,
+            "no equalization": 0.45,
             "bias_correction": 0.6,
             "bias_correction + adaround": 0.55,
         }
     )
     result = run_accuracy_loop(AccuracyTarget(score=0.99), get_preset("npu_cnn"), 1.0, attempt)
-    # power-of-two ranges only, equalization for its per-tensor weights, and no mixed precision:
-    # the NPU's CNN path runs no 16-bit activations
+    # power-of-two ranges only, equalization's other choice (on by default for per-tensor weights),
+    # and no mixed precision: the NPU's CNN path runs no 16-bit activations
     assert tried == [
         "defaults",
         "activation_method=pot_nonoverflow",
-        "equalization",
+        "no equalization",
         "bias_correction",
         "bias_correction + adaround",
     ]

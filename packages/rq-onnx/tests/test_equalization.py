@@ -179,30 +179,28 @@ def test_per_tensor_int8_of_a_badly_scaled_net_comes_closer_to_float():
     assert scores[True] > scores[False] + 6, scores  # 6 dB: a quarter of the error
 
 
-def test_cli_equalize_writes_a_valid_deterministic_model(tmp_path):
+def test_cli_equalizes_per_tensor_presets_by_default_and_writes_valid_deterministic_models(tmp_path):
     model_path = tmp_path / "chain.onnx"
     onnx.save(conv_chain(), model_path)
     np.savez(tmp_path / "data.npz", x=images(16))
-    outputs = []
-    for name in ("a.onnx", "b.onnx"):
-        out = tmp_path / name
-        code = main(
-            [
-                "quantize",
-                str(model_path),
-                str(out),
-                "--calib-data",
-                str(tmp_path / "data.npz"),
-                "--preset",
-                "npu_cnn",
-                "--equalize",
-                "--quiet",
-            ]
-        )
-        assert code == 0
-        outputs.append(out.read_bytes())
+    written = {}
+    for name, flags in (("auto", []), ("again", []), ("on", ["--equalize", "on"]), ("off", ["--equalize", "off"])):
+        out = tmp_path / f"{name}.onnx"
+        arguments = ["quantize", str(model_path), str(out), "--calib-data", str(tmp_path / "data.npz"), "--preset", "npu_cnn"]
+        assert main([*arguments, *flags, "--quiet"]) == 0
         assert main(["check", str(out), "--preset", "npu_cnn"]) == 0
-    assert outputs[0] == outputs[1]
+        written[name] = out.read_bytes()
+    assert written["auto"] == written["again"] == written["on"] != written["off"]
+
+
+def test_per_channel_weights_are_not_equalized_unless_asked():
+    reader = badly_scaled_reader
+    default = quantize_static(conv_chain(), None, reader(), "cpu", quiet=True)
+    assert not any("equaliz" in n for n in default.notes)
+    asked = quantize_static(conv_chain(), None, reader(), "cpu", equalization=True, quiet=True)
+    assert any("2 pair(s) of layers equalized" in n for n in asked.notes)
+    per_tensor = quantize_static(conv_chain(), None, reader(), "npu_transformer", quiet=True)
+    assert any("2 pair(s) of layers equalized" in n for n in per_tensor.notes)
 
 
 def test_a_reader_that_cannot_rewind_still_calibrates_on_every_batch():

@@ -104,10 +104,19 @@ def quantized_sqnr(tmp_path, equalization, name: str) -> float:
 
 
 def test_per_tensor_int8_export_comes_closer_to_float(tmp_path):
-    plain, _ = quantized_sqnr(tmp_path, None, "plain")
-    equalized, result = quantized_sqnr(tmp_path, True, "equalized")
+    plain, result = quantized_sqnr(tmp_path, False, "plain")
+    assert not any("equaliz" in n for n in result.notes)
+    equalized, result = quantized_sqnr(tmp_path, None, "equalized")  # the default for per-tensor weights
     assert equalized > plain + 6, (plain, equalized)  # 6 dB: a quarter of the error
-    assert any("pair(s) of layers equalized" in n for n in result.notes)
+    assert any("3 pair(s) of layers equalized" in n for n in result.notes)
+
+
+def test_per_channel_weights_and_qat_batchnorm_are_not_equalized_by_default():
+    example = torch.randn(1, 3, 10, 10)
+    for kwargs in ({"preset": "cpu"}, {"preset": "npu_cnn", "freeze_bn_after": 10}):
+        qmodel = rq_torch.quantize_model(BadlyScaled(), example, **kwargs)
+        assert qmodel.rq_plan.notes == []
+    assert "equaliz" in rq_torch.quantize_model(BadlyScaled(), example, preset="cpu", equalization=True).rq_plan.notes[-1]
 
 
 def test_equalization_and_unfolded_batchnorm_are_refused_together():

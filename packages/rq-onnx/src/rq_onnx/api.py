@@ -21,7 +21,7 @@ from rq_common.pipeline.accuracy_loop import AccuracyTarget, Recipe
 from rq_common.pipeline.mixed_precision import MixedPrecision
 from rq_common.qmath import widen
 from rq_common.qmath.adaround import AdaptiveRounding, Rounding
-from rq_common.qmath.equalization import Equalization
+from rq_common.qmath.equalization import Equalization, resolve_equalization
 from rq_common.report import QuantReport
 from rq_common.spec import CalibrationMethod, Preset, get_preset, widened_activation
 from rq_onnx.calibrate import CalibrationDataReader, calibrate
@@ -103,10 +103,11 @@ def quantize_static(
         notes.append("WARNING: calibrated on random data (asked for explicitly): scales do not reflect real inputs")
     model = prepare_model(load_model(model_input), preset, notes, sixteen_bits=options.mixed_precision is not None)
     name_nodes(model)
-    if options.equalization is not None:
-        absorb = options.equalization.absorb_batches if options.equalization.absorb_high_bias else 0
+    equalization = resolve_equalization(options.equalization, not preset.weight.per_channel)
+    if equalization is not None:
+        absorb = equalization.absorb_batches if equalization.absorb_high_bias else 0
         peeked, calibration_data_reader = peek(calibration_data_reader, absorb)
-        equalize_model(model, options.equalization, notes, peeked)
+        equalize_model(model, equalization, notes, peeked)
     plan = make_plan(model, preset, options.exclude_op_types, options.exclude_nodes)
     if not plan.activations:
         raise SpecError("model", "nothing to quantize: no op of the model has a quantization rule (see the float-op list)")

@@ -18,7 +18,7 @@ from rq_common.pipeline.mixed_precision import MixedPrecision
 from rq_common.qmath.adaround import Rounding
 from rq_common.qmath.equalization import Equalization, Relu6
 from rq_common.report import QuantReport
-from rq_common.spec import ALIASES, PRESETS, CalibrationMethod
+from rq_common.spec import ALIASES, PRESETS, CalibrationMethod, get_preset
 from rq_onnx.api import quantize_static
 from rq_onnx.calibrate import batches, check_feed, make_session, with_outputs
 from rq_onnx.prepare import load_model
@@ -45,6 +45,16 @@ def _reader(args, model: onnx.ModelProto):
     raise RqError("calibration data is needed: --calib-data PATH (or, explicitly, --random-data N)")
 
 
+def _equalization(args) -> Equalization | bool | None:
+    """--equalize and --relu6 as quantize_static's equalization (None: the preset's default)."""
+    if args.equalize == "off":
+        return False
+    if args.equalize == "auto" and args.relu6 == Relu6.KEEP.value:
+        return None
+    on = args.equalize == "on" or not get_preset(args.preset, per_channel=True if args.per_channel else None).weight.per_channel
+    return Equalization(relu6=args.relu6) if on else False
+
+
 def cmd_quantize(args) -> int:
     model = load_model(args.input)
     result = quantize_static(
@@ -60,7 +70,7 @@ def cmd_quantize(args) -> int:
         use_external_data=args.external_data,
         quiet=args.quiet,
         nonfinite=args.nonfinite,
-        equalization=Equalization(relu6=args.relu6) if args.equalize else None,
+        equalization=_equalization(args),
         bias_correction=args.bias_correction,
         rounding=args.rounding,
         mixed_precision=_mixed_precision(args),
@@ -166,14 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.add_argument(
         "--equalize",
-        action="store_true",
-        help="cross-layer equalization before calibration: layer pairs joined through ReLU-like ops rescaled for per-tensor weights",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="cross-layer equalization before calibration: layer pairs joined through ReLU-like ops rescaled so that "
+        "per-tensor weights fit every channel (auto, the default: on where the preset's weights are per tensor)",
     )
     q.add_argument(
         "--relu6",
         choices=[r.value for r in Relu6],
         default=Relu6.KEEP.value,
-        help="with --equalize: keep a ReLU6 pair as it is (default), or make the ReLU6 a ReLU and equalize the pair",
+        help="where equalization runs: keep a ReLU6 pair as it is (default), or make the ReLU6 a ReLU and equalize the pair",
     )
     q.add_argument(
         "--bias-correction",

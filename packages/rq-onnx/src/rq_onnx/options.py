@@ -28,8 +28,9 @@ class QuantizeOptions:
     Attention masks need neither: rq keeps them in float (rq_onnx/masks.py).
     equalization: cross-layer equalization before calibration (rq_common.qmath.equalization,
     rq_onnx.equalize): pairs of Conv / Gemm / MatMul layers joined through ReLU-like ops rescaled so
-    that per-tensor weight grids fit every channel, high biases moved into the next layer; True for
-    the defaults, an Equalization to change them, None / False (the default): off.
+    that per-tensor weight grids fit every channel, high biases moved into the next layer; None
+    (the default): on where the preset's weights are per tensor (resolve_equalization); True / an
+    Equalization: on (with its settings); False: off.
     bias_correction: correct each Conv / ConvTranspose / Gemm bias for its quantized weight's
     rounding error, from the float inputs' channel means over the calibration data (a MatMul's bias
     is an Add of its own and is left as it is)
@@ -50,7 +51,7 @@ class QuantizeOptions:
     report_path: Path | None = None
     quiet: bool = False
     nonfinite: NonFinitePolicy = NonFinitePolicy.RAISE
-    equalization: Equalization | None = None
+    equalization: Equalization | bool | None = None
     bias_correction: bool = False
     rounding: Rounding = Rounding.NEAREST
     mixed_precision: MixedPrecision | None = None
@@ -66,8 +67,6 @@ class QuantizeOptions:
         except ValueError:
             choices = ", ".join(p.value for p in NonFinitePolicy)
             raise SpecError("nonfinite", f"{self.nonfinite!r} is not a policy; use one of: {choices}") from None
-        if isinstance(self.equalization, bool):
-            object.__setattr__(self, "equalization", Equalization() if self.equalization else None)
         object.__setattr__(self, "exclude_op_types", tuple(self.exclude_op_types))
         object.__setattr__(self, "exclude_nodes", tuple(self.exclude_nodes))
         if self.report_path is not None:

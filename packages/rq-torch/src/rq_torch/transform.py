@@ -22,7 +22,7 @@ from rq_common.optable import NpuRole, facts_for, has_npu_role
 from rq_common.pipeline import ConstantOperand
 from rq_common.pipeline.placement import EXCLUDED, FloatOp, OpNode, follows_from_others, place_quantizers
 from rq_common.qmath import fold_batchnorm
-from rq_common.qmath.equalization import Equalization
+from rq_common.qmath.equalization import Equalization, resolve_equalization
 from rq_common.spec import Preset, get_preset
 from rq_torch.attention import to_plain_forms
 from rq_torch.equalize import equalize_layers
@@ -143,15 +143,17 @@ def quantize_model(
     arguments of forward() fixed for tracing (torch.fx's), e.g. ``{"embed": False}`` for a forward
     that branches on them; the quantized model computes that branch and takes the tensors only.
     ``equalization``: cross-layer equalization of Conv / Linear pairs joined through ReLU-like
-    ops, after BatchNorm folding (rq_torch.equalize; True for the defaults): for per-tensor weights.
+    ops, after BatchNorm folding (rq_torch.equalize): None (the default) on where the preset's
+    weights are per tensor and BatchNorm is folded (rq_common's resolve_equalization), True / an
+    Equalization on, False off.
     """
     preset = get_preset(preset)
-    equalization = Equalization() if equalization is True else (equalization or None)
-    if equalization is not None and freeze_bn_after is not None:
+    if equalization and freeze_bn_after is not None:
         raise SpecError(
             "equalization",
             "equalization rescales folded Conv weights, and freeze_bn_after keeps BatchNorm unfolded: use one of the two",
         )
+    equalization = None if freeze_bn_after is not None else resolve_equalization(equalization, not preset.weight.per_channel)
     for kind in ("activation", "weight"):
         check_exportable(getattr(preset, kind), kind)
     example_inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)

@@ -23,7 +23,7 @@ from typing import Any
 from rq_common.errors import SpecError
 from rq_common.pipeline.mixed_precision import Metric, MixedPrecision
 from rq_common.qmath.adaround import Rounding
-from rq_common.qmath.equalization import Equalization
+from rq_common.qmath.equalization import Equalization, resolve_equalization
 from rq_common.spec import CalibrationMethod, Preset, widened_activation
 
 
@@ -32,14 +32,14 @@ class Recipe:
     """One quantization run's accuracy options (None / False / nearest: the preset's defaults)."""
 
     activation_method: CalibrationMethod | None = None
-    equalization: Equalization | None = None
+    equalization: Equalization | bool | None = None  # None: the preset's default (resolve_equalization)
     bias_correction: bool = False
     rounding: Rounding = Rounding.NEAREST
     mixed_precision: MixedPrecision | None = None
 
     def label(self) -> str:
         parts = [f"activation_method={self.activation_method.value}"] if self.activation_method else []
-        parts += ["equalization"] if self.equalization else []
+        parts += [] if self.equalization is None else ["equalization" if self.equalization else "no equalization"]
         parts += ["bias_correction"] if self.bias_correction else []
         parts += [self.rounding.value] if self.rounding is not Rounding.NEAREST else []
         parts += ["mixed_precision"] if self.mixed_precision else []
@@ -48,7 +48,7 @@ class Recipe:
 
 class Step(str, Enum):
     RANGES = "ranges"  # the preset's scale type's other range choosers, each in turn
-    EQUALIZATION = "equalization"  # where weights are per tensor
+    EQUALIZATION = "equalization"  # where weights are per tensor: the other choice than the recipe's
     BIAS_CORRECTION = "bias_correction"
     ADAROUND = "adaround"
     MIXED_PRECISION = "mixed_precision"  # where the target runs 16-bit activations
@@ -136,8 +136,8 @@ def proposals(step: Step, recipe: Recipe, preset: Preset, target: AccuracyTarget
     if step is Step.RANGES:
         choosers = POWER_OF_TWO_RANGES if preset.activation.power_of_two else FLOAT_RANGES
         yield from (replace(recipe, activation_method=m) for m in choosers if m is not preset.activation_method)
-    elif step is Step.EQUALIZATION and recipe.equalization is None and not preset.weight.per_channel:
-        yield replace(recipe, equalization=Equalization())
+    elif step is Step.EQUALIZATION and not preset.weight.per_channel:
+        yield replace(recipe, equalization=resolve_equalization(recipe.equalization, True) is None)
     elif step is Step.BIAS_CORRECTION and not recipe.bias_correction:
         yield replace(recipe, bias_correction=True)
     elif step is Step.ADAROUND and recipe.rounding is Rounding.NEAREST:

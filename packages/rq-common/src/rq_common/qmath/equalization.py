@@ -159,3 +159,14 @@ class Equalization:
             raise SpecError("relu6", f"{self.relu6!r} is not a choice; use one of: {', '.join(r.value for r in Relu6)}") from None
         if self.max_iterations < 1 or self.absorb_batches < 1:
             raise SpecError("equalization", "max_iterations and absorb_batches must be at least 1")
+
+
+def resolve_equalization(choice: Equalization | bool | None, per_tensor_weights: bool) -> Equalization | None:
+    """The equalization a run does: ``choice``, or for None the default, which is on where the
+    weights are per tensor (the NPU presets): there one grid serves every channel, and on the zoo
+    equalization lifts such models (docs/pipeline.md); per-channel weights gain nothing from it."""
+    if choice is None:
+        return Equalization() if per_tensor_weights else None
+    if isinstance(choice, bool):
+        return Equalization() if choice else None
+    return choice
