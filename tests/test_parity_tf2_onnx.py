@@ -40,7 +40,7 @@ def test_rq_tf2_and_rq_onnx_write_the_same_int8_model(tmp_path, request, network
     model = nets.randomize_batchnorm(build())
     calibration = np.random.default_rng(0).standard_normal((16, *shape)).astype(np.float32)
 
-    qmodel = rq_tf2.quantize_model(model, preset=preset)
+    qmodel = rq_tf2.quantize_model(model, preset=preset, equalization=False)  # the recorded bytes: without it
     rq_tf2.calibrate(qmodel, calibration, batch_size=4, quiet=True)
     from_tf2 = rq_tf2.export_onnx(qmodel, tmp_path / "tf2.onnx")
 
@@ -48,7 +48,7 @@ def test_rq_tf2_and_rq_onnx_write_the_same_int8_model(tmp_path, request, network
     reader = ArrayReader({"x": calibration}, batch_size=1)
     from_onnx = quantize_static(
         tmp_path / "float.onnx", tmp_path / "onnx.onnx", reader, preset=preset, quiet=True, equalization=False
-    )  # rq-tf1 and rq-tf2 do not equalize yet
+    )
     assert from_tf2.violations == [] and from_onnx.violations == []
     assert_same_layers(from_tf2.model, from_onnx.model, preset)
     if network not in TF2ONNX_VARIES:  # tf2onnx's graph of it changes from run to run: see TF2ONNX_VARIES
@@ -61,3 +61,23 @@ def test_rq_tf2_and_rq_onnx_write_the_same_int8_model(tmp_path, request, network
 # Keras transformer are therefore not the same bytes from run to run, and are left out of the
 # recorded-bytes check (the layer-by-layer comparison above still holds every run).
 TF2ONNX_VARIES = ("transformer",)
+
+
+@pytest.mark.parametrize("preset", ["npu_cnn", "npu_transformer"])
+def test_rq_tf2_and_rq_onnx_equalize_the_same(tmp_path, preset):
+    """Both equalize per-tensor presets by default, rq_common's math on the same folded weights in
+    their own layouts (Keras HWIO and depthwise HWCM, ONNX OIHW): the same pairs, the same int8
+    model. (High-bias absorption is rq-onnx's alone; it needs a ReLU into an unpadded layer.)"""
+    build, shape = NETWORKS["resnet"]
+    tf.keras.utils.set_random_seed(0)
+    model = nets.randomize_batchnorm(build())
+    calibration = np.random.default_rng(0).standard_normal((16, *shape)).astype(np.float32)
+    qmodel = rq_tf2.quantize_model(model, preset=preset)
+    rq_tf2.calibrate(qmodel, calibration, batch_size=4, quiet=True)
+    from_tf2 = rq_tf2.export_onnx(qmodel, tmp_path / "tf2.onnx")
+    float_onnx(model, shape, tmp_path / "float.onnx")
+    reader = ArrayReader({"x": calibration}, batch_size=1)
+    from_onnx = quantize_static(tmp_path / "float.onnx", tmp_path / "onnx.onnx", reader, preset=preset, quiet=True)
+    equalized = [[n for n in notes if "equaliz" in n] for notes in (from_tf2.notes, from_onnx.notes)]
+    assert equalized[0] == equalized[1] and "pair(s) of layers equalized" in equalized[0][-1], equalized
+    assert_same_layers(from_tf2.model, from_onnx.model, preset)

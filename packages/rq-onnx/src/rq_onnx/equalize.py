@@ -91,21 +91,50 @@ def _channel_axis(op_type: str) -> int:
     return 1 if op_type == "Conv" else -1
 
 
+# after a global pooling, these make (N, C, 1, 1) into (N, C): channel i stays channel i, now on the
+# last axis, where a Gemm / MatMul reads its input channels (a classifier head after a backbone)
+SPATIAL_DROPS = frozenset({"Squeeze", "Flatten", "Reshape"})
+
+
+def _drops_spatial(index: GraphIndex, node: onnx.NodeProto, before: list[onnx.NodeProto]) -> bool:
+    """``node`` turns the (N, C, 1, 1) output of the global pooling just before it into (N, C)."""
+    if node.op_type not in SPATIAL_DROPS or not before or before[-1].op_type != "GlobalAveragePool":
+        return False
+    if node.op_type == "Flatten":
+        return _attribute(node, "axis", 1) == 1
+    if node.op_type == "Reshape":
+        shape = index.constant(node.input[1])
+        return shape is not None and shape.size == 2 and int(shape[-1]) in (-1,) + tuple(_known_channels(index, node))
+    axes = index.constant(node.input[1]) if len(node.input) > 1 and node.input[1] else _attribute(node, "axes", None)
+    return axes is not None and set(np.asarray(axes).reshape(-1).tolist()) == {2, 3}
+
+
+def _known_channels(index: GraphIndex, node: onnx.NodeProto) -> list[int]:
+    """The channel count of the node's input where shape inference recorded it."""
+    for value in index.model.graph.value_info:
+        if value.name == node.input[0] and len(value.type.tensor_type.shape.dim) > 1:
+            dim = value.type.tensor_type.shape.dim[1]
+            return [dim.dim_value] if dim.HasField("dim_value") else []
+    return []
+
+
 def find_pairs(index: GraphIndex, relu6: Relu6) -> tuple[list[Pair], list[Pair]]:
     """(the pairs to equalize, the pairs a ReLU6 keeps apart under Relu6.KEEP)."""
     pairs, kept_apart = [], []
     for producer in index.model.graph.node:
         if producer.op_type not in WEIGHT_LAYERS:
             continue
-        tensor, path = producer.output[0], []
+        tensor, path, axis = producer.output[0], [], _channel_axis(producer.op_type)
         while tensor not in index.graph_outputs and len(index.consumers_of(tensor)) == 1:
             reader, slot = index.consumers_of(tensor)[0]
             if reader.op_type in WEIGHT_LAYERS:
-                if slot == 0 and _channel_axis(reader.op_type) == _channel_axis(producer.op_type):
+                if slot == 0 and _channel_axis(reader.op_type) == axis:
                     pair = Pair(producer, reader, path, [n for n in path if _is_relu6(index, n)])
                     (pairs if relu6 is Relu6.RELU or not pair.relu6 else kept_apart).append(pair)
                 break
-            if not (_commutes(index, reader, Relu6.RELU) and slot == 0 and len(reader.output) >= 1):
+            if slot == 0 and _drops_spatial(index, reader, path):
+                axis = -1
+            elif not (_commutes(index, reader, Relu6.RELU) and slot == 0):
                 break
             path.append(reader)
             tensor = reader.output[0]

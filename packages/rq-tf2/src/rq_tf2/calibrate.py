@@ -230,7 +230,7 @@ def finalize(model: keras.Model, wiring: Links | None = None) -> list[str]:
         ],
     )
     result = finalize_view(view, preset)
-    notes = list(result.notes)
+    notes = list(getattr(model, "rq_quantize_notes", [])) + list(result.notes)
     for q in wiring.quantizers:
         if result.activations[q.name] is not view.activations[q.name]:
             q.scale.assign(np.float32(result.activations[q.name].scale))

@@ -54,6 +54,9 @@ class RuleContext:
     input_rank: int
     batchnorm: L.BatchNormalization | None = None  # a BatchNormalization folded into this layer
     freeze_bn_after: int | None = None  # QAT: keep that BatchNorm apart for this many steps
+    weights: tuple[np.ndarray, np.ndarray | None] | None = (
+        None  # equalized kernel and bias, BatchNorm folded in (rq_tf2.equalize)
+    )
 
 
 Rule = Callable[[object, RuleContext], list[Step]]
@@ -126,6 +129,10 @@ def _twin_step(layer, ctx: RuleContext, op: str, config_changes=None, name=None,
     twin_type = QUANT_TWINS[next(c for c in type(layer).__mro__ if c in QUANT_TWINS)]
     config = {**layer.get_config(), "activation": "linear", **(config_changes or {})}
     config["name"] = name or layer.name
+    if ctx.weights is not None and kernel is None:  # equalized: the BatchNorm is in them already
+        kernel, bias = ctx.weights
+        ctx = RuleContext(ctx.preset, ctx.input_rank)
+        config["use_bias"] = bias is not None
     kernel = np.asarray(layer.kernel if kernel is None else kernel)
     bias = (np.asarray(layer.bias) if layer.bias is not None else None) if bias is None else bias
     keep_bn = ctx.batchnorm is not None and ctx.freeze_bn_after is not None
@@ -189,6 +196,8 @@ def dense_rule(layer, ctx: RuleContext) -> list[Step]:
     if ctx.input_rank == 2:
         return [_twin_step(layer, ctx, "Gemm"), *activation]
     kernel, bias, bn = np.asarray(layer.kernel), np.asarray(layer.bias) if layer.use_bias else None, ctx.batchnorm
+    if ctx.weights is not None:  # equalized, the BatchNorm folded in
+        (kernel, bias), bn = ctx.weights, None
     if bn is not None:  # BN(x W + b) = x (W g) + ((b - mean) g + beta): g into the MatMul, the rest into the Add
         if ctx.freeze_bn_after is not None:
             warnings.warn(

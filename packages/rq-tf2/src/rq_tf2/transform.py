@@ -15,9 +15,11 @@ from keras import tree
 from rq_common.errors import SpecError
 from rq_common.optable import facts_for
 from rq_common.pipeline.placement import EXCLUDED, FloatOp, OpNode, follows_from_others, place_quantizers
+from rq_common.qmath.equalization import Equalization, resolve_equalization
 from rq_common.spec import Preset, get_preset, require_eight_bit_activations
 from rq_tf2.attention import decompose_attention, parts_of
 from rq_tf2.calibrate import calibrate, sample_shape
+from rq_tf2.equalize import equalized_weights
 from rq_tf2.graph import FunctionalGraph, GraphNode, functional_graph, is_subclassed, rebuild, trace_shape
 from rq_tf2.layers import QUANT_TWINS, QuantWeightedMixin
 from rq_tf2.quantizer import ActivationQuantizer, Mode
@@ -53,6 +55,7 @@ def quantize_model(
     quiet: bool = False,
     keep_regularizers: bool = False,
     input_shape: tuple[int | None, ...] | None = None,
+    equalization: Equalization | bool | None = None,
 ) -> keras.Model:
     """A quantized copy of a Sequential or Functional ``model`` (layer names and weights kept; the
     original is not changed).
@@ -70,9 +73,18 @@ def quantize_model(
     width: traced so), else the calibration data's where ``calib_dataset`` is given (a model built
     on a 64x64 image and calibrated on 192x192 ones is traced for 192x192), else the one Keras
     recorded or rq finds from the model's layers.
+    ``equalization``: cross-layer equalization of Conv / Dense pairs joined through ReLU-like layers
+    (rq_tf2.equalize): None (the default) on where the preset's weights are per tensor and BatchNorm
+    is folded (rq_common's resolve_equalization), True / an Equalization on, False off.
     """
     preset = get_preset(preset)
     require_eight_bit_activations(preset, "rq-tf2")
+    if equalization and freeze_bn_after is not None:
+        raise SpecError(
+            "equalization",
+            "equalization rescales folded Conv weights, and freeze_bn_after keeps BatchNorm unfolded: use one of the two",
+        )
+    equalization = None if freeze_bn_after is not None else resolve_equalization(equalization, not preset.weight.per_channel)
     configs = dict(layer_configs or {})
     for name in exclude_nodes:
         configs[name] = LayerConfig(exclude=True)
@@ -88,7 +100,7 @@ def quantize_model(
             if name in configs:
                 config = configs.pop(name)
                 configs.update({node.name: config for node in graph.nodes if node.name in parts_of(name)})
-    expanded, op_nodes, aliases = _expand(graph, preset, configs, freeze_bn_after)
+    expanded, op_nodes, aliases, notes = _expand(graph, preset, configs, freeze_bn_after, equalization)
     outputs = [aliases.get(key, key) for key in graph.outputs]
     float_inputs = [key for key in graph.inputs if key in graph.floats]
     placement = place_quantizers(op_nodes, float_inputs, outputs, preset.target.fixed_point_rules)
@@ -135,6 +147,7 @@ def quantize_model(
 
     qmodel = rebuild(graph, lambda fresh: [quantize(k, t) for k, t in zip(graph.inputs, fresh)], on_node)
     qmodel.rq_float_ops = list(placement.float_ops)
+    qmodel.rq_quantize_notes = notes  # what quantize_model changed (equalization): first of the notes finalize keeps
     if calib_dataset is not None:
         calibrate(qmodel, calib_dataset, max_calibration_batches, batch_size=calib_batch_size, quiet=quiet)
     return qmodel
@@ -174,8 +187,12 @@ def _foldable_batchnorms(graph: FunctionalGraph, configs) -> dict[int, GraphNode
     return folds
 
 
-def _expand(graph: FunctionalGraph, preset: Preset, configs, freeze_bn_after):
+def _expand(graph: FunctionalGraph, preset: Preset, configs, freeze_bn_after, equalization: Equalization | None = None):
     folds = _foldable_batchnorms(graph, configs)
+    weights, notes = {}, []
+    if equalization is not None:
+        excluded = {name for name, config in configs.items() if config.exclude or config.preset is not None}
+        weights, notes = equalized_weights(graph, folds, preset, excluded, equalization)
     folded_bn = {id(bn.keras_node) for bn in folds.values()}
     aliases: dict[Any, Any] = {}
     expanded: dict[int, _Expanded] = {}
@@ -203,6 +220,7 @@ def _expand(graph: FunctionalGraph, preset: Preset, configs, freeze_bn_after):
                 graph.ranks.get(node.inputs[0], 0) if node.inputs else 0,
                 bn.operation if bn else None,
                 freeze_bn_after,
+                weights.get(node.name),
             )
             steps = steps_for(node.operation, ctx)
         keys = []
@@ -217,7 +235,7 @@ def _expand(graph: FunctionalGraph, preset: Preset, configs, freeze_bn_after):
             float_in = tuple(key for key in step_in if key in graph.floats or i > 0)  # a Resize's size is no activation
             op_nodes.append(OpNode(step.name, step.op, float_in, step_out, reason, step.fusable))
         expanded[id(node.keras_node)] = _Expanded(steps, keys, layer_preset)
-    return expanded, op_nodes, aliases
+    return expanded, op_nodes, aliases, notes
 
 
 def _layer_preset(preset: Preset, layer: Preset | str | None) -> Preset:

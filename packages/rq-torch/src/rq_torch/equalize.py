@@ -40,6 +40,15 @@ def _commutes(gm: fx.GraphModule, node: fx.Node) -> bool:
     return _is_relu6(gm, node) or (facts is not None and facts.scale_commutes)
 
 
+def _drops_spatial(gm: fx.GraphModule, node: fx.Node, before: list[fx.Node]) -> bool:
+    """``node`` (a flatten, view, reshape or squeeze) makes the (N, C, 1, 1) output of the global
+    pooling just before it (N, C), by the shapes the trace recorded."""
+    if onnx_op(gm, node) not in ("Flatten", "Reshape", "Squeeze") or not before or onnx_op(gm, before[-1]) != "GlobalAveragePool":
+        return False
+    pooled, out = before[-1].meta.get("tensor_meta"), node.meta.get("tensor_meta")
+    return pooled is not None and out is not None and len(out.shape) == 2 and tuple(out.shape) == tuple(pooled.shape[:2])
+
+
 def find_pairs(gm: fx.GraphModule) -> list[tuple[fx.Node, fx.Node, list[fx.Node]]]:
     """(producer, consumer, the nodes between them) for every pair, ReLU6 ones included."""
     calls: dict[str, int] = {}
@@ -51,14 +60,18 @@ def find_pairs(gm: fx.GraphModule) -> list[tuple[fx.Node, fx.Node, list[fx.Node]
         kind = _kind(gm, producer)
         if kind is None or calls[producer.target] > 1:  # a module called twice shares its weight between calls
             continue
-        node, path = producer, []
+        node, path, reads_as = producer, [], kind
         while len(node.users) == 1:
             (reader,) = node.users
             if _kind(gm, reader) is not None:
-                if _kind(gm, reader) == kind and reader.args and reader.args[0] is node and calls[reader.target] == 1:
+                if _kind(gm, reader) == reads_as and reader.args and reader.args[0] is node and calls[reader.target] == 1:
                     pairs.append((producer, reader, path))
                 break
-            if not (_commutes(gm, reader) and reader.args and reader.args[0] is node):
+            if not (reader.args and reader.args[0] is node):
+                break
+            if _drops_spatial(gm, reader, path):
+                reads_as = "linear"  # (N, C, 1, 1) -> (N, C): a Linear reads channel i where the conv wrote it
+            elif not _commutes(gm, reader):
                 break
             path.append(reader)
             node = reader
