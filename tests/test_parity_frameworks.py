@@ -49,7 +49,7 @@ def quantize_all(network: str, preset: str, folder) -> dict[str, tuple[onnx.Mode
         reader,
         preset=preset,
         quiet=True,
-        equalization=False,  # rq-tf1 does not equalize yet; the recorded bytes are without it
+        equalization=False,  # the recorded bytes are without it
     )
     assert result.violations == []
     out["onnx"] = (result.model, False)
@@ -78,6 +78,7 @@ def quantize_all(network: str, preset: str, folder) -> dict[str, tuple[onnx.Mode
         output_dir=folder / "tf1",
         preset=preset,
         quiet=True,
+        equalization=False,
     )
     assert result.violations == []
     out["tf1"] = (onnx.load(str(result.path)), True)

@@ -11,6 +11,7 @@ import tf2onnx
 from parity import assert_recorded_bytes, assert_same_layers, package_test_module, stable_tf2onnx
 
 import rq_tf1
+from rq_common.qmath.equalization import Equalization
 from rq_onnx import ArrayReader, quantize_static
 
 nets = package_test_module("rq-tf1", "nets")
@@ -31,6 +32,7 @@ def test_rq_tf1_and_rq_onnx_write_the_same_int8_model(tmp_path, request, network
         output_dir=tmp_path / "out",
         preset=preset,
         quiet=True,
+        equalization=False,  # the recorded bytes are without it (equalized below)
     )
 
     graph_def = tf.compat.v1.GraphDef()
@@ -40,8 +42,34 @@ def test_rq_tf1_and_rq_onnx_write_the_same_int8_model(tmp_path, request, network
     reader = ArrayReader({"x:0": np.concatenate(batches)}, batch_size=1)
     from_onnx = quantize_static(
         tmp_path / "float.onnx", tmp_path / "onnx.onnx", reader, preset=preset, quiet=True, equalization=False
-    )  # rq-tf1 and rq-tf2 do not equalize yet
+    )
     assert result.violations == [] and from_onnx.violations == []
     assert_same_layers(onnx.load(str(result.path)), from_onnx.model, preset)
     written = {f"tf1/{p.name}": p for p in sorted((tmp_path / "out").iterdir())}
     assert_recorded_bytes(request, {**written, "onnx": tmp_path / "onnx.onnx"})
+
+
+@pytest.mark.parametrize("preset", ["npu_cnn", "npu_transformer"])
+@pytest.mark.parametrize("network", ["conv_bn_relu", "concat_branch"])
+def test_rq_tf1_and_rq_onnx_equalize_the_same(tmp_path, network, preset):
+    """Both equalize per-tensor presets by default, rq_common's math on the same folded weights:
+    the same pairs, the same int8 model. rq-onnx's high-bias absorption (the dense head's ReLU into
+    its logits) is its alone: off here."""
+    build, shape = nets.NETWORKS[network]
+    graph = nets.freeze(build, shape, tmp_path / "float.pb")
+    batches = [np.random.default_rng(i).standard_normal((4, *shape)).astype(np.float32) for i in range(4)]
+    result = rq_tf1.quantize_frozen_graph(
+        graph, ["x"], ["logits"], lambda i: {"x": batches[i]}, max_calibration_batches=4, output_dir=tmp_path / "out",
+        preset=preset, quiet=True,
+    )  # fmt: skip
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString(graph.read_bytes())
+    float_model, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=["x:0"], output_names=["logits:0"], opset=17)
+    (tmp_path / "float.onnx").write_bytes(stable_tf2onnx(float_model))
+    reader = ArrayReader({"x:0": np.concatenate(batches)}, batch_size=1)
+    from_onnx = quantize_static(
+        tmp_path / "float.onnx", None, reader, preset=preset, quiet=True, equalization=Equalization(absorb_high_bias=False)
+    )
+    equalized = [[n for n in notes if "equaliz" in n] for notes in (result.notes, from_onnx.notes)]
+    assert equalized[0] == equalized[1] and "pair(s) of layers equalized" in equalized[0][-1], equalized
+    assert_same_layers(onnx.load(str(result.path)), from_onnx.model, preset)

@@ -149,7 +149,7 @@ def _rq_torch(entry, model, calibration: Samples, preset: str, out: Path, work: 
     import rq_torch
 
     example = entry.torch_inputs(calibration.inputs[0])
-    qmodel = rq_torch.quantize_model(model, example, **Variant.parse(preset).torch_arguments())
+    qmodel = rq_torch.quantize_model(model, example, **Variant.parse(preset).framework_arguments())
     rq_torch.calibrate(qmodel, [entry.torch_inputs(s) for s in calibration.inputs], quiet=True)
     result = rq_torch.export_onnx(qmodel, example, out)
     return _summary(result)
@@ -159,7 +159,7 @@ def _rq_tf2(entry, model, calibration: Samples, preset: str, out: Path, work: Pa
     import rq_tf2
 
     batches = [s if len(s) > 1 else s[0] for s in calibration.inputs]
-    qmodel = rq_tf2.quantize_model(model, preset=preset, calib_dataset=batches, quiet=True)
+    qmodel = rq_tf2.quantize_model(model, calib_dataset=batches, quiet=True, **Variant.parse(preset).framework_arguments())
     result = rq_tf2.export_onnx(qmodel, out)
     return _summary(result)
 
@@ -178,8 +178,8 @@ def _rq_tf1(entry, graph: FrozenGraph, calibration: Samples, preset: str, out: P
         max_calibration_batches=len(feeds),
         output_dir=output_dir,
         input_shapes=shapes,
-        preset=preset,
         quiet=True,
+        **Variant.parse(preset).framework_arguments(),
     )
     shutil.copyfile(result.path, out)
     return _summary(result)

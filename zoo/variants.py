@@ -16,7 +16,8 @@ from zoo.kinds import Framework
 
 
 class Algorithm(str, Enum):
-    CLE = "cle"  # quantize_static(equalization=True): cross-layer equalization
+    CLE = "cle"  # equalization=True: cross-layer equalization (on by default for per-tensor weights)
+    NO_CLE = "nocle"  # equalization=False: the defaults without it
     BIAS_CORRECTION = "bias_correction"  # quantize_static(bias_correction=True)
     ADAROUND = "adaround"  # quantize_static(rounding="adaround")
     INT16 = "int16"  # get_preset(name, activation_dtype="int16")
@@ -28,10 +29,11 @@ class Algorithm(str, Enum):
 LOOP_DROPS = {"cpu": 0.005, "npu_transformer": 0.01, "npu_a16w8": 0.01, "npu_cnn": 0.015}
 
 
+EQUALIZATION = {Algorithm.CLE: True, Algorithm.NO_CLE: False}
+
 # the packages that offer each algorithm; rq-onnx offers them all
 OFFERED_BY: dict[Algorithm, frozenset[Framework]] = {
-    algorithm: frozenset({Framework.ONNX, Framework.TORCH} if algorithm is Algorithm.CLE else {Framework.ONNX})
-    for algorithm in Algorithm
+    algorithm: frozenset(Framework) if algorithm in EQUALIZATION else frozenset({Framework.ONNX}) for algorithm in Algorithm
 }
 
 
@@ -56,16 +58,18 @@ class Variant:
         offered = all(framework in OFFERED_BY[a] for a in self.algorithms)
         return offered and (framework is Framework.ONNX or not sixteen_bits)
 
-    def torch_arguments(self) -> dict[str, Any]:
-        """rq_torch.quantize_model's preset and options for this variant."""
-        return {"preset": self.preset, "equalization": Algorithm.CLE in self.algorithms}
+    def framework_arguments(self) -> dict[str, Any]:
+        """rq-torch's, rq-tf2's and rq-tf1's quantize call's preset and options for this variant."""
+        return {"preset": self.preset, **self._equalization()}
+
+    def _equalization(self) -> dict[str, bool]:
+        return {"equalization": EQUALIZATION[a] for a in self.algorithms if a in EQUALIZATION}
 
     def onnx_arguments(self) -> dict[str, Any]:
         """quantize_static's preset and options for this variant."""
         overrides = {"activation_dtype": "int16"} if Algorithm.INT16 in self.algorithms else {}
         arguments: dict[str, Any] = {"preset": get_preset(self.preset, **overrides) if overrides else self.preset}
-        if Algorithm.CLE in self.algorithms:
-            arguments["equalization"] = True
+        arguments.update(self._equalization())
         if Algorithm.BIAS_CORRECTION in self.algorithms:
             arguments["bias_correction"] = True
         if Algorithm.ADAROUND in self.algorithms:

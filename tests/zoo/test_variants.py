@@ -20,9 +20,12 @@ def test_a_column_name_is_a_preset_and_its_algorithms():
     assert Variant.parse("cpu+mixed").onnx_arguments() == {"preset": "cpu", "mixed_precision": MixedPrecision()}
     assert Variant.parse("npu_cnn+auto").onnx_arguments() == {"preset": "npu_cnn", "target": AccuracyTarget(max_drop=0.015)}
     assert Variant.parse("npu_cnn+cle").onnx_arguments() == {"preset": "npu_cnn", "equalization": True}
-    assert Variant.parse("npu_cnn+cle").torch_arguments() == {"preset": "npu_cnn", "equalization": True}
+    assert Variant.parse("npu_cnn+cle").framework_arguments() == {"preset": "npu_cnn", "equalization": True}
+    assert Variant.parse("npu_cnn+nocle").framework_arguments() == {"preset": "npu_cnn", "equalization": False}
+    assert Variant.parse("npu_cnn").framework_arguments() == {"preset": "npu_cnn"}
     with pytest.raises(
-        ValueError, match="'cpu\\+smooth': an algorithm after '\\+' is one of cle, bias_correction, adaround, int16, mixed, auto"
+        ValueError,
+        match="'cpu\\+smooth': an algorithm after '\\+' is one of cle, nocle, bias_correction, adaround, int16, mixed, auto",
     ):
         Variant.parse("cpu+smooth")
 
@@ -32,7 +35,7 @@ def test_only_packages_that_offer_an_algorithm_get_its_column():
     assert onnx_model.supports("npu_cnn+adaround") and onnx_model.supports("npu_cnn")
     assert torch_model.supports("npu_cnn") and not torch_model.supports("npu_cnn+adaround")
     assert torch_model.supports("npu_cnn+cle") and not torch_model.supports("npu_cnn+cle+adaround")
-    assert not keras_model.supports("npu_cnn+cle")
+    assert keras_model.supports("npu_cnn+nocle") and get("hed_tf1").supports("npu_cnn+nocle")
     # the framework packages' fake-quant ops export 8-bit activations only
     assert onnx_model.supports("npu_a16w8") and not torch_model.supports("npu_a16w8")
 

@@ -19,8 +19,10 @@ from rq_common.errors import SpecError
 from rq_common.format import require_valid
 from rq_common.io import check_output_path, save_onnx
 from rq_common.pipeline import QuantizeResult
+from rq_common.qmath.equalization import Equalization, resolve_equalization
 from rq_common.spec import CalibrationMethod, Preset, get_preset, require_eight_bit_activations
 from rq_tf1.calibrate import calibrate
+from rq_tf1.equalize import equalize_graph
 from rq_tf1.errors import GraphError, InputFnError
 from rq_tf1.export import to_onnx
 from rq_tf1.graphdef import GraphDef, load_frozen_graph, nodes_by_name, require_nodes, run
@@ -90,7 +92,7 @@ def check_shapes(graph_def: GraphDef, inputs: list[str], shapes: list[tuple | No
 
 
 def prepare_and_plan(
-    input_frozen_graph, input_nodes, output_nodes, preset, exclude_nodes=()
+    input_frozen_graph, input_nodes, output_nodes, preset, exclude_nodes=(), equalization: Equalization | bool | None = None
 ) -> tuple[GraphDef, GraphDef, Tf1Plan]:
     graph_def = load_frozen_graph(input_frozen_graph)
     require_nodes(graph_def, input_nodes, "--input_nodes")
@@ -100,6 +102,10 @@ def prepare_and_plan(
     notes = []
     if preset.target.fixed_point_rules:
         prepared, notes = round_leaky_alphas(prepared)
+    equalization = resolve_equalization(equalization, not preset.weight.per_channel)
+    if equalization is not None:
+        prepared, equalized = equalize_graph(prepared, equalization, set(exclude_nodes), output_nodes)
+        notes += equalized
     plan = make_plan(prepared, input_nodes, output_nodes, preset, exclude_nodes)
     plan.notes = notes
     return graph_def, prepared, plan
@@ -118,12 +124,16 @@ def quantize_frozen_graph(
     exclude_nodes: Sequence[str] = (),
     quiet: bool = False,
     allow_violations: bool = False,
+    equalization: Equalization | bool | None = None,
 ) -> QuantizeResult:
     """vai_q_tensorflow's quantize: writes ``output_dir/quantize_eval_model.pb`` (runs in TF and
     computes what the int8 model computes) and ``output_dir/quantized.onnx`` (the int8 format).
     ``method``: 0 = power-of-two NonOverflow, 1 = power-of-two MinMSE (vai_q's numbering), for the
     activations. ``max_calibration_batches``: input_fn is called for 0 .. this - 1 (``--calib_iter``).
     ``exclude_nodes``: nodes kept in float (``--ignore_nodes``). ``preset``: a name, or a Preset.
+    ``equalization``: cross-layer equalization of the weighted ops joined through ReLU-like ops
+    (rq_tf1.equalize): None (the default) on where the preset's weights are per tensor, True / an
+    Equalization on, False off (``--equalize``).
     ``input_nodes`` may name any node (the last preprocessing one): the graph is cut there, and
     input_fn gives that node's values. Nothing is written when the ONNX model breaks a rule of the
     preset's format (FormatError), unless ``allow_violations`` (``--allow_violations``)."""
@@ -133,7 +143,7 @@ def quantize_frozen_graph(
     preset = get_preset(preset, activation_method=VAI_METHODS.get(method))
     require_eight_bit_activations(preset, "rq-tf1")
     fn = load_input_fn(input_fn)
-    _, prepared, plan = prepare_and_plan(input_frozen_graph, input_nodes, output_nodes, preset, exclude_nodes)
+    _, prepared, plan = prepare_and_plan(input_frozen_graph, input_nodes, output_nodes, preset, exclude_nodes, equalization)
     shapes = check_shapes(prepared, input_nodes, parse_input_shapes(input_shapes, len(input_nodes)))
     scales = calibrate(prepared, plan, preset, input_nodes, shapes, fn, max_calibration_batches, quiet=quiet)
     eval_graph, _, _ = quantized_graph(prepared, plan, scales, output_nodes, for_export=False)

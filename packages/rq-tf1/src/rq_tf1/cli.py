@@ -53,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     quantize.add_argument("--ignore_nodes", default=None, help="comma-separated node names to keep in float")
     quantize.add_argument("--quiet", action="store_true", help="no progress bar")
     quantize.add_argument(
+        "--equalize",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="cross-layer equalization (auto, the default: on where the preset's weights are per tensor)",
+    )
+    quantize.add_argument(
         "--allow_violations", action="store_true", help="write the ONNX model even if it breaks a rule of the preset's format"
     )
     inspect = commands.add_parser("inspect", help="list the nodes and what rq-tf1 does with each")
@@ -89,6 +95,7 @@ def _run(args) -> int:
         exclude_nodes=_names(args.ignore_nodes, "--ignore_nodes") or (),
         quiet=args.quiet,
         allow_violations=args.allow_violations,
+        equalization={"auto": None, "on": True, "off": False}[args.equalize],
     )
     print(f"wrote {result.files['eval_model']}")
     print(f"wrote {result.path}")
