@@ -63,7 +63,9 @@ class Variant:
         return {"preset": self.preset, **self._equalization()}
 
     def _equalization(self) -> dict[str, bool]:
-        return {"equalization": EQUALIZATION[a] for a in self.algorithms if a in EQUALIZATION}
+        """equalization= where the name asks for it or against it (the last one counts), else nothing."""
+        chosen = [EQUALIZATION[a] for a in self.algorithms if a in EQUALIZATION]
+        return {"equalization": chosen[-1]} if chosen else {}
 
     def onnx_arguments(self) -> dict[str, Any]:
         """quantize_static's preset and options for this variant."""
