@@ -179,6 +179,15 @@ def _same_scale(a, b, pot: bool, message: str) -> None:
 RECORDED_BYTES = Path(__file__).parent / "golden" / "parity_bytes.json"
 
 
+def recorded_preset(name: str):
+    """The preset as the byte recordings were made with it, on every CPU family: npu_cnn's weights
+    by power-of-two MinMSE (NonOverflow since; the recordings of the other families cannot be
+    made again here). The parity of the frameworks holds for either; the bytes pin this one."""
+    from rq_common.spec import get_preset
+
+    return get_preset(name, weight_method="pot_minmse") if name == "npu_cnn" else get_preset(name)
+
+
 # the x86 features the float kernels (ONNX Runtime's MLAS, oneDNN in torch and TensorFlow) choose
 # code by, besides the SIMD width: two AVX-512 machines, one with AMX and one without, calibrate
 # scales that differ in the last bits

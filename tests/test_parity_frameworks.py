@@ -9,7 +9,7 @@ import onnx
 import pytest
 import same_network as nets
 import torch
-from parity import assert_recorded_bytes, assert_same_computation
+from parity import assert_recorded_bytes, assert_same_computation, recorded_preset
 
 import rq_tf1
 import rq_tf2
@@ -47,7 +47,7 @@ def quantize_all(network: str, preset: str, folder) -> dict[str, tuple[onnx.Mode
         nets.float_onnx(network, weights, folder / "float.onnx"),
         folder / "onnx.onnx",
         reader,
-        preset=preset,
+        preset=recorded_preset(preset),
         quiet=True,
         equalization=False,  # the recorded bytes are without it
     )
@@ -55,13 +55,15 @@ def quantize_all(network: str, preset: str, folder) -> dict[str, tuple[onnx.Mode
     out["onnx"] = (result.model, False)
 
     model = nets.torch_model(network, weights)
-    qmodel = rq_torch.quantize_model(model, torch.zeros(1, *nets.INPUTS[network]), preset=preset, equalization=False)
+    qmodel = rq_torch.quantize_model(
+        model, torch.zeros(1, *nets.INPUTS[network]), preset=recorded_preset(preset), equalization=False
+    )
     rq_torch.calibrate(qmodel, [torch.from_numpy(data[i : i + 4]) for i in range(0, len(data), 4)], quiet=True)
     result = rq_torch.export_onnx(qmodel, torch.zeros(1, *nets.INPUTS[network]), folder / "torch.onnx")
     assert result.violations == []
     out["torch"] = (result.model, False)
 
-    qmodel = rq_tf2.quantize_model(nets.keras_model(network, weights), preset=preset, equalization=False)
+    qmodel = rq_tf2.quantize_model(nets.keras_model(network, weights), preset=recorded_preset(preset), equalization=False)
     rq_tf2.calibrate(qmodel, nets.to_nhwc(data), batch_size=4, quiet=True)
     result = rq_tf2.export_onnx(qmodel, folder / "tf2.onnx")
     assert result.violations == []
@@ -76,7 +78,7 @@ def quantize_all(network: str, preset: str, folder) -> dict[str, tuple[onnx.Mode
         lambda i: {"x": batches[i]},
         max_calibration_batches=len(batches),
         output_dir=folder / "tf1",
-        preset=preset,
+        preset=recorded_preset(preset),
         quiet=True,
         equalization=False,
     )

@@ -8,7 +8,7 @@ import onnx
 import pytest
 import tensorflow as tf
 import tf2onnx
-from parity import assert_recorded_bytes, assert_same_layers, package_test_module, stable_tf2onnx
+from parity import assert_recorded_bytes, assert_same_layers, package_test_module, recorded_preset, stable_tf2onnx
 
 import rq_tf1
 from rq_common.qmath.equalization import Equalization
@@ -30,7 +30,7 @@ def test_rq_tf1_and_rq_onnx_write_the_same_int8_model(tmp_path, request, network
         lambda i: {"x": batches[i]},
         max_calibration_batches=4,
         output_dir=tmp_path / "out",
-        preset=preset,
+        preset=recorded_preset(preset),
         quiet=True,
         equalization=False,  # the recorded bytes are without it (equalized below)
     )
@@ -41,7 +41,7 @@ def test_rq_tf1_and_rq_onnx_write_the_same_int8_model(tmp_path, request, network
     (tmp_path / "float.onnx").write_bytes(stable_tf2onnx(float_model))
     reader = ArrayReader({"x:0": np.concatenate(batches)}, batch_size=1)
     from_onnx = quantize_static(
-        tmp_path / "float.onnx", tmp_path / "onnx.onnx", reader, preset=preset, quiet=True, equalization=False
+        tmp_path / "float.onnx", tmp_path / "onnx.onnx", reader, preset=recorded_preset(preset), quiet=True, equalization=False
     )
     assert result.violations == [] and from_onnx.violations == []
     assert_same_layers(onnx.load(str(result.path)), from_onnx.model, preset)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf2onnx
-from parity import assert_recorded_bytes, assert_same_layers, package_test_module, stable_tf2onnx
+from parity import assert_recorded_bytes, assert_same_layers, package_test_module, recorded_preset, stable_tf2onnx
 
 import rq_tf2
 from rq_onnx import ArrayReader, quantize_static
@@ -40,14 +40,14 @@ def test_rq_tf2_and_rq_onnx_write_the_same_int8_model(tmp_path, request, network
     model = nets.randomize_batchnorm(build())
     calibration = np.random.default_rng(0).standard_normal((16, *shape)).astype(np.float32)
 
-    qmodel = rq_tf2.quantize_model(model, preset=preset, equalization=False)  # the recorded bytes: without it
+    qmodel = rq_tf2.quantize_model(model, preset=recorded_preset(preset), equalization=False)  # the recorded bytes: without it
     rq_tf2.calibrate(qmodel, calibration, batch_size=4, quiet=True)
     from_tf2 = rq_tf2.export_onnx(qmodel, tmp_path / "tf2.onnx")
 
     float_onnx(model, shape, tmp_path / "float.onnx")
     reader = ArrayReader({"x": calibration}, batch_size=1)
     from_onnx = quantize_static(
-        tmp_path / "float.onnx", tmp_path / "onnx.onnx", reader, preset=preset, quiet=True, equalization=False
+        tmp_path / "float.onnx", tmp_path / "onnx.onnx", reader, preset=recorded_preset(preset), quiet=True, equalization=False
     )
     assert from_tf2.violations == [] and from_onnx.violations == []
     assert_same_layers(from_tf2.model, from_onnx.model, preset)

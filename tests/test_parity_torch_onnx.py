@@ -4,7 +4,7 @@ and ONNX Runtime sum activations in a different order) and the same int8 weights
 
 import pytest
 import torch
-from parity import assert_recorded_bytes, assert_same_layers, package_test_module
+from parity import assert_recorded_bytes, assert_same_layers, package_test_module, recorded_preset
 
 import rq_torch
 from rq_common.qmath.equalization import Equalization
@@ -29,7 +29,7 @@ def test_rq_torch_and_rq_onnx_write_the_same_int8_model(tmp_path, request, netwo
     calibration = [torch.randn(shape) for _ in range(16)]
 
     # equalization off: the recorded bytes are the pipeline's without it (equalized below)
-    qmodel = rq_torch.quantize_model(model, example, preset=preset, equalization=False)
+    qmodel = rq_torch.quantize_model(model, example, preset=recorded_preset(preset), equalization=False)
     rq_torch.calibrate(qmodel, calibration, quiet=True)
     from_torch = rq_torch.export_onnx(qmodel, example, tmp_path / "torch.onnx")
 
@@ -44,7 +44,7 @@ def test_rq_torch_and_rq_onnx_write_the_same_int8_model(tmp_path, request, netwo
     )
     reader = ArrayReader({"x": torch.cat(calibration).numpy()}, batch_size=1)
     from_onnx = quantize_static(
-        tmp_path / "float.onnx", tmp_path / "onnx.onnx", reader, preset=preset, quiet=True, equalization=False
+        tmp_path / "float.onnx", tmp_path / "onnx.onnx", reader, preset=recorded_preset(preset), quiet=True, equalization=False
     )
     assert from_torch.violations == [] and from_onnx.violations == []
 

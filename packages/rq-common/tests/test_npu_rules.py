@@ -128,8 +128,9 @@ def test_finalize_aligns_an_adds_constant_operand():
 def test_finalize_names_the_layer_no_shared_output_position_can_serve():
     """Two layers writing one shared scale: accumulators 6 and 29 (w_pos -1 and 22, in_pos 7)
     allow out_pos in [-10, 6] and [13, 29], no common position. The calibrated position (-1) lies
-    in the first: the second is unrepairable, and the shared position stays where the first needs it."""
-    preset = get_preset("npu_cnn")
+    in the first: the second is unrepairable, and the shared position stays where the first needs it.
+    (Weight positions by power-of-two MinMSE, as the hand-computed numbers are.)"""
+    preset = get_preset("npu_cnn", weight_method="pot_minmse")
     spec = preset.activation
     at = lambda pos: QParams(np.float32(2.0**-pos), np.uint8(128), spec)  # noqa: E731
     weights = {"big": Weight(np.full(4, 100.0, np.float32)), "tiny": Weight(np.full(4, 1e-5, np.float32))}
