@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 
 from rq_common.errors import SpecError
-from rq_common.qmath.equalization import Equalization, Layer, absorb_high_bias, equalization_scales, equalize, equalize_pair
+from rq_common.qmath.equalization import (
+    Equalization,
+    Layer,
+    Layout,
+    absorb_high_bias,
+    equalization_scales,
+    equalize,
+    equalize_pair,
+)
 
 
 def relu(x):
@@ -17,7 +25,7 @@ def relu(x):
 def dense(layer: Layer, x):
     """x (N, in) through a linear layer, in its own stored layout."""
     weight = layer.weight().astype(np.float64)
-    return (x @ weight if layer.transposed else x @ weight.T) + layer.bias
+    return (x @ weight if layer.layout is Layout.IO else x @ weight.T) + layer.bias
 
 
 def conv(layer: Layer, x):
@@ -129,3 +137,16 @@ def test_settings_are_checked():
     with pytest.raises(SpecError, match="at least 1"):
         Equalization(max_iterations=0)
     assert Equalization(relu6="relu").relu6.value == "relu"
+
+
+def test_each_framework_layout_converts_to_the_canonical_one_and_back():
+    rng = np.random.default_rng(5)
+    oik = rng.standard_normal((6, 4, 3, 2))  # (out, in, kh, kw)
+    kio = oik.transpose(2, 3, 1, 0)  # Keras / TF: (kh, kw, in, out)
+    np.testing.assert_array_equal(Layer.from_weight(kio, layout=Layout.KIO).kernel, oik)
+    depthwise = rng.standard_normal((3, 3, 4, 2))  # (kh, kw, C, M): output c * M + m reads input c
+    layer = Layer.from_weight(depthwise, layout=Layout.KCM)
+    assert layer.groups == 4 and layer.kernel.shape == (8, 1, 3, 3)
+    np.testing.assert_array_equal(layer.kernel[2 * 2 + 1, 0], depthwise[:, :, 2, 1])
+    for weight, layout in ((oik, Layout.OIK), (kio, Layout.KIO), (depthwise, Layout.KCM), (oik[:, :, 0, 0], Layout.IO)):
+        np.testing.assert_array_equal(Layer.from_weight(weight, layout=layout).weight(), weight.astype(np.float32))

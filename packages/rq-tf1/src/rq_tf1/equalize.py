@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from rq_common.optable import facts_for
-from rq_common.qmath.equalization import Equalization, Layer, equalize
+from rq_common.qmath.equalization import Equalization, Layer, Layout, equalize
 from rq_tf1.graphdef import GraphDef, NodeDef, const_value, copy, node_name, nodes_by_name, readers, tensor_name
 from rq_tf1.ops import TF_OP_RULES, WEIGHTED_OPS
 
@@ -31,20 +31,10 @@ def _constant(by_name, read, ref: str) -> NodeDef | None:
 
 def _layer(op: NodeDef, kernel: np.ndarray, bias) -> Layer | None:
     if op.op == "MatMul":
-        return None if op.attr["transpose_a"].b else Layer.linear(kernel, bias, transposed=not op.attr["transpose_b"].b)
-    if op.op == "DepthwiseConv2dNative":  # (kh, kw, C, M): output channel c * M + m reads input c
-        kh, kw, c, m = kernel.shape
-        return Layer.conv(kernel.reshape(kh, kw, c * m).transpose(2, 0, 1)[:, None], bias, groups=c)
-    return Layer.conv(kernel.transpose(3, 2, 0, 1), bias)  # (kh, kw, in, out)
-
-
-def _kernel(op: NodeDef, layer: Layer, shape: tuple[int, ...]) -> np.ndarray:
-    weight = layer.weight()
-    if op.op == "MatMul":
-        return weight
-    if op.op == "DepthwiseConv2dNative":
-        return weight[:, 0].transpose(1, 2, 0).reshape(shape)
-    return weight.transpose(2, 3, 1, 0)
+        if op.attr["transpose_a"].b:
+            return None
+        return Layer.from_weight(kernel, bias, Layout.OIK if op.attr["transpose_b"].b else Layout.IO)
+    return Layer.from_weight(kernel, bias, Layout.KCM if op.op == "DepthwiseConv2dNative" else Layout.KIO)
 
 
 def _onnx_op(node: NodeDef, by_name) -> str | None:
@@ -117,8 +107,7 @@ def equalize_graph(
     rounds = equalize([(layers[p[0].name], layers[p[2].name]) for p in pairs], config.max_iterations)
     for name in {op.name for p in pairs for op in (p[0], p[2])}:
         op, weight, bias = units[name]
-        kernel = _kernel(op, layers[name], tuple(const_value(weight).shape))
-        weight.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(kernel.astype(np.float32)))
+        weight.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(layers[name].weight()))
         if bias is not None:
             bias.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(layers[name].bias.astype(np.float32)))
     notes.append(f"cross-layer equalization: {len(pairs)} pair(s) of layers equalized ({rounds} round(s))")

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from rq_common.optable import facts_for
-from rq_common.qmath.equalization import Equalization, Layer, equalize
+from rq_common.qmath.equalization import Equalization, Layer, Layout, equalize
 from rq_tf2.graph import FunctionalGraph, GraphNode
 from rq_tf2.layers import QUANT_TWINS
 from rq_tf2.rules import RuleContext, _activation_step, _batchnorm_values, _fold, steps_for
@@ -51,23 +51,10 @@ def _folded(layer, bn) -> tuple[np.ndarray, np.ndarray | None]:
 
 def _to_layer(layer, kernel: np.ndarray, bias) -> Layer:
     if isinstance(layer, L.Dense):
-        return Layer.linear(kernel, bias, transposed=True)
-    if isinstance(layer, L.DepthwiseConv2D):  # (kh, kw, C, M): output channel c * M + m reads input c
-        kh, kw, c, m = kernel.shape
-        return Layer.conv(kernel.reshape(kh, kw, c * m).transpose(2, 0, 1)[:, None], bias, groups=c)
-    spatial = kernel.ndim - 2  # (*kernel, in / groups, out)
-    return Layer.conv(kernel.transpose(spatial + 1, spatial, *range(spatial)), bias, layer.groups)
-
-
-def _from_layer(layer, equalized: Layer, shape: tuple[int, ...]) -> np.ndarray:
-    kernel = equalized.weight()
-    if isinstance(layer, L.Dense):
-        return kernel
+        return Layer.from_weight(kernel, bias, Layout.IO)
     if isinstance(layer, L.DepthwiseConv2D):
-        kh, kw, c, m = shape
-        return kernel[:, 0].transpose(1, 2, 0).reshape(shape)
-    spatial = kernel.ndim - 2
-    return kernel.transpose(*range(2, spatial + 2), 1, 0)
+        return Layer.from_weight(kernel, bias, Layout.KCM)
+    return Layer.from_weight(kernel, bias, Layout.KIO, layer.groups)
 
 
 def find_pairs(graph: FunctionalGraph, folds: dict[int, GraphNode], preset, excluded: set[str]):
@@ -117,8 +104,8 @@ def equalized_weights(
     rounds = equalize([(layers[p.name], layers[c.name]) for p, c in pairs], config.max_iterations)
     weights = {}
     for name in {n.name for pair in pairs for n in pair}:
-        kernel, bias = folded[name]
+        _, bias = folded[name]
         new_bias = None if bias is None else layers[name].bias.astype(np.float32)
-        weights[name] = (_from_layer(nodes[name].operation, layers[name], kernel.shape), new_bias)
+        weights[name] = (layers[name].weight(), new_bias)
     notes.append(f"cross-layer equalization: {len(pairs)} pair(s) of layers equalized ({rounds} round(s))")
     return weights, notes

@@ -32,30 +32,64 @@ from rq_common.errors import SpecError
 DEAD_CHANNEL = 1e-8
 
 
+class Layout(Enum):
+    """How a framework stores a weight; a Layer converts to and from its own (OIK)."""
+
+    OIK = "out, in / groups, *kernel"  # ONNX and torch convs, a Gemm with transB = 1, torch's Linear
+    IO = "in, out"  # a MatMul's weight, a Gemm's with transB = 0, Keras's Dense, TF's MatMul
+    KIO = "*kernel, in / groups, out"  # Keras's and TF's Conv1D / Conv2D
+    KCM = "kh, kw, channels, multiplier"  # Keras's and TF's depthwise conv: output c * M + m reads input c
+
+
 @dataclass
 class Layer:
-    """One weight layer: ``kernel`` (out, in / groups, *kernel) and ``bias`` (out,), float64."""
+    """One weight layer: ``kernel`` (out, in / groups, *kernel) and ``bias`` (out,), float64, and
+    the layout and shape its framework stores the weight in (``weight()`` gives it back so)."""
 
     kernel: np.ndarray
     bias: np.ndarray
     groups: int = 1
-    transposed: bool = False  # stored (in, out): a MatMul's weight, a Gemm's with transB = 0
+    layout: Layout = Layout.OIK
+    shape: tuple[int, ...] = ()
+
+    @classmethod
+    def from_weight(cls, weight, bias=None, layout: Layout = Layout.OIK, groups: int = 1) -> Layer:
+        """``weight`` as its framework stores it (``layout``); ``bias`` None for none (zeros)."""
+        stored = np.array(weight, dtype=np.float64)
+        if layout is Layout.IO:
+            kernel = stored.T.copy()
+        elif layout is Layout.KIO:
+            spatial = stored.ndim - 2
+            kernel = stored.transpose(spatial + 1, spatial, *range(spatial)).copy()
+        elif layout is Layout.KCM:
+            kh, kw, channels, multiplier = stored.shape
+            kernel = stored.reshape(kh, kw, channels * multiplier).transpose(2, 0, 1)[:, None].copy()
+            groups = channels
+        else:
+            kernel = stored
+        return cls(kernel, _bias(bias, kernel.shape[0]), groups, layout, stored.shape)
 
     @classmethod
     def conv(cls, weight, bias=None, groups: int = 1) -> Layer:
-        kernel = np.array(weight, dtype=np.float64)
-        return cls(kernel, _bias(bias, kernel.shape[0]), groups)
+        """An ONNX / torch conv weight (out, in / groups, *kernel)."""
+        return cls.from_weight(weight, bias, Layout.OIK, groups)
 
     @classmethod
     def linear(cls, weight, bias=None, transposed: bool = False) -> Layer:
         """A Gemm / MatMul weight: (out, in), or (in, out) when ``transposed``."""
-        kernel = np.array(weight, dtype=np.float64)
-        kernel = kernel.T.copy() if transposed else kernel
-        return cls(kernel, _bias(bias, kernel.shape[0]), 1, transposed)
+        return cls.from_weight(weight, bias, Layout.IO if transposed else Layout.OIK)
 
     def weight(self) -> np.ndarray:
-        """The weight in its own layout, float32."""
-        return (self.kernel.T if self.transposed else self.kernel).astype(np.float32)
+        """The weight in its framework's layout and shape, float32."""
+        if self.layout is Layout.IO:
+            stored = self.kernel.T
+        elif self.layout is Layout.KIO:
+            stored = self.kernel.transpose(*range(2, self.kernel.ndim), 1, 0)
+        elif self.layout is Layout.KCM:
+            stored = self.kernel[:, 0].transpose(1, 2, 0).reshape(self.shape)
+        else:
+            stored = self.kernel
+        return np.ascontiguousarray(stored, dtype=np.float32)
 
     @property
     def out_channels(self) -> int:
