@@ -19,47 +19,9 @@ NETWORKS = {
 }
 
 
-@pytest.mark.parametrize("preset", ["npu_cnn", "npu_transformer", "cpu"])
-@pytest.mark.parametrize("network", list(NETWORKS))
-def test_rq_torch_and_rq_onnx_write_the_same_int8_model(tmp_path, request, network, preset):
-    build, shape = NETWORKS[network]
-    torch.manual_seed(0)
-    model = nets.randomize_batchnorm(build()).eval()
-    example = torch.randn(shape)
-    calibration = [torch.randn(shape) for _ in range(16)]
-
-    # equalization off: the recorded bytes are the pipeline's without it (equalized below)
-    qmodel = rq_torch.quantize_model(model, example, preset=recorded_preset(preset), equalization=False)
-    rq_torch.calibrate(qmodel, calibration, quiet=True)
-    from_torch = rq_torch.export_onnx(qmodel, example, tmp_path / "torch.onnx")
-
-    torch.onnx.export(
-        model,
-        (example,),
-        str(tmp_path / "float.onnx"),
-        dynamo=False,
-        opset_version=17,
-        do_constant_folding=False,
-        input_names=["x"],
-    )
-    reader = ArrayReader({"x": torch.cat(calibration).numpy()}, batch_size=1)
-    from_onnx = quantize_static(
-        tmp_path / "float.onnx", tmp_path / "onnx.onnx", reader, preset=recorded_preset(preset), quiet=True, equalization=False
-    )
-    assert from_torch.violations == [] and from_onnx.violations == []
-
-    assert_same_layers(from_torch.model, from_onnx.model, preset)
-    assert_recorded_bytes(request, {"torch": tmp_path / "torch.onnx", "onnx": tmp_path / "onnx.onnx"})
-
-
-@pytest.mark.parametrize("preset", ["npu_cnn", "npu_transformer"])
-@pytest.mark.parametrize("network", ["resnet", "mobilenet_v2"])
-def test_rq_torch_and_rq_onnx_equalize_the_same(tmp_path, network, preset):
-    """Both equalize with rq_common's math on the same folded weights: the same int8 model, the
-    same pairs. MobileNetV2's are joined through ReLU6: made ReLU on both sides, and without
-    high-bias absorption, rq-onnx's alone (ResNet's ReLUs all feed padded convs: none there)."""
-    relaxed = Equalization(relu6="relu", absorb_high_bias=False)
-    equalization = relaxed if network == "mobilenet_v2" else None  # None: on by default
+def both_quantize(tmp_path, network: str, preset, equalization):
+    """The same network, calibration data and options through rq-torch and through its float ONNX
+    export into rq-onnx: (rq-torch's result, rq-onnx's result)."""
     build, shape = NETWORKS[network]
     torch.manual_seed(0)
     model = nets.randomize_batchnorm(build()).eval()
@@ -79,8 +41,30 @@ def test_rq_torch_and_rq_onnx_equalize_the_same(tmp_path, network, preset):
     )
     reader = ArrayReader({"x": torch.cat(calibration).numpy()}, batch_size=1)
     from_onnx = quantize_static(
-        tmp_path / "float.onnx", tmp_path / "onnx.onnx", reader, preset=preset, quiet=True, equalization=equalization
+        tmp_path / "float.onnx", tmp_path / "onnx.onnx", reader, preset, quiet=True, equalization=equalization
     )
+    assert from_torch.violations == [] and from_onnx.violations == []
+    return from_torch, from_onnx
+
+
+@pytest.mark.parametrize("preset", ["npu_cnn", "npu_transformer", "cpu"])
+@pytest.mark.parametrize("network", list(NETWORKS))
+def test_rq_torch_and_rq_onnx_write_the_same_int8_model(tmp_path, request, network, preset):
+    # equalization off: the recorded bytes are the pipeline's without it (equalized below)
+    from_torch, from_onnx = both_quantize(tmp_path, network, recorded_preset(preset), equalization=False)
+    assert_same_layers(from_torch.model, from_onnx.model, preset)
+    assert_recorded_bytes(request, {"torch": tmp_path / "torch.onnx", "onnx": tmp_path / "onnx.onnx"})
+
+
+@pytest.mark.parametrize("preset", ["npu_cnn", "npu_transformer"])
+@pytest.mark.parametrize("network", ["resnet", "mobilenet_v2"])
+def test_rq_torch_and_rq_onnx_equalize_the_same(tmp_path, network, preset):
+    """Both equalize with rq_common's math on the same folded weights: the same int8 model, the
+    same pairs. MobileNetV2's are joined through ReLU6: made ReLU on both sides, and without
+    high-bias absorption, rq-onnx's alone (ResNet's ReLUs all feed padded convs: none there)."""
+    relaxed = Equalization(relu6="relu", absorb_high_bias=False)
+    equalization = relaxed if network == "mobilenet_v2" else None  # None: on by default
+    from_torch, from_onnx = both_quantize(tmp_path, network, preset, equalization)
     equalized = [[n for n in notes if "equaliz" in n] for notes in (from_torch.notes, from_onnx.notes)]
     assert equalized[0] == equalized[1] and "pair(s) of layers equalized" in equalized[0][-1], equalized
     assert_same_layers(from_torch.model, from_onnx.model, preset)
