@@ -21,6 +21,7 @@ from rq_tf2.layers import (
 )
 from rq_tf2.quantizer import ActivationQuantizer, Mode
 from rq_tf2.serialization import custom_objects, load_model
+from rq_tf2.training import pre_activation
 from rq_tf2.transform import LayerConfig, quantize_model
 
 __version__ = "0.1.0"
@@ -46,5 +47,6 @@ __all__ = [
     "export_onnx",
     "finalize",
     "load_model",
+    "pre_activation",
     "quantize_model",
 ]

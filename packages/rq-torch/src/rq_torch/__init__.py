@@ -21,6 +21,7 @@ from rq_torch.modules import (
     QuantLinear,
 )
 from rq_torch.quantizer import Mode, TensorQuantizer
+from rq_torch.training import pre_activation
 from rq_torch.transform import quantize_model, quantizer_parameters, weight_parameters
 
 __version__ = "0.1.0"
@@ -38,6 +39,7 @@ __all__ = [
     "QuantConvBn2d",
     "QuantConvTranspose2d",
     "QuantLinear",
+    "pre_activation",
     "TensorQuantizer",
     "calibrate",
     "export_onnx",
