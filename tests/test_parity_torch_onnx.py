@@ -68,3 +68,36 @@ def test_rq_torch_and_rq_onnx_equalize_the_same(tmp_path, network, preset):
     equalized = [[n for n in notes if "equaliz" in n] for notes in (from_torch.notes, from_onnx.notes)]
     assert equalized[0] == equalized[1] and "pair(s) of layers equalized" in equalized[0][-1], equalized
     assert_same_layers(from_torch.model, from_onnx.model, preset)
+
+
+@pytest.mark.parametrize("network", ["resnet", "mobilenet_v2"])
+def test_rq_torch_and_rq_onnx_correct_biases_the_same(tmp_path, network):
+    """Bias correction from the same calibration data: rq-torch's input means (forward hooks) and
+    rq-onnx's (ORT outputs) give the same corrected int8 biases (within the int32 rounding one
+    summation order's last bit can move)."""
+    build, shape = NETWORKS[network]
+    torch.manual_seed(0)
+    model = nets.randomize_batchnorm(build()).eval()
+    example = torch.randn(shape)
+    calibration = [torch.randn(shape) for _ in range(16)]
+    qmodel = rq_torch.quantize_model(model, example, preset="npu_transformer", equalization=False)
+    rq_torch.calibrate(qmodel, calibration, quiet=True, bias_correction=True)
+    from_torch = rq_torch.export_onnx(qmodel, example, tmp_path / "torch.onnx")
+    torch.onnx.export(
+        model,
+        (example,),
+        str(tmp_path / "float.onnx"),
+        dynamo=False,
+        opset_version=17,
+        do_constant_folding=False,
+        input_names=["x"],
+    )
+    reader = ArrayReader({"x": torch.cat(calibration).numpy()}, batch_size=1)
+    from_onnx = quantize_static(
+        tmp_path / "float.onnx", None, reader, "npu_transformer", quiet=True, equalization=False, bias_correction=True
+    )
+    assert any("bias correction" in n for n in from_torch.notes)
+    assert_same_layers(from_torch.model, from_onnx.model, "npu_transformer")
+    (tmp_path / "plain").mkdir()
+    plain, _ = both_quantize(tmp_path / "plain", network, "npu_transformer", equalization=False)
+    assert plain.model.SerializeToString() != from_torch.model.SerializeToString()  # the correction changed biases

@@ -16,6 +16,7 @@ from rq_common.format.graph import attribute
 from rq_common.pipeline import ConstantOperand, Layer, ModelView, Weight, finalize
 from rq_common.qmath import QParams
 from rq_common.qmath.adaround import AdaptiveRounding, InputMoments
+from rq_common.qmath.bias_correction import conv_input_mean, linear_input_mean
 from rq_common.spec import Preset
 from rq_onnx.patches import PATCH_LAYOUTS
 from rq_onnx.plan import Plan
@@ -36,10 +37,7 @@ class Numbers:
 # Bias correction: per op with a bias slot, the channel axis of its data input and how that input's
 # channel means are laid out against its weight (they multiply the weight's rounding error)
 def _conv_mean(node: onnx.NodeProto, weight_shape: tuple[int, ...], mean: np.ndarray) -> np.ndarray:
-    out_channels, per_group = weight_shape[:2]
-    groups = mean.size // per_group
-    layout = mean.reshape(groups, per_group)[np.arange(out_channels) // (out_channels // groups)]
-    return layout.reshape(out_channels, per_group, *[1] * (len(weight_shape) - 2))
+    return conv_input_mean(weight_shape, mean)
 
 
 def _conv_transpose_mean(node: onnx.NodeProto, weight_shape: tuple[int, ...], mean: np.ndarray) -> np.ndarray:
@@ -47,7 +45,7 @@ def _conv_transpose_mean(node: onnx.NodeProto, weight_shape: tuple[int, ...], me
 
 
 def _gemm_mean(node: onnx.NodeProto, weight_shape: tuple[int, ...], mean: np.ndarray) -> np.ndarray:
-    return mean.reshape(1, -1) if attribute(node, "transB", 0) else mean.reshape(-1, 1)
+    return linear_input_mean(mean, transposed=not attribute(node, "transB", 0))
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from rq_common.errors import CalibrationDataError
 from rq_common.pipeline import ConstantOperand, Layer, ModelView, Weight
 from rq_common.pipeline import finalize as finalize_view
 from rq_common.pipeline.placement import FloatOp
+from rq_torch.bias_correction import InputMeans
 from rq_torch.errors import NotCalibratedError
 from rq_torch.modules import QuantLayerMixin
 from rq_torch.quantizer import Mode, TensorQuantizer
@@ -72,10 +73,17 @@ def _check_shapes(inputs: dict[str, object], traced: dict[str, tuple[int, ...] |
 
 
 def calibrate(
-    model: fx.GraphModule, data: Iterable, max_calibration_batches: int | None = None, quiet: bool = False
+    model: fx.GraphModule,
+    data: Iterable,
+    max_calibration_batches: int | None = None,
+    quiet: bool = False,
+    bias_correction: bool = False,
 ) -> fx.GraphModule:
     """Run ``data`` (a DataLoader or any iterable of batches) through the model with observers on,
-    then give every quantizer its scale. Returns the model, in eval mode, quantizing."""
+    then give every quantizer its scale. Returns the model, in eval mode, quantizing.
+    ``bias_correction``: correct each Conv / Linear bias for its quantized weight's rounding error
+    from its float input's channel means over ``data`` (rq_common.qmath.bias_correction; for
+    per-tensor weights, as rq-onnx's ``bias_correction=True``). The float biases change in place."""
     plan = _plan(model)
     quantizers = activation_quantizers(model)
     for q in quantizers.values():
@@ -88,6 +96,7 @@ def calibrate(
     model.eval()
     order = _traced_shapes(model)
     traced = dict(order)
+    means = InputMeans(dict(_named_quant_layers(model))) if bias_correction else None
     count = 0
     total = max_calibration_batches if max_calibration_batches is not None else (len(data) if hasattr(data, "__len__") else None)
     with torch.no_grad():
@@ -102,13 +111,21 @@ def calibrate(
                 inputs = _inputs(batch, len(plan.input_names))
                 _check_shapes(dict(zip([name for name, _ in order], inputs)), traced, count)
                 model(*inputs)
+    if means is not None:
+        means.close()
     if count == 0:
         for q in quantizers.values():
             q.mode = Mode.OFF
         raise CalibrationDataError("calibration got no batches; pass a DataLoader or an iterable with at least one batch")
     sync_observers(quantizers)
-    finalize(model)
+    if means is not None:
+        means.synced()
+    finalize(model, means.laid_out() if means is not None else None)
     return model
+
+
+def _named_quant_layers(model: fx.GraphModule):
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, QuantLayerMixin)]
 
 
 def sync_observers(quantizers: dict[str, TensorQuantizer]) -> None:
@@ -127,9 +144,11 @@ def sync_observers(quantizers: dict[str, TensorQuantizer]) -> None:
             q.calibrator.observer.merge(other)
 
 
-def finalize(model: fx.GraphModule) -> list[str]:
+def finalize(model: fx.GraphModule, input_means: dict[str, np.ndarray] | None = None) -> list[str]:
     """Fix activation, weight and bias scales (rq_common.pipeline.finalize decides, the NPU's position
-    rules included) and write them into the quantizers' buffers. Returns the notes."""
+    rules included) and write them into the quantizers' buffers. ``input_means`` (layer -> its
+    input's channel means laid out against its weight): those layers' biases are corrected and
+    written back. Returns the notes."""
     plan = _plan(model)
     quantizers = activation_quantizers(model)
     for q in quantizers.values():
@@ -155,13 +174,25 @@ def finalize(model: fx.GraphModule) -> list[str]:
         activations={name: q.qparams() for name, q in quantizers.items()},
         weights=weights,
         layers=[
-            Layer(name, name, key.get(id(layer.input_quantizer)), key.get(id(layer.output_quantizer)), _float_bias(layer))
+            Layer(
+                name,
+                name,
+                key.get(id(layer.input_quantizer)),
+                key.get(id(layer.output_quantizer)),
+                _float_bias(layer),
+                input_mean=(input_means or {}).get(name),
+            )
             for name, layer in layers.items()
         ],
         adds=plan.adds,
     )
     result = finalize_view(view, plan.preset)
     notes = list(plan.notes) + list(result.notes)
+    with torch.no_grad():
+        for name, bias in result.corrected_biases.items():
+            layers[name].bias.copy_(torch.from_numpy(np.asarray(bias, np.float32)))
+    if result.corrected_biases:
+        notes.append(f"bias correction: {len(result.corrected_biases)} layer bias(es) corrected for their weights' rounding")
     for name, why in result.unrepairable.items():
         _keep_in_float(plan, layers.pop(name), node_of[name], name, f"{why}: runs in float")
         notes.append(f"{name}: kept in float: {why}: runs in float")

@@ -26,3 +26,18 @@ def corrected_bias(
     """The bias that keeps the quantized layer's mean output per channel where the float layer's is."""
     shift = output_shift(weight, quantized_weight, input_mean, axis)
     return (np.asarray(bias, np.float64).reshape(-1) - shift).astype(np.float32)
+
+
+def conv_input_mean(weight_shape: tuple[int, ...], mean: np.ndarray) -> np.ndarray:
+    """A conv input's channel means laid out against its weight (out, in / groups, *kernel): each
+    output channel's row reads its group's input channels."""
+    out_channels, per_group = weight_shape[:2]
+    groups = mean.size // per_group
+    layout = np.asarray(mean).reshape(groups, per_group)[np.arange(out_channels) // (out_channels // groups)]
+    return layout.reshape(out_channels, per_group, *[1] * (len(weight_shape) - 2))
+
+
+def linear_input_mean(mean: np.ndarray, transposed: bool = False) -> np.ndarray:
+    """A linear layer's input channel means against its weight (out, in), or (in, out) when ``transposed``."""
+    mean = np.asarray(mean)
+    return mean.reshape(-1, 1) if transposed else mean.reshape(1, -1)
