@@ -151,8 +151,11 @@ def _rq_torch(entry, model, calibration: Samples, preset: str, out: Path, work: 
     example = entry.torch_inputs(calibration.inputs[0])
     variant = Variant.parse(preset)
     qmodel = rq_torch.quantize_model(model, example, **variant.framework_arguments())
-    correct = Algorithm.BIAS_CORRECTION in variant.algorithms
-    rq_torch.calibrate(qmodel, [entry.torch_inputs(s) for s in calibration.inputs], quiet=True, bias_correction=correct)
+    options = {
+        "bias_correction": Algorithm.BIAS_CORRECTION in variant.algorithms,
+        "rounding": "adaround" if Algorithm.ADAROUND in variant.algorithms else "nearest",
+    }
+    rq_torch.calibrate(qmodel, [entry.torch_inputs(s) for s in calibration.inputs], quiet=True, **options)
     result = rq_torch.export_onnx(qmodel, example, out)
     return _summary(result)
 

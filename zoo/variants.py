@@ -35,7 +35,7 @@ EQUALIZATION = {Algorithm.CLE: True, Algorithm.NO_CLE: False}
 OFFERED_BY: dict[Algorithm, frozenset[Framework]] = {
     **dict.fromkeys(Algorithm, frozenset({Framework.ONNX})),
     **dict.fromkeys(EQUALIZATION, frozenset(Framework)),
-    Algorithm.BIAS_CORRECTION: frozenset({Framework.ONNX, Framework.TORCH}),
+    **dict.fromkeys((Algorithm.BIAS_CORRECTION, Algorithm.ADAROUND), frozenset({Framework.ONNX, Framework.TORCH})),
 }
 
 

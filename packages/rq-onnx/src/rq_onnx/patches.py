@@ -15,17 +15,9 @@ import onnx
 from numpy.lib.stride_tricks import sliding_window_view
 
 from rq_common.format.graph import attribute
+from rq_common.qmath.adaround import position_step
 
 PatchLayout = Callable[[onnx.NodeProto, tuple[int, ...], np.ndarray], np.ndarray]
-MAX_POSITIONS = 1024  # patches per sample and layer
-
-
-def _position_step(positions: tuple[int, ...]) -> int:
-    """The step along each spatial axis that leaves at most MAX_POSITIONS positions."""
-    step = 1
-    while np.prod([-(-n // step) for n in positions]) > MAX_POSITIONS:
-        step += 1
-    return step
 
 
 def _conv_pads(
@@ -59,7 +51,7 @@ def conv_patches(node: onnx.NodeProto, weight_shape: tuple[int, ...], x: np.ndar
     batch = x.shape[0]
     pads = _conv_pads(node, spatial, kernel, strides, dilations)
     if all(k == 1 for k in kernel) and all(s == 1 for s in strides) and not any(sum(p) for p in pads):
-        step = _position_step(spatial)  # a pointwise conv: each position is a patch
+        step = position_step(spatial)  # a pointwise conv: each position is a patch
         sampled = x[(slice(None), slice(None), *[slice(None, None, step)] * rank)]
         grouped = sampled.reshape(batch, groups, per_group, -1)
         return np.ascontiguousarray(grouped.transpose(1, 0, 3, 2)).reshape(groups, -1, per_group)
@@ -69,7 +61,7 @@ def conv_patches(node: onnx.NodeProto, weight_shape: tuple[int, ...], x: np.ndar
     windows = windows[
         (slice(None), slice(None), *[slice(None, None, s) for s in strides], *[slice(None, None, d) for d in dilations])
     ]
-    step = _position_step(windows.shape[2 : 2 + rank])
+    step = position_step(windows.shape[2 : 2 + rank])
     windows = windows[(slice(None), slice(None), *[slice(None, None, step)] * rank)]
     # (N, C, o1.., k1..) -> (groups, N, o1.., per_group, k1..) -> (groups, P, K)
     grouped = windows.reshape(batch, groups, per_group, *windows.shape[2:])

@@ -15,6 +15,8 @@ from rq_common.errors import CalibrationDataError
 from rq_common.pipeline import ConstantOperand, Layer, ModelView, Weight
 from rq_common.pipeline import finalize as finalize_view
 from rq_common.pipeline.placement import FloatOp
+from rq_common.qmath.adaround import AdaptiveRounding, InputMoments, Rounding
+from rq_torch.adaround import InputMomentsHooks
 from rq_torch.bias_correction import InputMeans
 from rq_torch.errors import NotCalibratedError
 from rq_torch.modules import QuantLayerMixin
@@ -78,12 +80,17 @@ def calibrate(
     max_calibration_batches: int | None = None,
     quiet: bool = False,
     bias_correction: bool = False,
+    rounding: Rounding | str = Rounding.NEAREST,
 ) -> fx.GraphModule:
     """Run ``data`` (a DataLoader or any iterable of batches) through the model with observers on,
     then give every quantizer its scale. Returns the model, in eval mode, quantizing.
     ``bias_correction``: correct each Conv / Linear bias for its quantized weight's rounding error
     from its float input's channel means over ``data`` (rq_common.qmath.bias_correction; for
-    per-tensor weights, as rq-onnx's ``bias_correction=True``). The float biases change in place."""
+    per-tensor weights, as rq-onnx's ``bias_correction=True``). The float biases change in place.
+    ``rounding="adaround"``: each Conv2d / Linear weight rounded up or down per element to
+    reconstruct its float output on ``data`` (rq_common.qmath.adaround, from its input patches'
+    moments; a progress bar per layer unless ``quiet``); the float weights become the rounded ones."""
+    rounding = Rounding(rounding)
     plan = _plan(model)
     quantizers = activation_quantizers(model)
     for q in quantizers.values():
@@ -97,6 +104,7 @@ def calibrate(
     order = _traced_shapes(model)
     traced = dict(order)
     means = InputMeans(dict(_named_quant_layers(model))) if bias_correction else None
+    moments = InputMomentsHooks(dict(_named_quant_layers(model))) if rounding is Rounding.ADAROUND else None
     count = 0
     total = max_calibration_batches if max_calibration_batches is not None else (len(data) if hasattr(data, "__len__") else None)
     with torch.no_grad():
@@ -111,8 +119,9 @@ def calibrate(
                 inputs = _inputs(batch, len(plan.input_names))
                 _check_shapes(dict(zip([name for name, _ in order], inputs)), traced, count)
                 model(*inputs)
-    if means is not None:
-        means.close()
+    for hooks in (means, moments):
+        if hooks is not None:
+            hooks.close()
     if count == 0:
         for q in quantizers.values():
             q.mode = Mode.OFF
@@ -120,8 +129,14 @@ def calibrate(
     sync_observers(quantizers)
     if means is not None:
         means.synced()
-    finalize(model, means.laid_out() if means is not None else None)
+    rounder = AdaptiveRounding(progress=_layer_bar(quiet)) if moments is not None else None
+    finalize(model, means.laid_out() if means is not None else None, moments.result() if moments else None, rounder)
     return model
+
+
+def _layer_bar(quiet: bool):
+    """A progress bar over the layers adaptive rounding rounds (stderr; off when quiet)."""
+    return lambda layers: tqdm(layers, desc="adaptive rounding", unit="layer", disable=quiet, file=sys.stderr)
 
 
 def _named_quant_layers(model: fx.GraphModule):
@@ -144,10 +159,16 @@ def sync_observers(quantizers: dict[str, TensorQuantizer]) -> None:
             q.calibrator.observer.merge(other)
 
 
-def finalize(model: fx.GraphModule, input_means: dict[str, np.ndarray] | None = None) -> list[str]:
+def finalize(
+    model: fx.GraphModule,
+    input_means: dict[str, np.ndarray] | None = None,
+    input_moments: dict[str, InputMoments] | None = None,
+    rounding: AdaptiveRounding | None = None,
+) -> list[str]:
     """Fix activation, weight and bias scales (rq_common.pipeline.finalize decides, the NPU's position
     rules included) and write them into the quantizers' buffers. ``input_means`` (layer -> its
     input's channel means laid out against its weight): those layers' biases are corrected and
+    written back; ``input_moments`` with ``rounding``: those layers' weights rounded adaptively and
     written back. Returns the notes."""
     plan = _plan(model)
     quantizers = activation_quantizers(model)
@@ -181,16 +202,19 @@ def finalize(model: fx.GraphModule, input_means: dict[str, np.ndarray] | None = 
                 key.get(id(layer.output_quantizer)),
                 _float_bias(layer),
                 input_mean=(input_means or {}).get(name),
+                input_moments=(input_moments or {}).get(name),
             )
             for name, layer in layers.items()
         ],
         adds=plan.adds,
     )
-    result = finalize_view(view, plan.preset)
+    result = finalize_view(view, plan.preset, rounding)
     notes = list(plan.notes) + list(result.notes)
     with torch.no_grad():
         for name, bias in result.corrected_biases.items():
             layers[name].bias.copy_(torch.from_numpy(np.asarray(bias, np.float32)))
+        for name, values in result.rounded_weights.items():  # on the grid: the weight quantizer keeps them
+            layers[name].weight.copy_(torch.from_numpy(np.asarray(values, np.float32)).reshape(layers[name].weight.shape))
     if result.corrected_biases:
         notes.append(f"bias correction: {len(result.corrected_biases)} layer bias(es) corrected for their weights' rounding")
     for name, why in result.unrepairable.items():

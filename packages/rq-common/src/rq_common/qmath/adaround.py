@@ -65,6 +65,18 @@ class InputMoments:
         return self.gram - self.mean[:, :, None] * self.mean[:, None, :]
 
 
+MAX_POSITIONS = 1024  # a conv's patches per sample and layer: far more than its K x K moments need
+
+
+def position_step(positions: tuple[int, ...]) -> int:
+    """The step along each spatial axis of a conv's output that leaves at most MAX_POSITIONS
+    positions (every n-th along each axis): each package samples a conv's patches so."""
+    step = 1
+    while np.prod([-(-n // step) for n in positions]) > MAX_POSITIONS:
+        step += 1
+    return step
+
+
 class MomentAccumulator:
     """Running sums of x x^T and x over every patch seen (float32 products, float64 sums)."""
 
