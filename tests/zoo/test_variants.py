@@ -35,7 +35,7 @@ def test_only_packages_that_offer_an_algorithm_get_its_column():
     assert onnx_model.supports("npu_cnn+adaround") and onnx_model.supports("npu_cnn")
     assert torch_model.supports("npu_cnn+adaround") and not torch_model.supports("npu_cnn+mixed")
     assert torch_model.supports("npu_transformer+bias_correction") and not get("hed").supports("npu_transformer+bias_correction")
-    assert torch_model.supports("npu_cnn+cle") and not torch_model.supports("npu_cnn+cle+adaround")
+    assert torch_model.supports("npu_cnn+cle+adaround") and not torch_model.supports("npu_cnn+cle+mixed")
     assert keras_model.supports("npu_cnn+nocle") and get("hed_tf1").supports("npu_cnn+nocle")
     # the framework packages' fake-quant ops export 8-bit activations only
     assert onnx_model.supports("npu_a16w8") and not torch_model.supports("npu_a16w8")
