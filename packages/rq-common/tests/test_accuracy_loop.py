@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rq_common.errors import SpecError
-from rq_common.pipeline.accuracy_loop import AccuracyTarget, Recipe, Step, run_accuracy_loop
+from rq_common.pipeline.accuracy_loop import AccuracyTarget, LoopResult, Recipe, Step, run_accuracy_loop
 from rq_common.pipeline.mixed_precision import MixedPrecision
 from rq_common.qmath.adaround import Rounding
 from rq_common.spec import CalibrationMethod, get_preset
@@ -96,3 +96,10 @@ def test_a_target_says_what_is_wrong_with_it():
             AccuracyTarget(**bad)
     with pytest.raises(SpecError, match="each step is one of ranges, equalization, bias_correction, adaround, mixed_precision"):
         AccuracyTarget(score=0.9, steps=("smoothquant",))
+
+
+def test_a_fine_tuned_recipe_says_so():
+    fine_tuned = Recipe(bias_correction=True, fine_tuned=True)
+    assert fine_tuned.label() == "bias_correction + QAT"
+    result = LoopResult(fine_tuned, 0.5, 0.9)
+    assert result.notes()[0] == "accuracy loop: bias_correction + QAT scores 0.5000; goal 0.9000 not reached after QAT too"

@@ -6,6 +6,7 @@ rq_torch.export_onnx(qmodel, example_inputs, "model_int8.onnx")
 """
 
 from rq_common.pipeline import QuantizeResult
+from rq_torch.auto import quantize_to_target
 from rq_torch.calibrate import calibrate, finalize
 from rq_torch.export import export_onnx
 from rq_torch.modules import (
@@ -45,6 +46,7 @@ __all__ = [
     "export_onnx",
     "finalize",
     "quantize_model",
+    "quantize_to_target",
     "quantizer_parameters",
     "weight_parameters",
 ]

@@ -36,6 +36,7 @@ class Recipe:
     bias_correction: bool = False
     rounding: Rounding = Rounding.NEAREST
     mixed_precision: MixedPrecision | None = None
+    fine_tuned: bool = False  # QAT after the rest (the framework packages' last step, the user's loop)
 
     def label(self) -> str:
         parts = [f"activation_method={self.activation_method.value}"] if self.activation_method else []
@@ -43,6 +44,7 @@ class Recipe:
         parts += ["bias_correction"] if self.bias_correction else []
         parts += [self.rounding.value] if self.rounding is not Rounding.NEAREST else []
         parts += ["mixed_precision"] if self.mixed_precision else []
+        parts += ["QAT"] if self.fine_tuned else []
         return " + ".join(parts) or "defaults"
 
 
@@ -122,7 +124,8 @@ class LoopResult:
         return self.score >= self.goal
 
     def notes(self) -> list[str]:
-        outcome = "reached" if self.reached else "not reached (fine-tuning with QAT is the next step)"
+        next_step = "after QAT too" if self.recipe.fine_tuned else "(fine-tuning with QAT is the next step)"
+        outcome = "reached" if self.reached else f"not reached {next_step}"
         lines = [f"accuracy loop: {self.recipe.label()} scores {self.score:.4f}; goal {self.goal:.4f} {outcome}"]
         lines += [
             f"accuracy loop: {a.recipe.label()}: {a.score:.4f} in {a.seconds:.1f} s" + (" (kept)" if a.kept else "")
