@@ -6,6 +6,7 @@ rq_tf2.export_onnx(qmodel, "model_int8.onnx")
 """
 
 from rq_common.pipeline import QuantizeResult
+from rq_tf2.auto import quantize_to_target
 from rq_tf2.calibrate import calibrate, finalize
 from rq_tf2.errors import ExportError, NotCalibratedError, UnsupportedModelError
 from rq_tf2.export import export_onnx
@@ -49,4 +50,5 @@ __all__ = [
     "load_model",
     "pre_activation",
     "quantize_model",
+    "quantize_to_target",
 ]
