@@ -19,7 +19,7 @@ NETWORKS = {
 }
 
 
-def both_quantize(tmp_path, network: str, preset, equalization):
+def both_quantize(tmp_path, network: str, preset, equalization, bias_correction: bool = False):
     """The same network, calibration data and options through rq-torch and through its float ONNX
     export into rq-onnx: (rq-torch's result, rq-onnx's result)."""
     build, shape = NETWORKS[network]
@@ -28,7 +28,7 @@ def both_quantize(tmp_path, network: str, preset, equalization):
     example = torch.randn(shape)
     calibration = [torch.randn(shape) for _ in range(16)]
     qmodel = rq_torch.quantize_model(model, example, preset=preset, equalization=equalization)
-    rq_torch.calibrate(qmodel, calibration, quiet=True)
+    rq_torch.calibrate(qmodel, calibration, quiet=True, bias_correction=bias_correction)
     from_torch = rq_torch.export_onnx(qmodel, example, tmp_path / "torch.onnx")
     torch.onnx.export(
         model,
@@ -40,9 +40,8 @@ def both_quantize(tmp_path, network: str, preset, equalization):
         input_names=["x"],
     )
     reader = ArrayReader({"x": torch.cat(calibration).numpy()}, batch_size=1)
-    from_onnx = quantize_static(
-        tmp_path / "float.onnx", tmp_path / "onnx.onnx", reader, preset, quiet=True, equalization=equalization
-    )
+    options = {"equalization": equalization, "bias_correction": bias_correction}
+    from_onnx = quantize_static(tmp_path / "float.onnx", tmp_path / "onnx.onnx", reader, preset, quiet=True, **options)
     assert from_torch.violations == [] and from_onnx.violations == []
     return from_torch, from_onnx
 
@@ -75,27 +74,7 @@ def test_rq_torch_and_rq_onnx_correct_biases_the_same(tmp_path, network):
     """Bias correction from the same calibration data: rq-torch's input means (forward hooks) and
     rq-onnx's (ORT outputs) give the same corrected int8 biases (within the int32 rounding one
     summation order's last bit can move)."""
-    build, shape = NETWORKS[network]
-    torch.manual_seed(0)
-    model = nets.randomize_batchnorm(build()).eval()
-    example = torch.randn(shape)
-    calibration = [torch.randn(shape) for _ in range(16)]
-    qmodel = rq_torch.quantize_model(model, example, preset="npu_transformer", equalization=False)
-    rq_torch.calibrate(qmodel, calibration, quiet=True, bias_correction=True)
-    from_torch = rq_torch.export_onnx(qmodel, example, tmp_path / "torch.onnx")
-    torch.onnx.export(
-        model,
-        (example,),
-        str(tmp_path / "float.onnx"),
-        dynamo=False,
-        opset_version=17,
-        do_constant_folding=False,
-        input_names=["x"],
-    )
-    reader = ArrayReader({"x": torch.cat(calibration).numpy()}, batch_size=1)
-    from_onnx = quantize_static(
-        tmp_path / "float.onnx", None, reader, "npu_transformer", quiet=True, equalization=False, bias_correction=True
-    )
+    from_torch, from_onnx = both_quantize(tmp_path, network, "npu_transformer", False, bias_correction=True)
     assert any("bias correction" in n for n in from_torch.notes)
     assert_same_layers(from_torch.model, from_onnx.model, "npu_transformer")
     (tmp_path / "plain").mkdir()

@@ -158,7 +158,7 @@ def test_the_accuracy_loop_reaches_its_goal_on_held_out_batches_and_writes_the_b
 
 def test_the_accuracy_loop_needs_batches_beyond_its_holdout(tmp_path):
     model, _ = outlier_net()
-    with pytest.raises(SpecError, match="the reader gave 4 batch"):
+    with pytest.raises(SpecError, match="4 batch\\(es\\) given; the accuracy loop scores on the last"):
         quantize_static(
             model,
             tmp_path / "x.onnx",

@@ -13,10 +13,9 @@ from typing import Any
 
 import onnx
 
-from rq_common.errors import SpecError
 from rq_common.format import require_valid
 from rq_common.pipeline import QuantizeResult
-from rq_common.pipeline.accuracy_loop import AccuracyTarget, Recipe, run_accuracy_loop
+from rq_common.pipeline.accuracy_loop import AccuracyTarget, Recipe, run_accuracy_loop, split_holdout
 from rq_common.pipeline.mixed_precision import output_agreement
 from rq_common.spec import Preset
 from rq_onnx.calibrate import CalibrationDataReader, batches, check_feed, make_session
@@ -40,22 +39,15 @@ def quantize_to_target(
     from rq_onnx.api import quantize_static, save_model
 
     model = load_model(model_input)
-    feeds = list(batches(reader, max_batches))
-    if len(feeds) <= target.holdout:
-        raise SpecError(
-            "target.holdout",
-            f"the reader gave {len(feeds)} batch(es); the accuracy loop scores on the last {target.holdout} and "
-            "calibrates on the rest: give more batches or a smaller holdout",
-        )
+    calibration, held_out = split_holdout(list(batches(reader, max_batches)), target.holdout)
     inputs = make_session(model).get_inputs()
-    held_out = [check_feed(feed, inputs, number) for number, feed in enumerate(feeds[-target.holdout :], start=1)]
+    held_out = [check_feed(feed, inputs, number) for number, feed in enumerate(held_out, start=1)]
     if preset.target.fixed_point_rules:  # the NPU's models take batch 1 (rq_onnx.write.fix_batch_to_one)
         held_out = [
             {name: value[i : i + 1] for name, value in feed.items()}
             for feed in held_out
             for i in range(len(next(iter(feed.values()))))
         ]
-    calibration = feeds[: -target.holdout]
     metric = target.metric or output_agreement
     float_outputs = run_all(model, held_out)
 

@@ -11,7 +11,6 @@ or 16-bit activations yet: those steps are left out). Where no recipe reaches th
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -19,8 +18,15 @@ from typing import Any
 import keras
 import numpy as np
 
-from rq_common.errors import SpecError
-from rq_common.pipeline.accuracy_loop import AccuracyTarget, Attempt, LoopResult, Recipe, Step, run_accuracy_loop
+from rq_common.pipeline.accuracy_loop import (
+    AccuracyTarget,
+    LoopResult,
+    Recipe,
+    Step,
+    finish_with_qat,
+    run_accuracy_loop,
+    split_holdout,
+)
 from rq_common.pipeline.mixed_precision import output_agreement
 from rq_common.spec import Preset, get_preset
 from rq_tf2.transform import quantize_model
@@ -50,14 +56,7 @@ def quantize_to_target(
     recipes fell short) and the loop's path (``result.notes()``). ``quantize_options``:
     quantize_model's other keywords (exclude_nodes, layer_configs, input_shape, ...)."""
     preset = get_preset(preset)
-    batches = list(data)
-    if len(batches) <= target.holdout:
-        raise SpecError(
-            "target.holdout",
-            f"{len(batches)} batch(es) given; the loop scores on the last {target.holdout} and calibrates on the rest: "
-            "give more batches or a smaller holdout",
-        )
-    calibration, held_out = batches[: -target.holdout], batches[-target.holdout :]
+    calibration, held_out = split_holdout(list(data), target.holdout)
     target = replace(target, steps=tuple(s for s in target.steps if s in STEPS))
     metric = target.metric or output_agreement
     reference = _outputs(model, held_out)
@@ -70,10 +69,5 @@ def quantize_to_target(
         return metric(_outputs(qmodel, held_out), reference), qmodel
 
     loop = run_accuracy_loop(target, preset, metric(reference, reference), attempt)
-    best: keras.Model = loop.output
-    if not loop.reached and fine_tune is not None:
-        began = time.perf_counter()
-        fine_tune(best)
-        loop.recipe, loop.score = replace(loop.recipe, fine_tuned=True), metric(_outputs(best, held_out), reference)
-        loop.attempts.append(Attempt(loop.recipe, loop.score, time.perf_counter() - began, True))
-    return best, loop
+    finish_with_qat(loop, fine_tune, lambda qmodel: metric(_outputs(qmodel, held_out), reference))
+    return loop.output, loop

@@ -11,7 +11,6 @@ few epochs, ``rq_torch.pre_activation`` for a model ending in Softmax) and score
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -20,8 +19,15 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from rq_common.errors import SpecError
-from rq_common.pipeline.accuracy_loop import AccuracyTarget, Attempt, LoopResult, Recipe, Step, run_accuracy_loop
+from rq_common.pipeline.accuracy_loop import (
+    AccuracyTarget,
+    LoopResult,
+    Recipe,
+    Step,
+    finish_with_qat,
+    run_accuracy_loop,
+    split_holdout,
+)
 from rq_common.pipeline.mixed_precision import output_agreement
 from rq_common.spec import Preset, get_preset
 from rq_torch.calibrate import _inputs, calibrate
@@ -57,14 +63,7 @@ def quantize_to_target(
     ``data``: the calibration batches, a list (the last ``target.holdout`` are held out);
     ``quantize_options``: quantize_model's other keywords (leaf_modules, exclude_nodes, ...)."""
     preset = get_preset(preset)
-    batches = list(data)
-    if len(batches) <= target.holdout:
-        raise SpecError(
-            "target.holdout",
-            f"{len(batches)} batch(es) given; the loop scores on the last {target.holdout} and calibrates on the rest: "
-            "give more batches or a smaller holdout",
-        )
-    calibration, held_out = batches[: -target.holdout], batches[-target.holdout :]
+    calibration, held_out = split_holdout(list(data), target.holdout)
     target = replace(target, steps=tuple(s for s in target.steps if s in STEPS))
     input_count = len(example_inputs) if isinstance(example_inputs, tuple) else 1
     metric = target.metric or output_agreement
@@ -77,12 +76,6 @@ def quantize_to_target(
         return metric(_outputs(qmodel, held_out, input_count), reference), qmodel
 
     loop = run_accuracy_loop(target, preset, metric(reference, reference), attempt)
-    best: fx.GraphModule = loop.output
-    if not loop.reached and fine_tune is not None:
-        began = time.perf_counter()
-        fine_tune(best)
-        score = metric(_outputs(best, held_out, input_count), reference)
-        loop.recipe, loop.score = replace(loop.recipe, fine_tuned=True), score
-        loop.attempts.append(Attempt(loop.recipe, score, time.perf_counter() - began, True))
-    best.rq_loop = loop
-    return best, loop
+    finish_with_qat(loop, fine_tune, lambda qmodel: metric(_outputs(qmodel, held_out, input_count), reference))
+    loop.output.rq_loop = loop
+    return loop.output, loop

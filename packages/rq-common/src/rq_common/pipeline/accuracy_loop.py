@@ -177,3 +177,25 @@ def run_accuracy_loop(
             if kept:
                 result.recipe, result.score, result.output = recipe, score, output
     return result
+
+
+def split_holdout(batches: list, holdout: int) -> tuple[list, list]:
+    """(the batches to calibrate on, the last ``holdout`` to score on); a clear error for too few."""
+    if len(batches) <= holdout:
+        raise SpecError(
+            "target.holdout",
+            f"{len(batches)} batch(es) given; the accuracy loop scores on the last {holdout} and calibrates on the rest: "
+            "give more batches or a smaller holdout",
+        )
+    return batches[:-holdout], batches[-holdout:]
+
+
+def finish_with_qat(loop: LoopResult, fine_tune: Callable[[Any], None] | None, score: Callable[[Any], float]) -> None:
+    """The framework packages' last step: where no recipe reached the goal and ``fine_tune`` (the
+    user's QAT loop) is given, it trains the best model, which is scored again; the path says so."""
+    if loop.reached or fine_tune is None:
+        return
+    began = time.perf_counter()
+    fine_tune(loop.output)
+    loop.recipe, loop.score = replace(loop.recipe, fine_tuned=True), score(loop.output)
+    loop.attempts.append(Attempt(loop.recipe, loop.score, time.perf_counter() - began, True))
