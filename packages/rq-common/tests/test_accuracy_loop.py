@@ -42,7 +42,7 @@ def test_improvements_build_on_each_other_and_the_loop_stops_at_the_goal():
         "activation_method=mse + adaround",
     ]  # 0.91 >= 0.9: mixed precision is never tried
     assert result.reached and result.output == "activation_method=mse + adaround" and result.score == 0.91
-    assert result.recipe == Recipe(CalibrationMethod.MSE, rounding=Rounding.ADAROUND)
+    assert result.recipe == Recipe(activation_method=CalibrationMethod.MSE, rounding=Rounding.ADAROUND)
     assert [a.kept for a in result.attempts] == [True, True, False, False, True]
     assert result.notes()[0].startswith("accuracy loop: activation_method=mse + adaround scores 0.9100; goal 0.9000 reached")
 
@@ -58,17 +58,19 @@ def test_the_steps_follow_the_preset_and_the_best_is_kept_when_nothing_reaches()
         {
             "defaults": 0.5,
             "activation_method=pot_nonoverflow": 0.4,
+            "weight_method=pot_minmse": 0.42,
             "no equalization": 0.45,
             "bias_correction": 0.6,
             "bias_correction + adaround": 0.55,
         }
     )
     result = run_accuracy_loop(AccuracyTarget(score=0.99), get_preset("npu_cnn"), 1.0, attempt)
-    # power-of-two ranges only, equalization's other choice (on by default for per-tensor weights),
+    # power-of-two ranges only (the weights' other chooser too), equalization's other choice (on by default for per-tensor weights),
     # and no mixed precision: the NPU's CNN path runs no 16-bit activations
     assert tried == [
         "defaults",
         "activation_method=pot_nonoverflow",
+        "weight_method=pot_minmse",
         "no equalization",
         "bias_correction",
         "bias_correction + adaround",
@@ -103,3 +105,11 @@ def test_a_fine_tuned_recipe_says_so():
     assert fine_tuned.label() == "bias_correction + QAT"
     result = LoopResult(fine_tuned, 0.5, 0.9)
     assert result.notes()[0] == "accuracy loop: bias_correction + QAT scores 0.5000; goal 0.9000 not reached after QAT too"
+
+
+def test_a_recipe_gives_the_preset_with_its_range_choosers():
+    preset = Recipe(activation_method=CalibrationMethod.POT_NONOVERFLOW, weight_method=CalibrationMethod.POT_MINMSE).preset_for(
+        get_preset("npu_cnn")
+    )
+    assert (preset.activation_method, preset.weight_method) == (CalibrationMethod.POT_NONOVERFLOW, CalibrationMethod.POT_MINMSE)
+    assert Recipe().preset_for(get_preset("cpu")) is get_preset("cpu")

@@ -47,8 +47,8 @@ def test_an_unreachable_goal_tries_the_steps_then_fits_the_best_model():
         model, batches(), AccuracyTarget(score=1.1, holdout=4), "npu_cnn", fine_tune=fine_tune, quiet=True
     )
     labels = [a.recipe.label() for a in loop.attempts]
-    assert labels[:3] == ["defaults", "activation_method=pot_nonoverflow", "no equalization"], labels
-    assert labels[-1].endswith("QAT") and tuned == [qmodel] and len(labels) == 4
+    assert labels[:4] == ["defaults", "activation_method=pot_nonoverflow", "weight_method=pot_minmse", "no equalization"], labels
+    assert labels[-1].endswith("QAT") and tuned == [qmodel] and len(labels) == 5
     assert "not reached after QAT too" in loop.notes()[0]
 
 

@@ -168,7 +168,12 @@ def quantize_static(
 def _quantize_to_target(model_input, model_output, reader, preset, target, options: QuantizeOptions, allow_violations):
     from rq_onnx.auto import quantize_to_target
 
-    start = Recipe(None, options.equalization, options.bias_correction, options.rounding, options.mixed_precision)
+    start = Recipe(
+        equalization=options.equalization,
+        bias_correction=options.bias_correction,
+        rounding=options.rounding,
+        mixed_precision=options.mixed_precision,
+    )
     run_options = {
         "exclude_op_types": options.exclude_op_types,
         "exclude_nodes": options.exclude_nodes,

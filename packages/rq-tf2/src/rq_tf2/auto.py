@@ -62,9 +62,13 @@ def quantize_to_target(
     reference = _outputs(model, held_out)
 
     def attempt(recipe: Recipe) -> tuple[float, keras.Model]:
-        recipe_preset = get_preset(preset, activation_method=recipe.activation_method) if recipe.activation_method else preset
         qmodel = quantize_model(
-            model, recipe_preset, equalization=recipe.equalization, calib_dataset=calibration, quiet=quiet, **quantize_options
+            model,
+            recipe.preset_for(preset),
+            equalization=recipe.equalization,
+            calib_dataset=calibration,
+            quiet=quiet,
+            **quantize_options,
         )
         return metric(_outputs(qmodel, held_out), reference), qmodel
 

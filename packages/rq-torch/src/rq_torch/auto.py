@@ -70,8 +70,9 @@ def quantize_to_target(
     reference = _outputs(model, held_out, input_count)
 
     def attempt(recipe: Recipe) -> tuple[float, fx.GraphModule]:
-        recipe_preset = get_preset(preset, activation_method=recipe.activation_method) if recipe.activation_method else preset
-        qmodel = quantize_model(model, example_inputs, recipe_preset, equalization=recipe.equalization, **quantize_options)
+        qmodel = quantize_model(
+            model, example_inputs, recipe.preset_for(preset), equalization=recipe.equalization, **quantize_options
+        )
         calibrate(qmodel, calibration, quiet=quiet, bias_correction=recipe.bias_correction, rounding=recipe.rounding)
         return metric(_outputs(qmodel, held_out, input_count), reference), qmodel
 

@@ -27,19 +27,27 @@ from rq_common.qmath.equalization import Equalization, resolve_equalization
 from rq_common.spec import CalibrationMethod, Preset, widened_activation
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)  # by name: new options must not shift the old ones
 class Recipe:
     """One quantization run's accuracy options (None / False / nearest: the preset's defaults)."""
 
     activation_method: CalibrationMethod | None = None
+    weight_method: CalibrationMethod | None = None
     equalization: Equalization | bool | None = None  # None: the preset's default (resolve_equalization)
     bias_correction: bool = False
     rounding: Rounding = Rounding.NEAREST
     mixed_precision: MixedPrecision | None = None
     fine_tuned: bool = False  # QAT after the rest (the framework packages' last step, the user's loop)
 
+    def preset_for(self, preset: Preset) -> Preset:
+        """``preset`` with this recipe's range choosers."""
+        methods = {"activation_method": self.activation_method, "weight_method": self.weight_method}
+        changes = {key: method for key, method in methods.items() if method is not None}
+        return preset.override(**changes) if changes else preset
+
     def label(self) -> str:
         parts = [f"activation_method={self.activation_method.value}"] if self.activation_method else []
+        parts += [f"weight_method={self.weight_method.value}"] if self.weight_method else []
         parts += [] if self.equalization is None else ["equalization" if self.equalization else "no equalization"]
         parts += ["bias_correction"] if self.bias_correction else []
         parts += [self.rounding.value] if self.rounding is not Rounding.NEAREST else []
@@ -49,7 +57,7 @@ class Recipe:
 
 
 class Step(str, Enum):
-    RANGES = "ranges"  # the preset's scale type's other range choosers, each in turn
+    RANGES = "ranges"  # the preset's scale type's other range choosers, each in turn (power-of-two weights' too)
     EQUALIZATION = "equalization"  # where weights are per tensor: the other choice than the recipe's
     BIAS_CORRECTION = "bias_correction"
     ADAROUND = "adaround"
@@ -139,6 +147,10 @@ def proposals(step: Step, recipe: Recipe, preset: Preset, target: AccuracyTarget
     if step is Step.RANGES:
         choosers = POWER_OF_TWO_RANGES if preset.activation.power_of_two else FLOAT_RANGES
         yield from (replace(recipe, activation_method=m) for m in choosers if m is not preset.activation_method)
+        if (
+            preset.weight.power_of_two and not preset.weight.per_channel
+        ):  # float-scale error-chosen weights lose (docs/calibration.md)
+            yield from (replace(recipe, weight_method=m) for m in POWER_OF_TWO_RANGES if m is not preset.weight_method)
     elif step is Step.EQUALIZATION and not preset.weight.per_channel:
         yield replace(recipe, equalization=resolve_equalization(recipe.equalization, True) is None)
     elif step is Step.BIAS_CORRECTION and not recipe.bias_correction:
