@@ -105,8 +105,9 @@ def quantize_static(
     name_nodes(model)
     equalization = resolve_equalization(options.equalization, not preset.weight.per_channel)
     if equalization is not None:
-        absorb = equalization.absorb_batches if equalization.absorb_high_bias else 0
-        peeked, calibration_data_reader = peek(calibration_data_reader, absorb)
+        peeked = []  # high-bias absorption's batches, read ahead of calibration
+        if equalization.absorb_high_bias:
+            peeked, calibration_data_reader = peek(calibration_data_reader, equalization.absorb_batches)
         equalize_model(model, equalization, notes, peeked)
     plan = make_plan(model, preset, options.exclude_op_types, options.exclude_nodes)
     if not plan.activations:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from rq_common.format.graph import GraphIndex, set_initializer, unique_name
+from rq_common.format.graph import GraphIndex, attribute, set_initializer, unique_name
 from rq_common.optable import facts_for
 from rq_common.qmath.equalization import Equalization, Layer, Relu6, absorb_high_bias, equalize
 from rq_onnx.calibrate import check_feed, make_session, with_outputs
@@ -29,11 +29,6 @@ class Pair:
     consumer: onnx.NodeProto
     path: list[onnx.NodeProto] = field(default_factory=list)  # the ops between them
     relu6: list[onnx.NodeProto] = field(default_factory=list)  # Clip(0, 6) among them
-
-
-def _attribute(node: onnx.NodeProto, name: str, default):
-    found = next((a for a in node.attribute if a.name == name), None)
-    return default if found is None else onnx.helper.get_attribute_value(found)
 
 
 def _clip_bounds(index: GraphIndex, node: onnx.NodeProto) -> tuple[float | None, float | None] | None:
@@ -75,15 +70,15 @@ def _layer(index: GraphIndex, node: onnx.NodeProto) -> Layer | None:
         if bias is None or len(index.consumers_of(node.input[2])) != 1:
             return None
     if node.op_type == "Conv":
-        return Layer.conv(weight, bias, int(_attribute(node, "group", 1)))
+        return Layer.conv(weight, bias, int(attribute(node, "group", 1)))
     if weight.ndim != 2:
         return None
     if node.op_type == "MatMul":
         return Layer.linear(weight, None, transposed=True)
-    plain = all(_attribute(node, a, d) == d for a, d in (("alpha", 1.0), ("beta", 1.0), ("transA", 0)))
-    if not plain or (bias is not None and bias.size != weight.shape[0 if _attribute(node, "transB", 0) else 1]):
+    plain = all(attribute(node, a, d) == d for a, d in (("alpha", 1.0), ("beta", 1.0), ("transA", 0)))
+    if not plain or (bias is not None and bias.size != weight.shape[0 if attribute(node, "transB", 0) else 1]):
         return None
-    return Layer.linear(weight, bias, transposed=not _attribute(node, "transB", 0))
+    return Layer.linear(weight, bias, transposed=not attribute(node, "transB", 0))
 
 
 def _channel_axis(op_type: str) -> int:
@@ -101,11 +96,11 @@ def _drops_spatial(index: GraphIndex, node: onnx.NodeProto, before: list[onnx.No
     if node.op_type not in SPATIAL_DROPS or not before or before[-1].op_type != "GlobalAveragePool":
         return False
     if node.op_type == "Flatten":
-        return _attribute(node, "axis", 1) == 1
+        return attribute(node, "axis", 1) == 1
     if node.op_type == "Reshape":
         shape = index.constant(node.input[1])
         return shape is not None and shape.size == 2 and int(shape[-1]) in (-1,) + tuple(_known_channels(index, node))
-    axes = index.constant(node.input[1]) if len(node.input) > 1 and node.input[1] else _attribute(node, "axes", None)
+    axes = index.constant(node.input[1]) if len(node.input) > 1 and node.input[1] else attribute(node, "axes", None)
     return axes is not None and set(np.asarray(axes).reshape(-1).tolist()) == {2, 3}
 
 
@@ -144,7 +139,7 @@ def find_pairs(index: GraphIndex, relu6: Relu6) -> tuple[list[Pair], list[Pair]]
 def _reads_padding(node: onnx.NodeProto) -> bool:
     if node.op_type != "Conv":
         return False
-    return any(_attribute(node, "pads", [0])) or _attribute(node, "auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID")
+    return any(attribute(node, "pads", [0])) or attribute(node, "auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID")
 
 
 def _absorbable(index: GraphIndex, pair: Pair) -> bool:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from rq_onnx.calibrate import batches
 from rq_onnx.errors import CalibrationReaderError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
@@ -91,12 +92,7 @@ class FeedListReader:
 def peek(reader, count: int) -> tuple[list[dict[str, np.ndarray]], object]:
     """The reader's first ``count`` batches, and a reader that still gives every batch: the same
     one, rewound, where it can rewind, else one that gives the peeked batches first."""
-    peeked = []
-    while len(peeked) < count:
-        feed = reader.get_next()
-        if feed is None:
-            break
-        peeked.append(feed)
+    peeked = list(batches(reader, count))
     if callable(getattr(reader, "rewind", None)):
         reader.rewind()
         return peeked, reader
