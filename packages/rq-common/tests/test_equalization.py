@@ -150,3 +150,15 @@ def test_each_framework_layout_converts_to_the_canonical_one_and_back():
     np.testing.assert_array_equal(layer.kernel[2 * 2 + 1, 0], depthwise[:, :, 2, 1])
     for weight, layout in ((oik, Layout.OIK), (kio, Layout.KIO), (depthwise, Layout.KCM), (oik[:, :, 0, 0], Layout.IO)):
         np.testing.assert_array_equal(Layer.from_weight(weight, layout=layout).weight(), weight.astype(np.float32))
+
+
+def test_a_package_equalizes_per_tensor_presets_by_default_and_never_with_unfolded_batchnorm():
+    from rq_common.qmath.equalization import equalization_for
+    from rq_common.spec import get_preset
+
+    assert equalization_for(None, get_preset("npu_cnn")) == Equalization()
+    assert equalization_for(None, get_preset("cpu")) is None and equalization_for(True, get_preset("cpu")) == Equalization()
+    assert equalization_for(False, get_preset("npu_transformer")) is None
+    assert equalization_for(None, get_preset("npu_cnn"), batchnorm_kept=True) is None
+    with pytest.raises(SpecError, match="use one of the two"):
+        equalization_for(True, get_preset("npu_cnn"), batchnorm_kept=True)

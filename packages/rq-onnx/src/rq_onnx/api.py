@@ -21,7 +21,7 @@ from rq_common.pipeline.accuracy_loop import AccuracyTarget, Recipe
 from rq_common.pipeline.mixed_precision import MixedPrecision
 from rq_common.qmath import widen
 from rq_common.qmath.adaround import AdaptiveRounding, Rounding
-from rq_common.qmath.equalization import Equalization, resolve_equalization
+from rq_common.qmath.equalization import Equalization, equalization_for
 from rq_common.report import QuantReport
 from rq_common.spec import CalibrationMethod, Preset, get_preset, widened_activation
 from rq_onnx.calibrate import CalibrationDataReader, calibrate
@@ -103,7 +103,7 @@ def quantize_static(
         notes.append("WARNING: calibrated on random data (asked for explicitly): scales do not reflect real inputs")
     model = prepare_model(load_model(model_input), preset, notes, sixteen_bits=options.mixed_precision is not None)
     name_nodes(model)
-    equalization = resolve_equalization(options.equalization, not preset.weight.per_channel)
+    equalization = equalization_for(options.equalization, preset)
     if equalization is not None:
         peeked = []  # high-bias absorption's batches, read ahead of calibration
         if equalization.absorb_high_bias:

@@ -29,7 +29,7 @@ class QuantizeOptions:
     equalization: cross-layer equalization before calibration (rq_common.qmath.equalization,
     rq_onnx.equalize): pairs of Conv / Gemm / MatMul layers joined through ReLU-like ops rescaled so
     that per-tensor weight grids fit every channel, high biases moved into the next layer; None
-    (the default): on where the preset's weights are per tensor (resolve_equalization); True / an
+    (the default): on where the preset's weights are per tensor (equalization_for); True / an
     Equalization: on (with its settings); False: off.
     bias_correction: correct each Conv / ConvTranspose / Gemm bias for its quantized weight's
     rounding error, from the float inputs' channel means over the calibration data (a MatMul's bias

@@ -19,7 +19,7 @@ from rq_common.errors import SpecError
 from rq_common.format import require_valid
 from rq_common.io import check_output_path, save_onnx
 from rq_common.pipeline import QuantizeResult
-from rq_common.qmath.equalization import Equalization, resolve_equalization
+from rq_common.qmath.equalization import Equalization, equalization_for
 from rq_common.spec import CalibrationMethod, Preset, get_preset, require_eight_bit_activations
 from rq_tf1.calibrate import calibrate
 from rq_tf1.equalize import equalize_graph
@@ -102,7 +102,7 @@ def prepare_and_plan(
     notes = []
     if preset.target.fixed_point_rules:
         prepared, notes = round_leaky_alphas(prepared)
-    equalization = resolve_equalization(equalization, not preset.weight.per_channel)
+    equalization = equalization_for(equalization, preset)
     if equalization is not None:
         prepared, equalized = equalize_graph(prepared, equalization, set(exclude_nodes), output_nodes)
         notes += equalized

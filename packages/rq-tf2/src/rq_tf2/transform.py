@@ -15,7 +15,7 @@ from keras import tree
 from rq_common.errors import SpecError
 from rq_common.optable import facts_for
 from rq_common.pipeline.placement import EXCLUDED, FloatOp, OpNode, follows_from_others, place_quantizers
-from rq_common.qmath.equalization import Equalization, resolve_equalization
+from rq_common.qmath.equalization import Equalization, equalization_for
 from rq_common.spec import Preset, get_preset, require_eight_bit_activations
 from rq_tf2.attention import decompose_attention, parts_of
 from rq_tf2.calibrate import calibrate, sample_shape
@@ -75,16 +75,11 @@ def quantize_model(
     recorded or rq finds from the model's layers.
     ``equalization``: cross-layer equalization of Conv / Dense pairs joined through ReLU-like layers
     (rq_tf2.equalize): None (the default) on where the preset's weights are per tensor and BatchNorm
-    is folded (rq_common's resolve_equalization), True / an Equalization on, False off.
+    is folded (rq_common's equalization_for), True / an Equalization on, False off.
     """
     preset = get_preset(preset)
     require_eight_bit_activations(preset, "rq-tf2")
-    if equalization and freeze_bn_after is not None:
-        raise SpecError(
-            "equalization",
-            "equalization rescales folded Conv weights, and freeze_bn_after keeps BatchNorm unfolded: use one of the two",
-        )
-    equalization = None if freeze_bn_after is not None else resolve_equalization(equalization, not preset.weight.per_channel)
+    equalization = equalization_for(equalization, preset, batchnorm_kept=freeze_bn_after is not None)
     configs = dict(layer_configs or {})
     for name in exclude_nodes:
         configs[name] = LayerConfig(exclude=True)

@@ -17,12 +17,11 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from rq_common.calibration import ScaleGroups
-from rq_common.errors import SpecError
 from rq_common.optable import NpuRole, facts_for, has_npu_role
 from rq_common.pipeline import ConstantOperand
 from rq_common.pipeline.placement import EXCLUDED, FloatOp, OpNode, follows_from_others, place_quantizers
 from rq_common.qmath import fold_batchnorm
-from rq_common.qmath.equalization import Equalization, resolve_equalization
+from rq_common.qmath.equalization import Equalization, equalization_for
 from rq_common.spec import Preset, get_preset
 from rq_torch.attention import to_plain_forms
 from rq_torch.equalize import equalize_layers
@@ -144,16 +143,11 @@ def quantize_model(
     that branches on them; the quantized model computes that branch and takes the tensors only.
     ``equalization``: cross-layer equalization of Conv / Linear pairs joined through ReLU-like
     ops, after BatchNorm folding (rq_torch.equalize): None (the default) on where the preset's
-    weights are per tensor and BatchNorm is folded (rq_common's resolve_equalization), True / an
+    weights are per tensor and BatchNorm is folded (rq_common's equalization_for), True / an
     Equalization on, False off.
     """
     preset = get_preset(preset)
-    if equalization and freeze_bn_after is not None:
-        raise SpecError(
-            "equalization",
-            "equalization rescales folded Conv weights, and freeze_bn_after keeps BatchNorm unfolded: use one of the two",
-        )
-    equalization = None if freeze_bn_after is not None else resolve_equalization(equalization, not preset.weight.per_channel)
+    equalization = equalization_for(equalization, preset, batchnorm_kept=freeze_bn_after is not None)
     for kind in ("activation", "weight"):
         check_exportable(getattr(preset, kind), kind)
     example_inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)

@@ -204,3 +204,17 @@ def resolve_equalization(choice: Equalization | bool | None, per_tensor_weights:
     if isinstance(choice, bool):
         return Equalization() if choice else None
     return choice
+
+
+def equalization_for(choice: Equalization | bool | None, preset, batchnorm_kept: bool = False) -> Equalization | None:
+    """The equalization a package runs for ``preset``: resolve_equalization by its weights' granularity.
+    Where BatchNorm stays unfolded for QAT (``batchnorm_kept``: freeze_bn_after), there is no folded
+    weight to rescale: none by default, and asking for it is refused."""
+    if batchnorm_kept:
+        if choice:
+            raise SpecError(
+                "equalization",
+                "equalization rescales folded Conv weights, and freeze_bn_after keeps BatchNorm unfolded: use one of the two",
+            )
+        return None
+    return resolve_equalization(choice, not preset.weight.per_channel)
