@@ -16,7 +16,6 @@ import onnx
 from rq_common.format import require_valid
 from rq_common.pipeline import QuantizeResult
 from rq_common.pipeline.accuracy_loop import AccuracyTarget, Recipe, run_accuracy_loop, split_holdout
-from rq_common.pipeline.mixed_precision import output_agreement
 from rq_common.spec import Preset
 from rq_onnx.calibrate import CalibrationDataReader, batches, check_feed, make_session
 from rq_onnx.precision import run_all
@@ -48,7 +47,7 @@ def quantize_to_target(
             for feed in held_out
             for i in range(len(next(iter(feed.values()))))
         ]
-    metric = target.metric or output_agreement
+    metric = target.scorer
     float_outputs = run_all(model, held_out)
 
     def attempt(recipe: Recipe) -> tuple[float, QuantizeResult]:

@@ -16,7 +16,7 @@ from rq_common.observers import NonFinitePolicy
 from rq_common.pipeline.accuracy_loop import AccuracyTarget
 from rq_common.pipeline.mixed_precision import MixedPrecision
 from rq_common.qmath.adaround import Rounding
-from rq_common.qmath.equalization import Equalization, Relu6
+from rq_common.qmath.equalization import Equalization, Relu6, equalization_for
 from rq_common.report import QuantReport
 from rq_common.spec import ALIASES, PRESETS, CalibrationMethod, get_preset
 from rq_onnx.api import quantize_static
@@ -45,14 +45,15 @@ def _reader(args, model: onnx.ModelProto):
     raise RqError("calibration data is needed: --calib-data PATH (or, explicitly, --random-data N)")
 
 
-def _equalization(args) -> Equalization | bool | None:
-    """--equalize and --relu6 as quantize_static's equalization (None: the preset's default)."""
+def _equalization(args) -> Equalization | bool:
+    """--equalize and --relu6 as quantize_static's equalization: auto is the preset's default."""
     if args.equalize == "off":
         return False
-    if args.equalize == "auto" and args.relu6 == Relu6.KEEP.value:
-        return None
-    on = args.equalize == "on" or not get_preset(args.preset, per_channel=True if args.per_channel else None).weight.per_channel
-    return Equalization(relu6=args.relu6) if on else False
+    config = Equalization(relu6=args.relu6)
+    if args.equalize == "on":
+        return config
+    preset = get_preset(args.preset, per_channel=True if args.per_channel else None)
+    return config if equalization_for(None, preset) is not None else False
 
 
 def cmd_quantize(args) -> int:

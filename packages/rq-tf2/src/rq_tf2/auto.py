@@ -12,7 +12,6 @@ or 16-bit activations yet: those steps are left out). Where no recipe reaches th
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
 import keras
@@ -27,7 +26,6 @@ from rq_common.pipeline.accuracy_loop import (
     run_accuracy_loop,
     split_holdout,
 )
-from rq_common.pipeline.mixed_precision import output_agreement
 from rq_common.spec import Preset, get_preset
 from rq_tf2.transform import quantize_model
 
@@ -57,8 +55,8 @@ def quantize_to_target(
     quantize_model's other keywords (exclude_nodes, layer_configs, input_shape, ...)."""
     preset = get_preset(preset)
     calibration, held_out = split_holdout(list(data), target.holdout)
-    target = replace(target, steps=tuple(s for s in target.steps if s in STEPS))
-    metric = target.metric or output_agreement
+    target = target.limited_to(STEPS)
+    metric = target.scorer
     reference = _outputs(model, held_out)
 
     def attempt(recipe: Recipe) -> tuple[float, keras.Model]:

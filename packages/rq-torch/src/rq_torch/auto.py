@@ -12,7 +12,6 @@ few epochs, ``rq_torch.pre_activation`` for a model ending in Softmax) and score
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -28,7 +27,6 @@ from rq_common.pipeline.accuracy_loop import (
     run_accuracy_loop,
     split_holdout,
 )
-from rq_common.pipeline.mixed_precision import output_agreement
 from rq_common.spec import Preset, get_preset
 from rq_torch.calibrate import _inputs, calibrate
 from rq_torch.transform import quantize_model
@@ -64,9 +62,9 @@ def quantize_to_target(
     ``quantize_options``: quantize_model's other keywords (leaf_modules, exclude_nodes, ...)."""
     preset = get_preset(preset)
     calibration, held_out = split_holdout(list(data), target.holdout)
-    target = replace(target, steps=tuple(s for s in target.steps if s in STEPS))
+    target = target.limited_to(STEPS)
     input_count = len(example_inputs) if isinstance(example_inputs, tuple) else 1
-    metric = target.metric or output_agreement
+    metric = target.scorer
     reference = _outputs(model, held_out, input_count)
 
     def attempt(recipe: Recipe) -> tuple[float, fx.GraphModule]:

@@ -21,7 +21,7 @@ from enum import Enum
 from typing import Any
 
 from rq_common.errors import SpecError
-from rq_common.pipeline.mixed_precision import Metric, MixedPrecision
+from rq_common.pipeline.mixed_precision import Metric, MixedPrecision, output_agreement
 from rq_common.qmath.adaround import Rounding
 from rq_common.qmath.equalization import Equalization, resolve_equalization
 from rq_common.spec import CalibrationMethod, Preset, widened_activation
@@ -97,6 +97,15 @@ class AccuracyTarget:
         except ValueError:
             choices = ", ".join(s.value for s in Step)
             raise SpecError("target.steps", f"{list(self.steps)}: each step is one of {choices}") from None
+
+    @property
+    def scorer(self) -> Metric:
+        """The metric the loop scores with: the user's, else output agreement with float."""
+        return self.metric or output_agreement
+
+    def limited_to(self, offered: tuple[Step, ...]) -> AccuracyTarget:
+        """This target with only the steps a package offers."""
+        return replace(self, steps=tuple(s for s in self.steps if s in offered))
 
     def goal(self, float_score: float) -> float:
         return self.score if self.score is not None else float_score - self.max_drop
