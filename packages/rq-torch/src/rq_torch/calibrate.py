@@ -103,8 +103,9 @@ def calibrate(
     model.eval()
     order = _traced_shapes(model)
     traced = dict(order)
-    means = InputMeans(dict(_named_quant_layers(model))) if bias_correction else None
-    moments = InputMomentsHooks(dict(_named_quant_layers(model))) if rounding is Rounding.ADAROUND else None
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, QuantLayerMixin)}
+    means = InputMeans(layers) if bias_correction else None
+    moments = InputMomentsHooks(layers) if rounding is Rounding.ADAROUND else None
     count = 0
     total = max_calibration_batches if max_calibration_batches is not None else (len(data) if hasattr(data, "__len__") else None)
     with torch.no_grad():
@@ -137,10 +138,6 @@ def calibrate(
 def _layer_bar(quiet: bool):
     """A progress bar over the layers adaptive rounding rounds (stderr; off when quiet)."""
     return lambda layers: tqdm(layers, desc="adaptive rounding", unit="layer", disable=quiet, file=sys.stderr)
-
-
-def _named_quant_layers(model: fx.GraphModule):
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, QuantLayerMixin)]
 
 
 def sync_observers(quantizers: dict[str, TensorQuantizer]) -> None:
