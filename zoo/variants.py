@@ -21,6 +21,7 @@ class Algorithm(str, Enum):
     BIAS_CORRECTION = "bias_correction"  # quantize_static(bias_correction=True)
     ADAROUND = "adaround"  # quantize_static(rounding="adaround")
     INT16 = "int16"  # get_preset(name, activation_dtype="int16")
+    INT_KERNELS = "intkernels"  # get_preset(name, qdq="integer_kernels"): Q/DQ only at ONNX Runtime's CPU int8 kernels
     MIXED = "mixed"  # quantize_static(mixed_precision=MixedPrecision()): the most sensitive activations in 16 bits
     AUTO = "auto"  # quantize_static(target=AccuracyTarget(max_drop=LOOP_DROPS[preset])): the accuracy loop
 
@@ -72,6 +73,8 @@ class Variant:
     def onnx_arguments(self) -> dict[str, Any]:
         """quantize_static's preset and options for this variant."""
         overrides = {"activation_dtype": "int16"} if Algorithm.INT16 in self.algorithms else {}
+        if Algorithm.INT_KERNELS in self.algorithms:
+            overrides["qdq"] = "integer_kernels"
         arguments: dict[str, Any] = {"preset": get_preset(self.preset, **overrides) if overrides else self.preset}
         arguments.update(self._equalization())
         if Algorithm.BIAS_CORRECTION in self.algorithms:

@@ -2,6 +2,9 @@
 
 import json
 
+import pytest
+
+from rq_common.errors import SpecError
 from rq_common.pipeline.placement import OpNode, place_quantizers
 from rq_common.spec import get_preset, preset_from_config, preset_to_config
 
@@ -72,3 +75,50 @@ def test_preset_config_round_trips_through_json_with_overrides():
     preset = get_preset("cpu", activation_method="percentile", per_channel=False, activation_dtype="int8")
     again = preset_from_config(json.loads(json.dumps(preset_to_config(preset))))
     assert again == preset
+
+
+def post_layernorm_block():
+    # h -> MatMul(q) -> a -> Add(+bias) -> b -> Add(+h) -> r -> LayerNorm -> n -> MatMul -> m -> Erf -> e
+    #   -> MatMul(p) -> y   (p: a MatMul with no bias, its output read by the graph only)
+    return [
+        OpNode("ln0", "LayerNormalization", ("x",), ("h",)),
+        OpNode("dense", "MatMul", ("h",), ("a",)),
+        OpNode("bias", "Add", ("a",), ("b",)),  # the bias is a constant: one run-time input
+        OpNode("residual", "Add", ("b", "h"), ("r",)),
+        OpNode("ln1", "LayerNormalization", ("r",), ("n",)),
+        OpNode("up", "MatMul", ("n",), ("m",)),
+        OpNode("erf", "Erf", ("m",), ("e",)),
+        OpNode("down", "MatMul", ("e",), ("y",)),
+    ]
+
+
+def test_integer_kernels_keep_quantizers_only_where_an_int8_kernel_reads_or_writes():
+    every_op = place_quantizers(post_layernorm_block(), ["x"], ["y"], fixed_point_rules=False)
+    assert every_op.quantized == ["x", "h", "a", "b", "r", "n", "m", "e", "y"]
+    placement = place_quantizers(post_layernorm_block(), ["x"], ["y"], fixed_point_rules=False, integer_kernels_only=True)
+    # h, n, e: read by a MatMul; a: read by a bias Add (MatMul + float Add would become a float Gemm);
+    # b, r: the Adds meet a float LayerNorm output / reader; m, y: a MatMul's output read in float
+    assert placement.quantized == ["h", "a", "n", "e"]
+    assert placement.quantized_ops == ["dense", "up", "down"]
+    reasons = {f.node: f.reason for f in placement.float_ops}
+    assert reasons.keys() == {"ln0", "bias", "residual", "ln1", "erf"}
+    assert reasons["erf"] == reasons["ln1"] != reasons["residual"] == reasons["bias"]
+
+
+def test_integer_kernels_leave_a_cnn_as_it_was():
+    # Conv -> Relu (fused) -> MaxPool -> Reshape -> Gemm: every op has its int8 kernel
+    every_op = place_quantizers(conv_relu_pool_graph(), ["x"], ["y"], fixed_point_rules=False)
+    placement = place_quantizers(conv_relu_pool_graph(), ["x"], ["y"], fixed_point_rules=False, integer_kernels_only=True)
+    assert placement.quantized == every_op.quantized and placement.float_ops == []
+    # a Sigmoid ending the graph has no int8 reader: it runs in float on the Conv's int8 output
+    nodes = [OpNode("conv", "Conv", ("x",), ("t",)), OpNode("sigmoid", "Sigmoid", ("t",), ("y",))]
+    placement = place_quantizers(nodes, ["x"], ["y"], fixed_point_rules=False, integer_kernels_only=True)
+    assert placement.quantized == ["x", "t"] and [f.node for f in placement.float_ops] == ["sigmoid"]
+
+
+def test_only_the_cpu_target_places_quantizers_by_its_kernels():
+    assert get_preset("cpu", qdq="integer_kernels").integer_kernels_only
+    for name in ("cpu", "npu_cnn", "npu_transformer", "npu_a16w8"):
+        assert not get_preset(name).integer_kernels_only
+    with pytest.raises(SpecError, match="qdq"):
+        get_preset("npu_transformer", qdq="integer_kernels")

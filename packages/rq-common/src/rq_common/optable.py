@@ -23,6 +23,9 @@ in float, and the package's report says so.
 - ``scale_commutes``: f(x / s) = f(x) / s per channel for any s > 0 (positively homogeneous), so
   cross-layer equalization scales two layers through it (rq_common.qmath.equalization). Clip is
   such an op only without an upper bound: its bounds are constants the packages read.
+- ``cpu``: what ONNX Runtime's CPU execution provider fuses a DQ -> op -> Q group of it into
+  (its QDQ selectors, onnxruntime/core/optimizer/qdq_transformer): the placement for
+  ``QdqPlacement.INTEGER_KERNELS`` follows it (rq_common.pipeline.placement).
 """
 
 from __future__ import annotations
@@ -46,6 +49,16 @@ class NpuRole(enum.Enum):
     SHARED_SCALE = "shared-scale"  # its quantized inputs and its output share one scale
 
 
+class CpuKernel(enum.Enum):
+    """The int8 kernel ONNX Runtime's CPU provider runs an op as, by what it needs around it."""
+
+    NONE = "none"  # no int8 kernel (LayerNormalization, Erf, Tanh): runs in float between DQ and Q
+    # (pass-through ops need no kernel: the int8 values move as they are; their role says so)
+    COMPUTE = "compute"  # QLinearConv, QGemm: reads and writes int8; worth it wherever it stands
+    FLOAT_OUTPUT = "float-output"  # QLinearMatMul, or with a float output MatMulIntegerToFloat
+    ELEMENTWISE = "elementwise"  # QLinearAdd, QLinearSigmoid, ...: pays only between int8 tensors
+
+
 def _int_attribute(node: onnx.NodeProto, name: str, default: int) -> int:
     found = next((a for a in node.attribute if a.name == name), None)
     return default if found is None else int(onnx.helper.get_attribute_value(found))
@@ -65,6 +78,7 @@ class OpFacts:
     layout: bool = False
     npu: NpuRole = NpuRole.NONE
     scale_commutes: bool = False
+    cpu: CpuKernel = CpuKernel.NONE
 
     def quantized_slots(self, node: onnx.NodeProto) -> list[int]:
         """The quantized input slots this node fills."""
@@ -74,12 +88,15 @@ class OpFacts:
 
 _PASS = Role.PASS_THROUGH
 _FUSES, _FUSED, _SHARED = NpuRole.FUSES_ACTIVATION, NpuRole.FUSED_ACTIVATION, NpuRole.SHARED_SCALE
+# measured in ONNX Runtime 1.32's optimized graphs (rq-onnx tests/test_cpu_kernels.py): Relu / Clip drop out
+# before a Q whose range starts at their bound; Resize and the pass-through ops run on the int8 values
+_COMPUTE, _FLOAT_OUTPUT, _ELEMENTWISE = CpuKernel.COMPUTE, CpuKernel.FLOAT_OUTPUT, CpuKernel.ELEMENTWISE
 
 OP_TABLE: dict[str, OpFacts] = {
     facts.op_type: facts
     for facts in (
         # compute ops: an int8 weight, an optional bias, an own output scale
-        OpFacts("Conv", inputs=(0, 1), weight=1, weight_axis=lambda node: 0, bias=2, constants=(1, 2), npu=_FUSES),
+        OpFacts("Conv", inputs=(0, 1), weight=1, weight_axis=lambda node: 0, bias=2, constants=(1, 2), npu=_FUSES, cpu=_COMPUTE),
         OpFacts("ConvTranspose", inputs=(0, 1), weight=1, weight_axis=lambda node: 1, bias=2, constants=(1, 2), npu=_FUSES),
         OpFacts(
             "Gemm",
@@ -89,27 +106,28 @@ OP_TABLE: dict[str, OpFacts] = {
             bias=2,
             constants=(2,),
             npu=_FUSES,
+            cpu=_COMPUTE,
         ),
-        OpFacts("MatMul", inputs=(0, 1), weight=1, weight_axis=lambda node: -1, operands=True, npu=_FUSES),
+        OpFacts("MatMul", inputs=(0, 1), weight=1, weight_axis=lambda node: -1, operands=True, npu=_FUSES, cpu=_FLOAT_OUTPUT),
         # elementwise, combining and reducing ops with their own output scale
-        OpFacts("Add", inputs=(0, 1), operands=True, constant_operand=True, npu=_FUSES),
-        OpFacts("Mul", inputs=(0, 1), operands=True, constant_operand=True),
-        OpFacts("Concat", inputs=None, operands=True, npu=_SHARED),
-        OpFacts("AveragePool", npu=_SHARED, scale_commutes=True),
-        OpFacts("GlobalAveragePool", scale_commutes=True),
+        OpFacts("Add", inputs=(0, 1), operands=True, constant_operand=True, npu=_FUSES, cpu=_ELEMENTWISE),
+        OpFacts("Mul", inputs=(0, 1), operands=True, constant_operand=True, cpu=_ELEMENTWISE),
+        OpFacts("Concat", inputs=None, operands=True, npu=_SHARED, cpu=_ELEMENTWISE),
+        OpFacts("AveragePool", npu=_SHARED, scale_commutes=True, cpu=_ELEMENTWISE),
+        OpFacts("GlobalAveragePool", scale_commutes=True, cpu=_ELEMENTWISE),
         OpFacts("ReduceMean", constants=(1,)),
-        OpFacts("Resize"),  # roi / scales / sizes: parameters, constant or computed from a Shape
+        OpFacts("Resize", cpu=_ELEMENTWISE),  # roi / scales / sizes: parameters, constant or computed from a Shape
         OpFacts("LayerNormalization"),
         # activations
-        OpFacts("Relu", npu=_FUSED, scale_commutes=True),
-        OpFacts("Clip", constants=(1, 2), npu=_FUSED),
-        OpFacts("LeakyRelu", scale_commutes=True),
+        OpFacts("Relu", npu=_FUSED, scale_commutes=True, cpu=_ELEMENTWISE),
+        OpFacts("Clip", constants=(1, 2), npu=_FUSED, cpu=_ELEMENTWISE),
+        OpFacts("LeakyRelu", scale_commutes=True, cpu=_ELEMENTWISE),
         OpFacts("PRelu", inputs=(0, 1), constant_operand=True, scale_commutes=True),  # the slope: an int8 constant
-        OpFacts("Sigmoid"),
+        OpFacts("Sigmoid", cpu=_ELEMENTWISE),
         OpFacts("HardSigmoid"),
         OpFacts("HardSwish"),
         OpFacts("Tanh"),
-        OpFacts("Softmax"),
+        OpFacts("Softmax", cpu=_ELEMENTWISE),
         OpFacts("Erf"),
         OpFacts("Gelu"),  # opset 20; a written-out GELU is fused to it there (format.smooth_activations)
         OpFacts("Swish"),  # opset 24: SiLU

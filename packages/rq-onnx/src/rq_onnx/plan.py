@@ -104,7 +104,9 @@ def make_plan(
         fusable = rule is None or rule.npu is not NpuRole.FUSED_ACTIVATION or _starts_at_zero(node, graph)
         op_nodes.append(OpNode(node.name, node.op_type if rule is not None else None, inputs, outputs, reason, fusable))
     graph_inputs = [v.name for v in graph.input if v.name not in constants]
-    placement = place_quantizers(op_nodes, graph_inputs, [o.name for o in graph.output], preset.target.fixed_point_rules)
+    placement = place_quantizers(
+        op_nodes, graph_inputs, [o.name for o in graph.output], preset.target.fixed_point_rules, preset.integer_kernels_only
+    )
 
     plan = Plan(groups=placement.groups, fused=list(placement.fused), activations=list(placement.quantized))
     plan.float_ops = [FloatOp(f.node, _op_type(graph, f.node), f.reason) for f in placement.float_ops]

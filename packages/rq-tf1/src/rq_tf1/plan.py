@@ -123,7 +123,11 @@ def make_plan(graph_def: GraphDef, inputs: list[str], outputs: list[str], preset
             reason = EXCLUDED
         op_nodes.append(OpNode(node.name, op, tuple(runtime), (out,), reason))
     placement = place_quantizers(
-        op_nodes, [tensor_name(n) for n in inputs], [tensor_name(n) for n in outputs], preset.target.fixed_point_rules
+        op_nodes,
+        [tensor_name(n) for n in inputs],
+        [tensor_name(n) for n in outputs],
+        preset.target.fixed_point_rules,
+        preset.integer_kernels_only,
     )
     plan = Tf1Plan(placement, [w for w in weighted if w.node in placement.quantized_ops])
     plan.bias_adds = {node: bias_add.name for node, bias_add in bias_of.items()}

@@ -98,7 +98,7 @@ def quantize_model(
     expanded, op_nodes, aliases, notes = _expand(graph, preset, configs, freeze_bn_after, equalization)
     outputs = [aliases.get(key, key) for key in graph.outputs]
     float_inputs = [key for key in graph.inputs if key in graph.floats]
-    placement = place_quantizers(op_nodes, float_inputs, outputs, preset.target.fixed_point_rules)
+    placement = place_quantizers(op_nodes, float_inputs, outputs, preset.target.fixed_point_rules, preset.integer_kernels_only)
     _warn_float(placement.float_ops)
 
     quantizers: dict[Any, ActivationQuantizer] = {}

@@ -274,7 +274,7 @@ def _plan(gm, preset, exclude, plan) -> tuple[list[fx.Node], ScaleGroups, dict[f
     for node in gm.graph.nodes:
         if node.op == "output":
             fx.node.map_arg(node.args, outputs.append)
-    placement = place_quantizers(op_nodes, inputs, outputs, preset.target.fixed_point_rules)
+    placement = place_quantizers(op_nodes, inputs, outputs, preset.target.fixed_point_rules, preset.integer_kernels_only)
     plan.float_ops.extend(FloatOp(f.node, names[f.node], f.reason) for f in placement.float_ops)
     plan.quantized_ops = list(placement.quantized_ops)
     by_name = {n.name: n for n in gm.graph.nodes}

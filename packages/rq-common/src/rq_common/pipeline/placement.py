@@ -11,6 +11,20 @@ and the NPU's rules, from rq_common.optable:
 - on fixed-point targets Concat and pooling share one scale across inputs and output;
 - a Relu / Clip(0, x) right after a Conv / ConvTranspose / Gemm / MatMul / Add that is the only
   reader of that op's output fuses into it: no quantizer between them.
+With ``integer_kernels_only`` (QdqPlacement.INTEGER_KERNELS: the CPU), that placement is then cut
+down to where ONNX Runtime's int8 kernels are (the optable's ``cpu`` facts), the largest set of
+integer ops that is closed under these rules:
+- an op without an int8 kernel runs in float;
+- an elementwise op (QLinearAdd, QLinearSigmoid, ...) runs in int8 only where int8 meets int8: each
+  of its run-time inputs written in int8 (by an int8 op, or a graph input) and its output read by an
+  int8 op; otherwise it runs in float on the dequantized values;
+- a pass-through op moves int8 values only where an int8 op reads them;
+- a MatMul runs in int8 everywhere, its output in float where no int8 op reads it
+  (MatMulIntegerToFloat) unless a bias Add reads it (ONNX Runtime would fuse MatMul and Add into a
+  float Gemm on the dequantized weights: 4x slower on zoo minilm); a Conv and a Gemm everywhere,
+  with their int8 output;
+and a tensor keeps its quantizer only where an int8 op writes or reads it. In a post-LN transformer
+this keeps the residual stream, LayerNorm and GELU in float and every MatMul in int8.
 """
 
 from __future__ import annotations
@@ -19,7 +33,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 from rq_common.calibration.groups import ScaleGroups
-from rq_common.optable import NpuRole, Role, facts_for, has_npu_role
+from rq_common.optable import CpuKernel, NpuRole, Role, facts_for, has_npu_role
 
 
 @dataclass(frozen=True)
@@ -69,6 +83,7 @@ def place_quantizers(
     graph_inputs: Sequence[Hashable],
     graph_outputs: Sequence[Hashable],
     fixed_point_rules: bool,
+    integer_kernels_only: bool = False,
 ) -> Placement:
     """``nodes`` in topological order; see the module docstring for the rules."""
     placement = Placement()
@@ -90,6 +105,9 @@ def place_quantizers(
         elif fixed_point_rules and has_npu_role(node.op, NpuRole.SHARED_SCALE):
             shared += [(node.outputs[0], source) for source in node.inputs]
     _fuse_activations(nodes, by_name, quantized, set(graph_outputs), placement)
+    if integer_kernels_only:
+        _keep_integer_kernels(nodes, by_name, quantized, set(graph_inputs), placement)
+        shared = [(a, b) for a, b in shared if a in quantized and b in quantized]
     order = [*graph_inputs, *(t for node in nodes for t in (*node.inputs, *node.outputs))]
     placement.quantized = [t for t in dict.fromkeys(order) if t in quantized]
     for tensor in placement.quantized:  # added in graph order: the earliest member names a group
@@ -107,7 +125,7 @@ PASSES_THROUGH = "its input is not quantized, so the values pass through in floa
 def follows_from_others(reason: str) -> bool:
     """Whether a float op is only a consequence (a pass-through op after a float one, an op on
     constants): warnings name the ops that cause float, not these."""
-    return reason in (NO_RUNTIME_TENSOR, PASSES_THROUGH)
+    return reason in (NO_RUNTIME_TENSOR, PASSES_THROUGH, NO_CPU_KERNEL, BETWEEN_FLOATS)
 
 
 def _float_reason(node: OpNode, quantized: set[Hashable]) -> str | None:
@@ -144,3 +162,70 @@ def _fuse_activations(nodes, by_name, quantized, graph_outputs, placement) -> No
         ):
             quantized.discard(source)
             placement.fused.append(source)
+
+
+NO_CPU_KERNEL = "ONNX Runtime has no int8 CPU kernel for it: runs in float"
+BETWEEN_FLOATS = "an int8 kernel pays only between int8 tensors; its inputs or readers are in float"
+
+
+def _cpu_kind(node: OpNode, fused: set[Hashable]) -> CpuKernel | None:
+    """The node's CPU kernel kind (None: a pass-through op). A fused activation is part of the
+    kernel of the op before it, so it is an int8 op wherever that op is."""
+    facts = facts_for(node.op)
+    if facts.role is Role.PASS_THROUGH:
+        return None
+    return CpuKernel.COMPUTE if node.inputs and node.inputs[0] in fused else facts.cpu
+
+
+def _keep_integer_kernels(nodes, by_name, quantized, graph_inputs, placement) -> None:
+    """Cut the placement down to ONNX Runtime's int8 CPU kernels (module docstring): demote ops
+    until no rule moves, then keep the quantizers that an int8 op writes or reads."""
+    fused = set(placement.fused)
+    integer = {name: _cpu_kind(node, fused) for name, node in by_name.items()}
+    integer = {name: kind for name, kind in integer.items() if kind is not CpuKernel.NONE}
+    producer = {t: node.name for node in nodes for t in node.outputs}
+    readers: dict[Hashable, list[OpNode]] = {}
+    for node in nodes:
+        for t in node.inputs:
+            readers.setdefault(t, []).append(node)
+
+    def read_in_int8(tensor: Hashable) -> bool:
+        return any(r.name in integer and (integer[r.name] is not None or r.inputs[0] == tensor) for r in readers.get(tensor, ()))
+
+    def read_by_bias_add(tensor: Hashable) -> bool:
+        return any(r.op == "Add" and len(r.inputs) == 1 for r in readers.get(tensor, ()))
+
+    def written_in_int8(tensor: Hashable) -> bool:
+        source = producer.get(tensor)
+        if source is None:
+            return tensor in graph_inputs
+        if source not in integer:
+            return False
+        return integer[source] is not CpuKernel.FLOAT_OUTPUT or read_in_int8(tensor) or read_by_bias_add(tensor)
+
+    def demoted(node: OpNode) -> bool:
+        kind = integer[node.name]
+        if kind is None:
+            return not any(read_in_int8(t) for t in node.outputs)
+        if kind is CpuKernel.ELEMENTWISE:
+            return not all(written_in_int8(t) for t in node.inputs) or not any(read_in_int8(t) for t in node.outputs)
+        return False
+
+    changed = True
+    while changed:
+        changed = False
+        for node in nodes:
+            if node.name in integer and demoted(node):
+                del integer[node.name]
+                changed = True
+    for node in nodes:
+        if node.name in by_name and node.name not in integer:
+            placement.quantized_ops.remove(node.name)
+            facts = facts_for(node.op)
+            reason = NO_CPU_KERNEL if facts.role is Role.OWN_SCALE and facts.cpu is CpuKernel.NONE else BETWEEN_FLOATS
+            placement.float_ops.append(FloatOp(node.name, node.op, reason))
+    for tensor in list(quantized):
+        source = producer.get(tensor)
+        written = source in integer and integer[source] is not None and written_in_int8(tensor)
+        if not (written or read_in_int8(tensor)):
+            quantized.discard(tensor)

@@ -1,7 +1,7 @@
 """Typed configuration: tensor specs, calibration method names, presets and their targets."""
 
 from rq_common.spec.dtypes import QuantDType
-from rq_common.spec.methods import BiasScaleRule, CalibrationMethod
+from rq_common.spec.methods import BiasScaleRule, CalibrationMethod, QdqPlacement
 from rq_common.spec.presets import (
     ALIASES,
     PRESETS,
@@ -21,6 +21,7 @@ __all__ = [
     "CalibrationMethod",
     "Granularity",
     "Preset",
+    "QdqPlacement",
     "QuantDType",
     "QuantSpec",
     "RoundMode",

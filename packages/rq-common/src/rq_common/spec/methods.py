@@ -31,3 +31,19 @@ class BiasScaleRule(Enum):
 
     PRODUCT = "product"
     OWN_POWER_OF_TWO = "own_power_of_two"
+
+
+class QdqPlacement(Enum):
+    """Which tensors get a QuantizeLinear / DequantizeLinear pair.
+
+    EVERY_OP: every op rq covers is quantized, inputs and output: what the NPU runs, where an op
+    left in float is a partition on the CPU.
+    INTEGER_KERNELS: only where ONNX Runtime's CPU int8 kernels read or write int8 (optable's
+    ``cpu`` facts; rq_common.pipeline.placement): an op without an integer kernel (LayerNorm, Erf)
+    and an elementwise op between float tensors run in float on the float values, as fast and
+    without their rounding (zoo minilm, cpu: mean cosine 0.84 -> 0.94 at the same latency). Opt-in
+    on ``cpu`` (``get_preset("cpu", qdq="integer_kernels")``) until the whole zoo is measured with it.
+    """
+
+    EVERY_OP = "every_op"
+    INTEGER_KERNELS = "integer_kernels"

@@ -12,7 +12,7 @@ from typing import Any
 
 from rq_common.errors import SpecError
 from rq_common.spec.dtypes import QuantDType
-from rq_common.spec.methods import BiasScaleRule, CalibrationMethod
+from rq_common.spec.methods import BiasScaleRule, CalibrationMethod, QdqPlacement
 from rq_common.spec.quant_spec import Granularity, QuantSpec, RoundMode, ScaleType, coerce_enum
 
 
@@ -75,15 +75,22 @@ class Preset:
     bias_rule: BiasScaleRule
     activation_method: CalibrationMethod
     weight_method: CalibrationMethod
+    qdq: QdqPlacement = QdqPlacement.EVERY_OP
 
     def __post_init__(self) -> None:
         for name, enum_type in (
             ("bias_rule", BiasScaleRule),
             ("activation_method", CalibrationMethod),
             ("weight_method", CalibrationMethod),
+            ("qdq", QdqPlacement),
         ):
             object.__setattr__(self, name, coerce_enum(name, getattr(self, name), enum_type))
         _check_against_target(self)
+
+    @property
+    def integer_kernels_only(self) -> bool:
+        """Q/DQ only where ONNX Runtime's CPU int8 kernels read or write them (QdqPlacement)."""
+        return self.qdq is QdqPlacement.INTEGER_KERNELS
 
     def override(self, **changes: Any) -> Preset:
         """A copy with fields changed, checked against the target.
@@ -164,6 +171,8 @@ def _check_against_target(p: Preset) -> None:
             )
         if spec.round_mode is not RoundMode.HALF_TO_EVEN:
             raise SpecError(f"{kind}.round_mode", "ONNX QuantizeLinear rounds half to even; other modes cannot be exported")
+    if t.requires_quantized_compute and p.qdq is not QdqPlacement.EVERY_OP:
+        raise SpecError("qdq", f"target '{t.name}' ({t.description}) runs quantized ops only; keep qdq=every_op")
     if p.activation.per_channel:
         raise SpecError("activation.granularity", "activations are quantized per tensor in the int8 format")
     if p.weight.per_channel and not t.per_channel_weights:

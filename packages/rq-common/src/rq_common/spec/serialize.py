@@ -12,7 +12,7 @@ from rq_common.spec.presets import Preset, get_preset
 from rq_common.spec.quant_spec import QuantSpec
 
 _SPEC_KINDS = ("activation", "weight", "bias")
-_ENUM_FIELDS = ("bias_rule", "activation_method", "weight_method")
+_ENUM_FIELDS = ("bias_rule", "activation_method", "weight_method", "qdq")
 
 
 def spec_to_config(spec: QuantSpec) -> dict[str, Any]:
@@ -33,7 +33,7 @@ def preset_to_config(preset: Preset) -> dict[str, Any]:
 def preset_from_config(config: dict[str, Any]) -> Preset:
     """The preset named in ``config`` with every stored field applied (and checked again)."""
     changes: dict[str, Any] = {kind: spec_from_config(config[kind]) for kind in _SPEC_KINDS}
-    changes.update({name: config[name] for name in _ENUM_FIELDS})
+    changes.update({name: config.get(name) for name in _ENUM_FIELDS})  # absent: stored before the field existed
     return get_preset(config["name"], **changes)
 
 
