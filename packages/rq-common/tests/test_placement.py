@@ -96,9 +96,9 @@ def test_integer_kernels_keep_quantizers_only_where_an_int8_kernel_reads_or_writ
     every_op = place_quantizers(post_layernorm_block(), ["x"], ["y"], fixed_point_rules=False)
     assert every_op.quantized == ["x", "h", "a", "b", "r", "n", "m", "e", "y"]
     placement = place_quantizers(post_layernorm_block(), ["x"], ["y"], fixed_point_rules=False, integer_kernels_only=True)
-    # h, n, e: read by a MatMul; a: read by a bias Add (MatMul + float Add would become a float Gemm);
-    # b, r: the Adds meet a float LayerNorm output / reader; m, y: a MatMul's output read in float
-    assert placement.quantized == ["h", "a", "n", "e"]
+    # h, n, e: read by a MatMul; b, r: the Adds meet a float LayerNorm output / reader, so they run
+    # in float; a, m, y: a MatMul's output read in float only (a's bias becomes the MatMul's)
+    assert placement.quantized == ["h", "n", "e"]
     assert placement.quantized_ops == ["dense", "up", "down"]
     reasons = {f.node: f.reason for f in placement.float_ops}
     assert reasons.keys() == {"ln0", "bias", "residual", "ln1", "erf"}

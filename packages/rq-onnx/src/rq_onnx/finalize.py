@@ -66,9 +66,9 @@ def corrected_inputs(model: onnx.ModelProto, plan: Plan) -> dict[str, int]:
     nodes = {node.name: node for node in model.graph.node}
     axes = {}
     for use in plan.biases:
-        layout = MEAN_LAYOUTS.get(nodes[use.node].op_type)
+        layout = MEAN_LAYOUTS.get(nodes[use.owner].op_type)
         if layout is not None and use.weight in plan.weights and use.input_tensor in plan.activations:
-            axes[use.input_tensor] = layout.input_axis(nodes[use.node])
+            axes[use.input_tensor] = layout.input_axis(nodes[use.owner])
     return axes
 
 
@@ -108,10 +108,10 @@ def finalize_plan(
     input_moments = input_moments or {}
 
     def input_mean(use) -> np.ndarray | None:
-        layout = MEAN_LAYOUTS.get(nodes[use.node].op_type) if use is not None else None
+        layout = MEAN_LAYOUTS.get(nodes[use.owner].op_type) if use is not None else None
         if layout is None or use.input_tensor not in channel_means:
             return None
-        return layout.like_weight(nodes[use.node], tuple(constants[use.weight].dims), channel_means[use.input_tensor])
+        return layout.like_weight(nodes[use.owner], tuple(constants[use.weight].dims), channel_means[use.input_tensor])
 
     def key(tensor: str) -> str | None:
         return plan.groups.find(tensor) if tensor in calibrated else None
@@ -122,7 +122,7 @@ def finalize_plan(
     def bias(use) -> np.ndarray | None:
         return None if use is None else numpy_helper.to_array(constants[use.name]).astype(np.float32).reshape(-1)
 
-    biases = {use.node: use for use in plan.biases if use.name in constants and use.weight in plan.weights}
+    biases = {use.owner: use for use in plan.biases if use.name in constants and use.weight in plan.weights}
     layers = []
     for op in plan.shifted:
         use = biases.pop(op.node, None)
@@ -138,7 +138,7 @@ def finalize_plan(
             )
         )
     layers += [
-        Layer(u.node, u.weight, key(u.input_tensor), None, bias(u), shifted=False, input_mean=input_mean(u))
+        Layer(u.owner, u.weight, key(u.input_tensor), None, bias(u), shifted=False, input_mean=input_mean(u))
         for u in biases.values()
     ]
     view = ModelView(
@@ -149,12 +149,12 @@ def finalize_plan(
     )
     result = finalize(view, preset, adaptive_rounding)
     notes += result.notes
-    slots = {use.node: use.slot for use in plan.biases}
+    slots = {use.owner: (use.node, use.slot) for use in plan.biases}
     return Numbers(
         activations={t: result.activations[key(t)] for t in calibrated},
         weights=result.weights,
-        biases={(node, slots[node]): qp for node, qp in result.biases.items()},
+        biases={slots[layer]: qp for layer, qp in result.biases.items()},
         unrepairable=result.unrepairable,
-        bias_values={(node, slots[node]): values for node, values in result.corrected_biases.items()},
+        bias_values={slots[layer]: values for layer, values in result.corrected_biases.items()},
         weight_values=result.rounded_weights,
     )

@@ -271,9 +271,14 @@ def order_nodes_from_outputs(model: onnx.ModelProto) -> None:
 
 
 def constant_role(index: GraphIndex, dq: onnx.NodeProto) -> str:
-    """'bias' when a constant DequantizeLinear feeds some op's bias slot, else 'weight'."""
+    """'bias' when a constant DequantizeLinear feeds some op's bias slot, or is added to a MatMul's
+    float output (its int32 bias: QdqPlacement.INTEGER_KERNELS), else 'weight'."""
     for consumer, slot in index.consumers_of(dq.output[0]):
         facts = facts_for(consumer.op_type)
         if facts is not None and facts.bias == slot:
             return "bias"
+        if consumer.op_type == "Add" and len(consumer.input) == 2:
+            other = index.producers.get(consumer.input[1 - slot])
+            if other is not None and other.op_type == "MatMul":
+                return "bias"
     return "weight"

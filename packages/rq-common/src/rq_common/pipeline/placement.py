@@ -20,9 +20,9 @@ integer ops that is closed under these rules:
   int8 op; otherwise it runs in float on the dequantized values;
 - a pass-through op moves int8 values only where an int8 op reads them;
 - a MatMul runs in int8 everywhere, its output in float where no int8 op reads it
-  (MatMulIntegerToFloat) unless a bias Add reads it (ONNX Runtime would fuse MatMul and Add into a
-  float Gemm on the dequantized weights: 4x slower on zoo minilm); a Conv and a Gemm everywhere,
-  with their int8 output;
+  (MatMulIntegerToFloat; with a bias Add after it the package writes that bias as the MatMul's
+  int32 bias, and ONNX Runtime runs the two as one QGemm with a float output); a Conv and a Gemm
+  everywhere, with their int8 output;
 and a tensor keeps its quantizer only where an int8 op writes or reads it. In a post-LN transformer
 this keeps the residual stream, LayerNorm and GELU in float and every MatMul in int8.
 """
@@ -192,16 +192,13 @@ def _keep_integer_kernels(nodes, by_name, quantized, graph_inputs, placement) ->
     def read_in_int8(tensor: Hashable) -> bool:
         return any(r.name in integer and (integer[r.name] is not None or r.inputs[0] == tensor) for r in readers.get(tensor, ()))
 
-    def read_by_bias_add(tensor: Hashable) -> bool:
-        return any(r.op == "Add" and len(r.inputs) == 1 for r in readers.get(tensor, ()))
-
     def written_in_int8(tensor: Hashable) -> bool:
         source = producer.get(tensor)
         if source is None:
             return tensor in graph_inputs
         if source not in integer:
             return False
-        return integer[source] is not CpuKernel.FLOAT_OUTPUT or read_in_int8(tensor) or read_by_bias_add(tensor)
+        return integer[source] is not CpuKernel.FLOAT_OUTPUT or read_in_int8(tensor)
 
     def demoted(node: OpNode) -> bool:
         kind = integer[node.name]
