@@ -12,6 +12,7 @@ from typing import Any
 from rq_common import get_preset
 from rq_common.pipeline.accuracy_loop import AccuracyTarget
 from rq_common.pipeline.mixed_precision import MixedPrecision
+from rq_common.spec import Preset
 from zoo.kinds import Framework
 
 
@@ -32,7 +33,8 @@ LOOP_DROPS = {"cpu": 0.005, "npu_transformer": 0.01, "npu_a16w8": 0.01, "npu_cnn
 
 EQUALIZATION = {Algorithm.CLE: True, Algorithm.NO_CLE: False}
 
-# the packages that offer each algorithm; rq-onnx offers them all
+# the packages that offer each algorithm; rq-onnx offers them all (INT_KERNELS: the framework
+# packages place the same quantizers on CNNs, but keep a Linear's output Q/DQ in a transformer)
 OFFERED_BY: dict[Algorithm, frozenset[Framework]] = {
     **dict.fromkeys(Algorithm, frozenset({Framework.ONNX})),
     **dict.fromkeys(EQUALIZATION, frozenset(Framework)),
@@ -63,7 +65,16 @@ class Variant:
 
     def framework_arguments(self) -> dict[str, Any]:
         """rq-torch's, rq-tf2's and rq-tf1's quantize call's preset and options for this variant."""
-        return {"preset": self.preset, **self._equalization()}
+        return {"preset": self._preset(), **self._equalization()}
+
+    def _preset(self) -> str | Preset:
+        """The preset's name, or the preset with the fields the variant changes."""
+        overrides: dict[str, str] = {}
+        if Algorithm.INT16 in self.algorithms:
+            overrides["activation_dtype"] = "int16"
+        if Algorithm.INT_KERNELS in self.algorithms:
+            overrides["qdq"] = "integer_kernels"
+        return get_preset(self.preset, **overrides) if overrides else self.preset
 
     def _equalization(self) -> dict[str, bool]:
         """equalization= where the name asks for it or against it (the last one counts), else nothing."""
@@ -72,10 +83,7 @@ class Variant:
 
     def onnx_arguments(self) -> dict[str, Any]:
         """quantize_static's preset and options for this variant."""
-        overrides = {"activation_dtype": "int16"} if Algorithm.INT16 in self.algorithms else {}
-        if Algorithm.INT_KERNELS in self.algorithms:
-            overrides["qdq"] = "integer_kernels"
-        arguments: dict[str, Any] = {"preset": get_preset(self.preset, **overrides) if overrides else self.preset}
+        arguments: dict[str, Any] = {"preset": self._preset()}
         arguments.update(self._equalization())
         if Algorithm.BIAS_CORRECTION in self.algorithms:
             arguments["bias_correction"] = True

@@ -23,9 +23,11 @@ def test_a_column_name_is_a_preset_and_its_algorithms():
     assert Variant.parse("npu_cnn+cle").framework_arguments() == {"preset": "npu_cnn", "equalization": True}
     assert Variant.parse("npu_cnn+nocle").framework_arguments() == {"preset": "npu_cnn", "equalization": False}
     assert Variant.parse("npu_cnn").framework_arguments() == {"preset": "npu_cnn"}
+    for arguments in (Variant.parse("cpu+intkernels").onnx_arguments(), Variant.parse("cpu+intkernels").framework_arguments()):
+        assert arguments["preset"].integer_kernels_only and arguments["preset"].name == "cpu"
     with pytest.raises(
         ValueError,
-        match="'cpu\\+smooth': an algorithm after '\\+' is one of cle, nocle, bias_correction, adaround, int16, mixed, auto",
+        match="'cpu\\+smooth': an algorithm after '\\+' is one of cle, nocle, bias_correction, adaround, int16, intkernels, mixed, auto",
     ):
         Variant.parse("cpu+smooth")
 
