@@ -7,6 +7,7 @@ import nets
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import numpy_helper
 
 from rq_common.format import validate
 from rq_common.spec import get_preset
@@ -42,3 +43,14 @@ def test_integer_kernels_run_every_matmul_in_int8_and_keep_the_residual_stream_f
     layer_norm_inputs = {n.input[0] for n in kept.graph.node if n.op_type == "LayerNormalization"}
     producers = {o: n.op_type for n in kept.graph.node for o in n.output}
     assert {producers.get(t) for t in layer_norm_inputs} <= {"Add", None}  # graph input or residual Add: no DQ
+
+
+def test_a_matmuls_int32_bias_is_checked_like_any_other(rng):
+    tokens = rng.standard_normal((16, 8, 32)).astype(np.float32)
+    preset = get_preset("cpu", qdq="integer_kernels")
+    model = quantize_static(nets.transformer_encoder_net(), None, ArrayReader({"tokens": tokens}, 4), preset, quiet=True).model
+    scales = [t for t in model.graph.initializer if t.name.endswith("_bias_scale")]
+    assert scales and validate(model, preset) == []
+    doubled = numpy_helper.to_array(scales[0]) * 2
+    scales[0].CopyFrom(numpy_helper.from_array(doubled, scales[0].name))
+    assert [v.kind.value for v in validate(model, preset)] == ["bias-scale-mismatch"]

@@ -324,9 +324,29 @@ def _bias(ctx: ValidationContext, node: onnx.NodeProto, rule: OpFacts) -> Iterat
             "bias is float; store it as an integer initializer + DequantizeLinear (zero point 0)",
         )
         return
+    yield from _bias_scale(ctx, node, rule.weight, bias_dq, name)
+
+
+@check
+def _matmul_biases(ctx: ValidationContext) -> Iterator[Violation]:
+    """A MatMul's int32 bias, added to its float output (QdqPlacement.INTEGER_KERNELS): the scale
+    rule of any other bias."""
+    index = ctx.index
+    for node in ctx.model.graph.node:
+        if node.op_type != "MatMul":
+            continue
+        for add, slot in index.consumers_of(node.output[0]):
+            bias_dq = index.producers.get(add.input[1 - slot]) if add.op_type == "Add" and len(add.input) == 2 else None
+            if bias_dq is not None and bias_dq.op_type == DEQUANTIZE and index.is_constant(bias_dq.input[0]):
+                yield from _bias_scale(ctx, node, 1, bias_dq, add.input[1 - slot])
+
+
+def _bias_scale(ctx: ValidationContext, node: onnx.NodeProto, weight_slot: int, bias_dq: onnx.NodeProto, name: str):
+    """The bias's scale is the input's times the weight's (bias_rule PRODUCT)."""
+    index, label = ctx.index, node_label(node)
     if ctx.preset.bias_rule is not BiasScaleRule.PRODUCT:
         return
-    producers = [index.producers.get(node.input[i]) for i in (0, rule.weight)]
+    producers = [index.producers.get(node.input[i]) for i in (0, weight_slot)]
     if any(p is None or p.op_type != DEQUANTIZE for p in producers):
         return
     bias_params, input_params, weight_params = (qdq_params(index, n) for n in (bias_dq, *producers))
