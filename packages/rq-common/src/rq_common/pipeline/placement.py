@@ -221,8 +221,6 @@ def _keep_integer_kernels(nodes, by_name, quantized, graph_inputs, placement) ->
             facts = facts_for(node.op)
             reason = NO_CPU_KERNEL if facts.role is Role.OWN_SCALE and facts.cpu is CpuKernel.NONE else BETWEEN_FLOATS
             placement.float_ops.append(FloatOp(node.name, node.op, reason))
-    for tensor in list(quantized):
-        source = producer.get(tensor)
-        written = source in integer and integer[source] is not None and written_in_int8(tensor)
-        if not (written or read_in_int8(tensor)):
+    for tensor in list(quantized):  # a graph input is written in int8 only for an int8 reader
+        if not (read_in_int8(tensor) or (producer.get(tensor) in integer and written_in_int8(tensor))):
             quantized.discard(tensor)
