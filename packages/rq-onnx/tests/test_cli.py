@@ -138,3 +138,25 @@ def test_a_model_that_breaks_the_format_is_written_only_when_asked(files, capsys
     assert main([*args, "--allow-violations"]) == 0
     out = capsys.readouterr().out
     assert "violation: missing-qdq" in out and "written with 1 format violation(s)" in out and (files / "o.onnx").exists()
+
+
+def test_qdq_placement_on_the_command_line(tmp_path, capsys):
+    onnx.save(nets.transformer_encoder_net(), tmp_path / "float.onnx")
+    np.savez(tmp_path / "calib.npz", tokens=np.random.default_rng(0).standard_normal((8, 8, 32)).astype(np.float32))
+    args = [
+        "quantize",
+        str(tmp_path / "float.onnx"),
+        str(tmp_path / "int8.onnx"),
+        "--calib-data",
+        str(tmp_path / "calib.npz"),
+        "--quiet",
+    ]
+    assert main([*args, "--preset", "cpu", "--qdq", "integer_kernels"]) == 0
+    out = capsys.readouterr().out
+    assert "(LayerNormalization): ONNX Runtime has no int8 CPU kernel for it" in out
+    assert main(["check", str(tmp_path / "int8.onnx"), "--preset", "cpu"]) == 0
+    (tmp_path / "int8.onnx").unlink()
+    assert main([*args, "--preset", "npu_transformer", "--qdq", "integer_kernels"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rq-onnx: error: qdq: ") and "keep qdq=every_op" in err and "Traceback" not in err
+    assert not (tmp_path / "int8.onnx").exists()

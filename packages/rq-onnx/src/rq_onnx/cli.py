@@ -18,7 +18,7 @@ from rq_common.pipeline.mixed_precision import MixedPrecision
 from rq_common.qmath.adaround import Rounding
 from rq_common.qmath.equalization import Equalization, Relu6, equalization_for
 from rq_common.report import QuantReport
-from rq_common.spec import ALIASES, PRESETS, CalibrationMethod, get_preset
+from rq_common.spec import ALIASES, PRESETS, CalibrationMethod, QdqPlacement, get_preset
 from rq_onnx.api import quantize_static
 from rq_onnx.calibrate import batches, check_feed, make_session, with_outputs
 from rq_onnx.prepare import load_model
@@ -62,7 +62,7 @@ def cmd_quantize(args) -> int:
         model,
         args.output,
         _reader(args, model),
-        preset=args.preset,
+        preset=get_preset(args.preset, qdq=args.qdq) if args.qdq else args.preset,
         calibrate_method=args.method,
         per_channel=True if args.per_channel else None,
         exclude_nodes=tuple(args.exclude_nodes),
@@ -169,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--method", choices=[m.value for m in CalibrationMethod], help="activation range chooser (default: the preset's)"
     )
     q.add_argument("--per-channel", action="store_true", help="per-channel weights (targets that run them)")
+    q.add_argument(
+        "--qdq",
+        choices=[p.value for p in QdqPlacement],
+        help="every_op (default), or integer_kernels: Q/DQ only where ONNX Runtime's int8 CPU kernels are (cpu)",
+    )
     q.add_argument("--exclude-nodes", nargs="*", default=[], metavar="NODE", help="node names kept in float")
     q.add_argument("--exclude-op-types", nargs="*", default=[], metavar="OP", help="op types kept in float")
     q.add_argument("--report", type=Path, help="write the report (.html or .json)")
