@@ -8,6 +8,7 @@ from parity import assert_recorded_bytes, assert_same_layers, package_test_modul
 
 import rq_torch
 from rq_common.qmath.equalization import Equalization
+from rq_common.spec import get_preset
 from rq_onnx import ArrayReader, quantize_static
 
 nets = package_test_module("rq-torch", "nets")
@@ -80,3 +81,15 @@ def test_rq_torch_and_rq_onnx_correct_biases_the_same(tmp_path, network):
     (tmp_path / "plain").mkdir()
     plain, _ = both_quantize(tmp_path / "plain", network, "npu_transformer", equalization=False)
     assert plain.model.SerializeToString() != from_torch.model.SerializeToString()  # the correction changed biases
+
+
+@pytest.mark.parametrize("network", ["resnet", "mobilenet_v2"])
+def test_rq_torch_and_rq_onnx_place_the_same_quantizers_for_the_cpus_int8_kernels(tmp_path, network):
+    """QdqPlacement.INTEGER_KERNELS comes from rq_common's one placement: on a CNN both packages
+    keep the same Q/DQ pairs and write the same int8 layers. (A transformer's Linear is one Gemm to
+    rq-torch and keeps its output Q/DQ; rq-onnx sees MatMul + bias Add: README, "Presets".)"""
+    preset = get_preset("cpu", qdq="integer_kernels")
+    from_torch, from_onnx = both_quantize(tmp_path, network, preset, equalization=False)
+    assert_same_layers(from_torch.model, from_onnx.model, "cpu")
+    pairs = [sum(n.op_type == "QuantizeLinear" for n in r.model.graph.node) for r in (from_torch, from_onnx)]
+    assert pairs[0] == pairs[1] > 0
