@@ -103,6 +103,8 @@ def test_integer_kernels_keep_quantizers_only_where_an_int8_kernel_reads_or_writ
     reasons = {f.node: f.reason for f in placement.float_ops}
     assert reasons.keys() == {"ln0", "bias", "residual", "ln1", "erf"}
     assert reasons["erf"] == reasons["ln1"] != reasons["residual"] == reasons["bias"]
+    # the float residual Add reads LayerNorm's float output, not its dequantized copy (the MatMul's)
+    assert placement.float_reads == [("residual", "h")]
 
 
 def test_integer_kernels_leave_a_cnn_as_it_was():

@@ -65,6 +65,7 @@ class Plan:
     quantized_nodes: list[str] = field(default_factory=list)
     float_ops: list[FloatOp] = field(default_factory=list)
     fused: list[str] = field(default_factory=list)  # tensors left unquantized because an activation fuses
+    float_readers: dict[str, set[str]] = field(default_factory=dict)  # tensor -> float nodes that read its float value
 
 
 def name_nodes(model: onnx.ModelProto) -> None:
@@ -117,6 +118,8 @@ def make_plan(
     )
 
     plan = Plan(groups=placement.groups, fused=list(placement.fused), activations=list(placement.quantized))
+    for reader, tensor in placement.float_reads:
+        plan.float_readers.setdefault(tensor, set()).add(reader)
     plan.float_ops = [FloatOp(f.node, _op_type(graph, f.node), f.reason) for f in placement.float_ops]
     plan.quantized_nodes = list(placement.quantized_ops)
     quantized_nodes, activations = set(placement.quantized_ops), set(placement.quantized)

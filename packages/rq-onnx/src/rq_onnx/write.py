@@ -68,6 +68,6 @@ def write_quantized(
         pieces.add_to(graph, 0)
         node.input[use.slot] = pieces.output
     replace_initializers_with_quantized(out, {name: weights[name] for name in sorted(weights)})
-    dequantized = insert_qdq_many(out, {tensor: act[tensor] for tensor in plan.activations})
+    dequantized = insert_qdq_many(out, {tensor: act[tensor] for tensor in plan.activations}, plan.float_readers)
     remove_dead_nodes(out)
     return out, dequantized

@@ -6,6 +6,7 @@ Names are derived from the tensor name (``<t>_scale``, ``<t>_zero_point``, ``<t>
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -111,9 +112,12 @@ def _add_initializers(graph: onnx.GraphProto, pieces: list[QdqPieces]) -> None:
                 )
 
 
-def insert_qdq_many(model: onnx.ModelProto, qparams: dict[str, QParams]) -> dict[str, str]:
+def insert_qdq_many(
+    model: onnx.ModelProto, qparams: dict[str, QParams], float_readers: Mapping[str, Collection[str]] | None = None
+) -> dict[str, str]:
     """Put a Q/DQ pair on every tensor of ``qparams``, in place and in one pass over the graph;
-    every consumer then reads the dequantized value. Returns tensor -> dequantized name.
+    every consumer then reads the dequantized value, except the nodes ``float_readers`` names for
+    the tensor (they keep the float value). Returns tensor -> dequantized name.
 
     A graph output keeps its name: the producer is renamed to ``<tensor>_float`` and the
     DequantizeLinear writes ``tensor``. Each pair follows its tensor's producer in the node list.
@@ -130,8 +134,10 @@ def insert_qdq_many(model: onnx.ModelProto, qparams: dict[str, QParams]) -> dict
             pieces = make_qdq(source, qp, prefix=tensor, output=tensor)
         else:
             pieces = make_qdq(tensor, qp)
+            keep_float = (float_readers or {}).get(tensor, ())
             for node, i in index.consumers_of(tensor):
-                node.input[i] = pieces.output
+                if node.name not in keep_float:
+                    node.input[i] = pieces.output
         after.setdefault(producer.output[0] if producer is not None else "", []).append(pieces)
         names[tensor] = pieces.output
     _add_initializers(graph, [p for group in after.values() for p in group])

@@ -23,8 +23,10 @@ integer ops that is closed under these rules:
   (MatMulIntegerToFloat; with a bias Add after it the package writes that bias as the MatMul's
   int32 bias, and ONNX Runtime runs the two as one QGemm with a float output); a Conv and a Gemm
   everywhere, with their int8 output;
-and a tensor keeps its quantizer only where an int8 op writes or reads it. In a post-LN transformer
-this keeps the residual stream, LayerNorm and GELU in float and every MatMul in int8.
+and a tensor keeps its quantizer only where an int8 op writes or reads it; a float op reads the
+float value of a tensor that a float op (or the graph input) wrote, its dequantized copy only where
+an int8 op wrote it. In a post-LN transformer this keeps the residual stream, LayerNorm and GELU in
+float and every MatMul in int8.
 """
 
 from __future__ import annotations
@@ -72,6 +74,9 @@ class Placement:
     quantized_ops: list[str] = field(default_factory=list)
     fused: list[Hashable] = field(default_factory=list)  # tensors left alone because an activation fuses
     float_ops: list[FloatOp] = field(default_factory=list)
+    # (float op, quantized tensor) pairs where the op reads the float value, not the dequantized
+    # one: the tensor's producer runs in float anyway (INTEGER_KERNELS), so its value is there
+    float_reads: list[tuple[str, Hashable]] = field(default_factory=list)
 
     def group_of(self, tensor: Hashable) -> Hashable:
         """The key that names ``tensor``'s scale group (its earliest member)."""
@@ -224,3 +229,10 @@ def _keep_integer_kernels(nodes, by_name, quantized, graph_inputs, placement) ->
     for tensor in list(quantized):  # a graph input is written in int8 only for an int8 reader
         if not (read_in_int8(tensor) or (producer.get(tensor) in integer and written_in_int8(tensor))):
             quantized.discard(tensor)
+    placement.float_reads = [
+        (node.name, t)
+        for node in nodes
+        if node.name not in integer
+        for t in node.inputs
+        if t in quantized and producer.get(t) not in integer
+    ]
