@@ -270,15 +270,20 @@ def order_nodes_from_outputs(model: onnx.ModelProto) -> None:
     graph.node.extend(nodes)
 
 
+def biased_matmul(index: GraphIndex, add: onnx.NodeProto, slot: int) -> onnx.NodeProto | None:
+    """The MatMul whose float output ``add`` adds its input ``slot`` to: that input is the MatMul's
+    int32 bias (QdqPlacement.INTEGER_KERNELS). None for any other node."""
+    if add.op_type != "Add" or len(add.input) != 2:
+        return None
+    other = index.producers.get(add.input[1 - slot])
+    return other if other is not None and other.op_type == "MatMul" else None
+
+
 def constant_role(index: GraphIndex, dq: onnx.NodeProto) -> str:
     """'bias' when a constant DequantizeLinear feeds some op's bias slot, or is added to a MatMul's
-    float output (its int32 bias: QdqPlacement.INTEGER_KERNELS), else 'weight'."""
+    float output (biased_matmul), else 'weight'."""
     for consumer, slot in index.consumers_of(dq.output[0]):
         facts = facts_for(consumer.op_type)
-        if facts is not None and facts.bias == slot:
+        if (facts is not None and facts.bias == slot) or biased_matmul(index, consumer, slot) is not None:
             return "bias"
-        if consumer.op_type == "Add" and len(consumer.input) == 2:
-            other = index.producers.get(consumer.input[1 - slot])
-            if other is not None and other.op_type == "MatMul":
-                return "bias"
     return "weight"

@@ -22,6 +22,7 @@ from rq_common.format.graph import (
     QUANTIZE,
     GraphIndex,
     QdqParams,
+    biased_matmul,
     constant_role,
     node_label,
     qdq_params,
@@ -332,13 +333,16 @@ def _matmul_biases(ctx: ValidationContext) -> Iterator[Violation]:
     """A MatMul's int32 bias, added to its float output (QdqPlacement.INTEGER_KERNELS): the scale
     rule of any other bias."""
     index = ctx.index
-    for node in ctx.model.graph.node:
-        if node.op_type != "MatMul":
-            continue
-        for add, slot in index.consumers_of(node.output[0]):
-            bias_dq = index.producers.get(add.input[1 - slot]) if add.op_type == "Add" and len(add.input) == 2 else None
-            if bias_dq is not None and bias_dq.op_type == DEQUANTIZE and index.is_constant(bias_dq.input[0]):
-                yield from _bias_scale(ctx, node, 1, bias_dq, add.input[1 - slot])
+    for add in ctx.model.graph.node:
+        for slot, name in enumerate(add.input):
+            matmul, bias_dq = biased_matmul(index, add, slot), index.producers.get(name)
+            if (
+                matmul is not None
+                and bias_dq is not None
+                and bias_dq.op_type == DEQUANTIZE
+                and index.is_constant(bias_dq.input[0])
+            ):
+                yield from _bias_scale(ctx, matmul, 1, bias_dq, name)
 
 
 def _bias_scale(ctx: ValidationContext, node: onnx.NodeProto, weight_slot: int, bias_dq: onnx.NodeProto, name: str):
